@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make demo` (set up, then the main job) and `make test`
+# (set up, then the test suite). Both create .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fnostab-installed
+# A torch already importable (a GPU machine's own build, seen through --system-site-packages) is kept:
+# its version replaces the CPU pin of constraints.txt, so pip never swaps it for another build.
+TORCH_PIN_CMD = $(PY) -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@pin=$$($(TORCH_PIN_CMD)); \
+	  if [ -n "$$pin" ]; then echo "keeping installed torch $$pin"; \
+	    sed "s/^torch==.*/torch==$$pin/" constraints.txt > $(VENV)/constraints.txt; \
+	  else cp constraints.txt $(VENV)/constraints.txt; fi
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[test,ray]"
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/fnostab shootout --preset cpu --seeds 3 --jobs 2 --out runs/demo
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) scripts/bench_models.py
+	$(PY) scripts/bench_train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
