@@ -1,0 +1,107 @@
+"""Conventions every subcommand follows (design §8).
+
+* Exit codes: 0 done; 1 the job ran and failed, or a requested gate failed; 2 bad usage or bad
+  input (one line on stderr, no traceback, nothing written); 130 interrupted.
+* ``--json`` prints exactly one JSON document on stdout; logs and progress go to stderr.
+* Progress bars only on a terminal, never with ``--quiet``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fnostab.errors import InputError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Output:
+    """Where a command's words go: results on stdout (or one JSON document), the rest on stderr."""
+
+    def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+
+    def log(self, message: str) -> None:
+        """A progress or context line for a human, on stderr (silent with --quiet)."""
+        if not self.quiet:
+            _stderr.print(message, markup=False)
+
+    def warn(self, message: str) -> None:
+        _stderr.print(f"warning: {message}", markup=False)
+
+    def result(self, text: str, document: Any) -> None:
+        """The command's result: ``document`` as JSON with --json, else ``text`` on stdout."""
+        if self.json_mode:
+            from fnostab.io import to_jsonable
+
+            sys.stdout.write(json.dumps(to_jsonable(document), indent=2, allow_nan=False) + "\n")
+        else:
+            sys.stdout.write(text.rstrip("\n") + "\n")
+        sys.stdout.flush()
+
+    @property
+    def show_progress(self) -> bool:
+        return not self.quiet and _stderr.is_terminal
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A progress bar over ``total`` items; yields ``advance(n)``. A no-op off a terminal."""
+        if not self.show_progress:
+            yield lambda n=1: None
+            return
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=_stderr,
+            transient=True,
+        )
+        with bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)
+
+
+def fail_usage(message: str) -> NoReturn:
+    """Report bad input on one line and exit 2."""
+    _stderr.print(f"error: {message}", markup=False)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def command(fn: F) -> F:
+    """Wrap a subcommand: InputError → exit 2 with one line; Ctrl-C → exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InputError as error:
+            fail_usage(str(error))
+        except KeyboardInterrupt:
+            _stderr.print("interrupted", markup=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# Option declarations shared by several subcommands, so that they read the same everywhere.
+JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout; logs go to stderr.")
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars or log lines on stderr.")
+PRESET_HELP = "Size preset: smoke (tests, seconds), cpu (default, minutes on 2 cores), paper (Stage A, GPU)."

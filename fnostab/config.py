@@ -1,0 +1,217 @@
+"""Validated configuration shared by the CLI and the library.
+
+Every command builds one of these pydantic models from its options (preset values first, explicit
+flags on top) before any work starts, so a bad value is reported once, clearly, and nothing is
+written. The models are plain data: the science lives in the modules that consume them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fnostab.errors import InputError
+
+SIMULATION_SIZES = (32, 64, 128)
+ARCHITECTURES = ("fno", "hybrid", "stable_hybrid")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SimulationConfig(_Model):
+    """A grid-lines data set (design §4): one lines object per image, scanned on a regular grid."""
+
+    N: int = Field(64, description="patch (and diffraction pattern) size in pixels")
+    object_size: int = Field(392, ge=16, description="side S of each square object in pixels")
+    nimgs_train: int = Field(1, ge=1, le=64)
+    nimgs_test: int = Field(1, ge=1, le=64)
+    stride_train: int = Field(4, ge=1)
+    stride_test: int = Field(10, ge=1)
+    nphotons: float = Field(1e9, gt=0, description="mean total photon count per pattern")
+    set_phi: bool = True
+    probe: Path | None = Field(None, description="NPZ with a complex N×N 'probeGuess'")
+    seed: int = Field(1, ge=0)
+    n_lines: int | None = Field(None, ge=1, description="lines per object (default scales with S)")
+
+    @field_validator("N")
+    @classmethod
+    def _supported_size(cls, value: int) -> int:
+        if value not in SIMULATION_SIZES:
+            raise ValueError(f"expected one of {', '.join(map(str, SIMULATION_SIZES))}, got {value}")
+        return value
+
+    @field_validator("nphotons")
+    @classmethod
+    def _finite_photons(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite photon count, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _fits(self) -> "SimulationConfig":
+        if self.object_size < self.N:
+            raise ValueError(f"object_size {self.object_size} is smaller than N {self.N}")
+        if self.stride_test > self.N:
+            raise ValueError(
+                f"stride_test {self.stride_test} is larger than N {self.N}: stitching keeps the "
+                "central stride×stride crop of each patch"
+            )
+        return self
+
+    @property
+    def lines_per_object(self) -> int:
+        # The original draws 400 lines for S = 392; keep the line coverage per pixel at other sizes.
+        return self.n_lines if self.n_lines is not None else max(1, round(400 * self.object_size / 392))
+
+
+class ModelConfig(_Model):
+    """A generator (design §5); options map one to one onto ``fnostab.models.build_generator``."""
+
+    arch: Literal["fno", "hybrid", "stable_hybrid"] = "hybrid"
+    width: int = Field(32, ge=1)
+    modes: int = Field(12, ge=1)
+    fno_blocks: int = Field(4, ge=1, le=12)
+    max_hidden_channels: int | None = Field(None, ge=1)
+    bands: Literal["positive", "both"] = "positive"
+    head: Literal["real_imag", "amp_phase"] = "real_imag"
+    block_init: Literal["zero_gamma", "layerscale"] = "zero_gamma"
+    layerscale_init: float = Field(1e-3, gt=0)
+    cnn_blocks: int = Field(2, ge=0)
+    checkpointing: bool = False
+
+    def generator_kwargs(self, N: int) -> dict[str, Any]:
+        return dict(
+            N=N,
+            width=self.width,
+            modes=self.modes,
+            fno_blocks=self.fno_blocks,
+            max_hidden_channels=self.max_hidden_channels,
+            bands=self.bands,
+            head=self.head,
+            block_init=self.block_init,
+            layerscale_init=self.layerscale_init,
+            cnn_blocks=self.cnn_blocks,
+            gradient_checkpointing=self.checkpointing,
+        )
+
+
+class TrainConfig(_Model):
+    """Optimisation, clipping, schedule, failure detection and logging of one training run."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["constant", "warmup_cosine", "plateau"] = "constant"
+    warmup_epochs: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(2, ge=0)
+    loss: Literal["mae", "poisson"] = "mae"
+    clip: str = Field("none", description="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ")
+    seed: int = Field(42, ge=0)
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["32", "bf16-mixed"] = "32"
+    devices: int = Field(1, ge=1)
+    log_grad_norm: bool = False
+    grad_norm_log_freq: int = Field(1, ge=1)
+    blowup_factor: float = Field(1e3, gt=1, description="loss above this × best so far → diverged")
+    monitor_every: int = Field(0, ge=0, description="per-block monitors every N steps (0: off)")
+    val_patches: int | None = Field(None, ge=1, description="fixed validation subset (None: all)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
+
+    @field_validator("lr", "weight_decay", "blowup_factor")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value}")
+        return value
+
+    @field_validator("clip")
+    @classmethod
+    def _clip_spec(cls, value: str) -> str:
+        from fnostab.clipping import parse_clip_spec
+
+        return str(parse_clip_spec(value))
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> "TrainConfig":
+        if self.scheduler == "warmup_cosine" and self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs {self.warmup_epochs} must be smaller than epochs {self.epochs}"
+            )
+        return self
+
+
+# ------------------------------------------------------------------------------------------ presets
+# Calibrated on a 2-core machine (reference/cpu-trial.md, BENCHMARKS.md): `smoke` runs a whole
+# train + evaluation in seconds, `cpu` beats the constant prediction in about two minutes, `paper`
+# is the Stage A configuration for a GPU.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "data": dict(N=32, object_size=160, stride_train=8, stride_test=10, nphotons=1e9),
+        "model": dict(arch="hybrid", width=8, modes=8, fno_blocks=2),
+        "train": dict(epochs=2, batch_size=16, lr=1e-3),
+    },
+    "cpu": {
+        "data": dict(N=32, object_size=392, stride_train=8, stride_test=10, nphotons=1e9),
+        "model": dict(arch="hybrid", width=16, modes=8, fno_blocks=2),
+        "train": dict(epochs=20, batch_size=16, lr=1e-3),
+    },
+    "paper": {
+        "data": dict(N=64, object_size=392, stride_train=4, stride_test=10, nphotons=1e9),
+        "model": dict(arch="hybrid", width=32, modes=12, fno_blocks=4),
+        "train": dict(epochs=20, batch_size=16, lr=1e-3, loss="mae"),
+    },
+}
+PRESET_NAMES = tuple(PRESETS)
+DEFAULT_PRESET = "cpu"
+
+
+def preset_values(preset: str, section: Literal["data", "model", "train"]) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; expected one of {', '.join(PRESET_NAMES)}")
+    return dict(PRESETS[preset][section])
+
+
+def flag_name(field: str) -> str:
+    """CLI spelling of a config field (``nimgs_train`` → ``--nimgs-train``; ``N`` stays ``--N``)."""
+    return "--" + field.replace("_", "-")
+
+
+def describe_validation_error(error: ValidationError, source: str | None = None) -> str:
+    """One line naming the offending field (as a CLI flag), what was expected and what was found."""
+    first = error.errors()[0]
+    loc = [part for part in first.get("loc", ()) if isinstance(part, str)]
+    where = flag_name(loc[-1]) if loc else (source or "options")
+    message = str(first.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    found = first.get("input")
+    detail = f"invalid {where}: {message}"
+    if loc and not isinstance(found, dict) and f"got {found}" not in message:
+        detail += f" (got {found!r})"
+    if len(error.errors()) > 1:
+        detail += f"; and {len(error.errors()) - 1} more problem(s)"
+    return detail
+
+
+def build(model: type[_Model], values: dict[str, Any], source: str | None = None) -> Any:
+    """Validate ``values`` into ``model``; a problem becomes an :class:`InputError` (one line)."""
+    try:
+        return model(**values)
+    except ValidationError as error:
+        raise InputError(describe_validation_error(error, source)) from None
+
+
+def merge(preset: str, section: Literal["data", "model", "train"], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Preset values for ``section`` with every explicitly given (non-None) override on top."""
+    values = preset_values(preset, section)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return values

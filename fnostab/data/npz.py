@@ -1,0 +1,240 @@
+"""Read, validate and write the NPZ data contract (design §3; PtychoPINN-compatible).
+
+Every violation is an :class:`~fnostab.errors.InputError` naming the file, the key, what was
+expected and what was found, so the CLI can report it on one line (exit 2). Files are always read
+with ``allow_pickle=False``. Patch arrays may be (n, N, N, 1) as PtychoPINN writes them or (n, N, N).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fnostab.data.probe import normalise_probe
+from fnostab.errors import InputError
+from fnostab.io import atomic_path
+
+PATCH_KEYS = ("diffraction", "Y_I", "Y_phi")
+NON_NEGATIVE_KEYS = ("diffraction", "Y_I")
+
+
+@dataclass(frozen=True)
+class PtychoSplit:
+    """One split (train or test) as the rest of fnostab uses it; optional parts may be None.
+
+    Patch arrays are (n, N, N); ``centres`` is (n, 2) [row, col]; ``ground_truth`` is
+    (n_images, L, L) complex; ``probe`` is the probe the simulator used (``probe_simulated``, or a
+    ``probeGuess`` normalised the same way).
+    """
+
+    path: Path
+    diffraction: np.ndarray
+    probe: np.ndarray | None = None
+    Y_I: np.ndarray | None = None
+    Y_phi: np.ndarray | None = None
+    centres: np.ndarray | None = None
+    full_objects: np.ndarray | None = None
+    ground_truth: np.ndarray | None = None
+    norm_Y_I: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def N(self) -> int:
+        return int(self.diffraction.shape[-1])
+
+    @property
+    def n(self) -> int:
+        return int(self.diffraction.shape[0])
+
+    @property
+    def n_images(self) -> int:
+        for source in (self.metadata.get("nimgs"), self.ground_truth, self.full_objects):
+            if isinstance(source, int):
+                return source
+            if isinstance(source, np.ndarray):
+                return int(source.shape[0])
+        return 1
+
+    def stride(self) -> int | None:
+        """Scan stride from the metadata, or inferred from the patch centres (PtychoPINN files)."""
+        if isinstance(self.metadata.get("stride"), int):
+            return int(self.metadata["stride"])
+        if self.centres is None:
+            return None
+        rows = np.unique(self.centres[:, 0])
+        steps = np.unique(np.round(np.diff(rows)).astype(int))
+        return int(steps[0]) if steps.size == 1 else None
+
+
+# ------------------------------------------------------------------------------------------- writing
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` atomically (uncompressed: loading speed matters more than disk)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        np.savez(handle, **arrays)
+
+
+# ------------------------------------------------------------------------------------------- reading
+def _read_all(path: Path) -> dict[str, np.ndarray]:
+    """Every member of the NPZ at ``path``, or an InputError saying why the file is unusable."""
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if not path.is_file():
+        raise InputError(f"{path}: expected an NPZ file, found a directory or special file")
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as handle:
+            magic = handle.read(6)
+        if magic.startswith(b"PK\x03\x04"):
+            raise InputError(f"{path}: truncated or corrupt NPZ file (the zip directory is missing)")
+        if magic == b"\x93NUMPY":
+            raise InputError(f"{path}: not an NPZ file (found a single-array .npy file; expected numpy.savez output)")
+        raise InputError(f"{path}: not an NPZ file (expected a zip archive written by numpy.savez)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {}
+            for key in archive.files:
+                try:
+                    arrays[key] = archive[key]
+                except ValueError as error:
+                    if "pickle" in str(error).lower() or "object arrays" in str(error).lower():
+                        raise InputError(
+                            f"{path}: key {key!r}: expected a numeric array, found a pickled object "
+                            "array (fnostab never loads pickles)"
+                        ) from None
+                    raise
+            return arrays
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as error:
+        raise InputError(f"{path}: truncated or corrupt NPZ file ({type(error).__name__}: {error})") from None
+
+
+def _patches(path: Path, arrays: dict[str, np.ndarray], key: str, n_N: tuple[int, int] | None) -> np.ndarray:
+    array = arrays[key]
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise InputError(
+            f"{path}: key {key!r}: expected shape (n, N, N) or (n, N, N, 1), found {array.shape}"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f"{path}: key {key!r}: expected a non-empty array, found shape {array.shape}")
+    if array.shape[1] != array.shape[2]:
+        raise InputError(f"{path}: key {key!r}: expected square N×N patches, found {array.shape[1:]}")
+    if n_N is not None and array.shape[:2] != n_N:
+        raise InputError(
+            f"{path}: key {key!r}: expected {n_N[0]} patches of {n_N[1]}×{n_N[1]} to match "
+            f"'diffraction', found shape {array.shape}"
+        )
+    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"{path}: key {key!r}: expected a real float array, found dtype {array.dtype}")
+    array = np.asarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise InputError(f"{path}: key {key!r}: expected finite values, found NaN or inf")
+    if key in NON_NEGATIVE_KEYS and (array < 0).any():
+        raise InputError(
+            f"{path}: key {key!r}: expected non-negative amplitudes, found minimum {float(array.min()):g}"
+        )
+    return array
+
+
+def _probe(path: Path, arrays: dict[str, np.ndarray], key: str, N: int) -> np.ndarray:
+    probe = arrays[key]
+    if probe.ndim == 3 and probe.shape[-1] == 1:
+        probe = probe[..., 0]
+    if probe.shape != (N, N):
+        raise InputError(f"{path}: key {key!r}: expected probe shape ({N}, {N}), found {probe.shape}")
+    if not (np.issubdtype(probe.dtype, np.complexfloating) or np.issubdtype(probe.dtype, np.floating)):
+        raise InputError(f"{path}: key {key!r}: expected a complex array, found dtype {probe.dtype}")
+    probe = probe.astype(np.complex64)
+    if not np.isfinite(probe).all():
+        raise InputError(f"{path}: key {key!r}: expected finite values, found NaN or inf")
+    if not np.abs(probe).any():
+        raise InputError(f"{path}: key {key!r}: expected a probe with some amplitude, found all zeros")
+    return probe
+
+
+def _metadata(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    if "_metadata" not in arrays:
+        return {}
+    raw = arrays["_metadata"]
+    try:
+        value = json.loads(str(raw.item() if raw.ndim == 0 else raw.reshape(-1)[0]))
+    except (ValueError, IndexError):
+        raise InputError(f"{path}: key '_metadata': expected a JSON string, found {raw.dtype} {raw.shape}") from None
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def load_split(path: Path | str, *, require: tuple[str, ...] = ("diffraction",)) -> PtychoSplit:
+    """Load and validate one NPZ split; keys in ``require`` must be present (always ``diffraction``)."""
+    path = Path(path)
+    arrays = _read_all(path)
+    for key in ("diffraction", *require):
+        if key not in arrays:
+            present = ", ".join(sorted(arrays)) or "none"
+            raise InputError(f"{path}: missing key {key!r} (keys present: {present})")
+    diffraction = _patches(path, arrays, "diffraction", None)
+    n, N = diffraction.shape[:2]
+    fields: dict[str, Any] = {"path": path, "diffraction": diffraction, "metadata": _metadata(path, arrays)}
+
+    for key in ("Y_I", "Y_phi"):
+        if key in arrays:
+            fields[key] = _patches(path, arrays, key, (n, N))
+    if "probe_simulated" in arrays:
+        fields["probe"] = _probe(path, arrays, "probe_simulated", N)
+    elif "probeGuess" in arrays:
+        fields["probe"] = normalise_probe(_probe(path, arrays, "probeGuess", N))
+    if "coords_offsets" in arrays:
+        coords = arrays["coords_offsets"]
+        if coords.size != 2 * n:
+            raise InputError(
+                f"{path}: key 'coords_offsets': expected {n} (row, col) centres, found shape {coords.shape}"
+            )
+        fields["centres"] = coords.reshape(n, 2).astype(np.float64)
+    for key, name in (("YY_ground_truth", "ground_truth"), ("YY_full", "full_objects")):
+        if key in arrays:
+            objects = arrays[key]
+            if objects.ndim == 4 and objects.shape[-1] == 1:
+                objects = objects[..., 0]
+            if objects.ndim == 2:
+                objects = objects[None]
+            if objects.ndim != 3 or objects.size == 0:
+                raise InputError(
+                    f"{path}: key {key!r}: expected shape (n_images, L, L[, 1]) or (L, L[, 1]), "
+                    f"found {arrays[key].shape}"
+                )
+            fields[name] = objects.astype(np.complex64)
+    if "norm_Y_I" in arrays:
+        norm = np.asarray(arrays["norm_Y_I"], dtype=np.float64).reshape(-1)
+        if norm.size != 1 or not np.isfinite(norm[0]) or norm[0] <= 0:
+            raise InputError(f"{path}: key 'norm_Y_I': expected one positive number, found {arrays['norm_Y_I']!r}")
+        fields["norm_Y_I"] = float(norm[0])
+    return PtychoSplit(**fields)
+
+
+def load_pair(train_path: Path | str, test_path: Path | str) -> tuple[PtychoSplit, PtychoSplit]:
+    """Load train and test splits for training: both need a probe and the same N."""
+    train = load_split(train_path)
+    test = load_split(test_path)
+    if train.N != test.N:
+        raise InputError(
+            f"N mismatch: {train.path} has {train.N}×{train.N} patches, {test.path} has {test.N}×{test.N}"
+        )
+    if train.probe is None:
+        raise InputError(f"{train.path}: missing key 'probe_simulated' or 'probeGuess' (the probe is needed for the physics loss)")
+    return train, test
+
+
+def load_probe_guess(path: Path | str, N: int) -> np.ndarray:
+    """A user probe: key ``probeGuess`` of an NPZ, complex N×N."""
+    path = Path(path)
+    arrays = _read_all(path)
+    if "probeGuess" not in arrays:
+        present = ", ".join(sorted(arrays)) or "none"
+        raise InputError(f"{path}: missing key 'probeGuess' (keys present: {present})")
+    return _probe(path, arrays, "probeGuess", N)

@@ -1,0 +1,212 @@
+"""Simulate a grid-lines ptychography data set (design §3–§4, notes §4).
+
+One call makes the train and test splits:
+
+1. a lines object per image (train and test objects from independent random streams);
+2. N×N patches on a regular grid (stride ``stride_train`` / ``stride_test``), row-major, image by image;
+3. patches divided by norm_Y_I, the mean over the split's patches of each patch's peak amplitude;
+4. exit wave ψ = Ô·P_sim, far-field amplitude A = |fftshift(FFT2 ψ)|/N;
+5. intensity scale s = sqrt(nphotons / mean Σ|ψ|²) from the train split, reused for test;
+6. counts ~ Poisson(s²A²), stored ``diffraction`` = sqrt(counts)/s.
+
+Everything is vectorised over patches; the same config and seed give byte-identical arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.fft
+
+from fnostab import __version__
+from fnostab.config import SimulationConfig
+from fnostab.data.npz import load_probe_guess, write_npz
+from fnostab.data.objects import lines_objects
+from fnostab.data.probe import SYNTHETIC_RECIPE, normalise_probe, synthetic_probe
+from fnostab.physics import intensity_scale, poisson_amplitude
+
+FORMAT_VERSION = 1
+SEED_DERIVATION = (
+    "numpy SeedSequence(seed).spawn(4) -> train object, test object, train noise, test noise"
+)
+
+
+@dataclass(frozen=True)
+class ScanGrid:
+    """Top-left corners of the N×N windows of one S×S object at a given stride (VALID)."""
+
+    size: int
+    N: int
+    stride: int
+
+    @property
+    def steps(self) -> int:
+        return (self.size - self.N) // self.stride + 1
+
+    @property
+    def corners(self) -> np.ndarray:
+        return np.arange(self.steps) * self.stride
+
+    def centres(self, n_images: int) -> np.ndarray:
+        """(n_images·steps², 2) patch centres [row, col]: the mean pixel index of each window."""
+        c = self.corners + (self.N - 1) / 2
+        rows, cols = np.meshgrid(c, c, indexing="ij")
+        grid = np.stack([rows.ravel(), cols.ravel()], axis=1)
+        return np.tile(grid, (n_images, 1)).astype(np.float32)
+
+    def patches(self, objects: np.ndarray) -> np.ndarray:
+        """(n_images·steps², N, N) windows of ``objects`` (n_images, S, S), row-major per image."""
+        windows = np.lib.stride_tricks.sliding_window_view(objects, (self.N, self.N), axis=(1, 2))
+        picked = windows[:, :: self.stride, :: self.stride][:, : self.steps, : self.steps]
+        return np.ascontiguousarray(picked).reshape(-1, self.N, self.N)
+
+    def stitched_region(self, stride: int | None = None) -> slice:
+        """Rows (and cols) of the object covered by the central stride×stride crops of the grid."""
+        crop = self.stride if stride is None else stride
+        start = (self.N - crop) // 2
+        return slice(start, start + self.steps * crop)
+
+
+@dataclass(frozen=True)
+class SimulatedSplit:
+    arrays: dict[str, np.ndarray]
+    metadata: dict[str, Any]
+
+
+def _far_field(psi: np.ndarray) -> np.ndarray:
+    # scipy.fft keeps complex64 in single precision and threads over patches.
+    spectrum = scipy.fft.fft2(psi, norm="ortho", workers=-1)
+    return np.abs(scipy.fft.fftshift(spectrum, axes=(-2, -1))).astype(np.float32)
+
+
+def _probe_pair(config: SimulationConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    if config.probe is None:
+        guess = synthetic_probe(config.N)
+        info: dict[str, Any] = {"source": "synthetic", "recipe": SYNTHETIC_RECIPE}
+    else:
+        guess = load_probe_guess(config.probe, config.N)
+        info = {"source": str(config.probe)}
+    info["normalisation"] = "P / (4 * mean|M P|), M = disk of radius N/4"
+    return guess, normalise_probe(guess), info
+
+
+def _split(
+    config: SimulationConfig,
+    name: str,
+    n_images: int,
+    stride: int,
+    probe: np.ndarray,
+    object_rng: np.random.Generator,
+    noise_rng: np.random.Generator,
+    scale: float | None,
+) -> tuple[SimulatedSplit, float]:
+    objects = lines_objects(n_images, config.object_size, config.lines_per_object, config.set_phi, object_rng)
+    grid = ScanGrid(config.object_size, config.N, stride)
+    patches = grid.patches(objects)
+    norm_Y_I = float(np.abs(patches).max(axis=(1, 2)).mean(dtype=np.float64))
+    patches = (patches / np.float32(norm_Y_I)).astype(np.complex64)
+    if scale is None:
+        scale = intensity_scale(patches, probe, config.nphotons)
+    psi = patches * probe
+    diffraction = poisson_amplitude(_far_field(psi), scale, noise_rng)
+
+    n = patches.shape[0]
+    channel = (n, config.N, config.N, 1)
+    centres = grid.centres(n_images)
+    arrays: dict[str, np.ndarray] = {
+        "diffraction": diffraction.reshape(channel),
+        "Y_I": np.abs(psi).astype(np.float32).reshape(channel),
+        "Y_phi": np.angle(patches).astype(np.float32).reshape(channel),
+        "coords_offsets": centres.reshape(n, 1, 2, 1),
+        "coords_nominal": np.zeros((n, 1, 2, 1), np.float32),
+        "coords_true": np.zeros((n, 1, 2, 1), np.float32),
+        "YY_full": objects[..., None],
+    }
+    counts = (scale * diffraction.astype(np.float64)) ** 2
+    metadata: dict[str, Any] = {
+        "split": name,
+        "nimgs": n_images,
+        "stride": stride,
+        "grid_shape": [grid.steps, grid.steps],
+        "n_patches": n,
+        "norm_Y_I": norm_Y_I,
+        "intensity_scale": scale,
+        "mean_total_counts": float(counts.sum(axis=(1, 2)).mean()),
+    }
+    if name == "test":
+        region = grid.stitched_region()
+        arrays["YY_ground_truth"] = objects[:, region, region, None]
+        arrays["norm_Y_I"] = np.array(norm_Y_I, dtype=np.float64)
+    return SimulatedSplit(arrays, metadata), scale
+
+
+def simulate(config: SimulationConfig) -> tuple[SimulatedSplit, SimulatedSplit]:
+    """Simulate the train and test splits in memory."""
+    train_obj, test_obj, train_noise, test_noise = (
+        np.random.default_rng(seq) for seq in np.random.SeedSequence(config.seed).spawn(4)
+    )
+    guess, probe, probe_info = _probe_pair(config)
+    common = {
+        "generator": f"fnostab {__version__}",
+        "format_version": FORMAT_VERSION,
+        "nphotons": config.nphotons,
+        "N": config.N,
+        "object_size": config.object_size,
+        "n_lines": config.lines_per_object,
+        "set_phi": config.set_phi,
+        "seed": config.seed,
+        "seed_derivation": SEED_DERIVATION,
+        "probe": probe_info,
+        "config": config.model_dump(mode="json"),
+    }
+    train, scale = _split(config, "train", config.nimgs_train, config.stride_train, probe, train_obj, train_noise, None)
+    test, _ = _split(config, "test", config.nimgs_test, config.stride_test, probe, test_obj, test_noise, scale)
+    for split in (train, test):
+        split.arrays["probeGuess"] = guess
+        split.arrays["probe_simulated"] = probe
+        split.metadata.update(common)
+    return train, test
+
+
+def write_dataset(train: SimulatedSplit, test: SimulatedSplit, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``train.npz`` and ``test.npz`` into ``out_dir`` (each atomically)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, split in (("train", train), ("test", test)):
+        arrays = dict(split.arrays)
+        arrays["_metadata"] = np.array(json.dumps(split.metadata, sort_keys=True))
+        path = out_dir / f"{name}.npz"
+        write_npz(path, arrays)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def dataset_summary(train: SimulatedSplit, test: SimulatedSplit) -> dict[str, Any]:
+    """The figures a user checks after simulating (printed by ``fnostab simulate``)."""
+
+    def one(split: SimulatedSplit) -> dict[str, Any]:
+        diffraction = split.arrays["diffraction"]
+        return {
+            "patches": int(diffraction.shape[0]),
+            "grid_shape": split.metadata["grid_shape"],
+            "stride": split.metadata["stride"],
+            "nimgs": split.metadata["nimgs"],
+            "norm_Y_I": split.metadata["norm_Y_I"],
+            "mean_total_counts": split.metadata["mean_total_counts"],
+            "diffraction_mean": float(diffraction.mean(dtype=np.float64)),
+            "diffraction_std": float(diffraction.std(dtype=np.float64)),
+        }
+
+    return {
+        "N": train.metadata["N"],
+        "object_size": train.metadata["object_size"],
+        "nphotons": train.metadata["nphotons"],
+        "intensity_scale": train.metadata["intensity_scale"],
+        "probe": train.metadata["probe"]["source"],
+        "train": one(train),
+        "test": one(test),
+    }

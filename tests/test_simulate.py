@@ -1,0 +1,154 @@
+"""The grid-lines simulator and its NPZ output (design §3–§4)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fnostab.config import PRESETS, SimulationConfig
+from fnostab.data.npz import load_pair
+from fnostab.data.probe import normalise_probe, synthetic_probe
+from fnostab.data.simulate import ScanGrid, simulate
+
+from conftest import assert_clean_usage_error, run_cli
+
+SMOKE = SimulationConfig(**PRESETS["smoke"]["data"])
+
+
+def test_every_contract_key_has_its_dtype_and_shape(smoke_data) -> None:
+    train_path, test_path = smoke_data
+    S, N = SMOKE.object_size, SMOKE.N
+    n_train = ((S - N) // SMOKE.stride_train + 1) ** 2
+    n_test = ((S - N) // SMOKE.stride_test + 1) ** 2
+    for path, n, extra in ((train_path, n_train, set()), (test_path, n_test, {"YY_ground_truth", "norm_Y_I"})):
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            assert keys == {
+                "diffraction", "Y_I", "Y_phi", "coords_offsets", "coords_nominal", "coords_true",
+                "probeGuess", "probe_simulated", "YY_full", "_metadata",
+            } | extra
+            for key in ("diffraction", "Y_I", "Y_phi"):
+                assert f[key].dtype == np.float32 and f[key].shape == (n, N, N, 1), key
+            for key in ("coords_offsets", "coords_nominal", "coords_true"):
+                assert f[key].dtype == np.float32 and f[key].shape == (n, 1, 2, 1), key
+            assert not f["coords_nominal"].any() and not f["coords_true"].any()
+            for key in ("probeGuess", "probe_simulated"):
+                assert f[key].dtype == np.complex64 and f[key].shape == (N, N)
+            assert f["YY_full"].dtype == np.complex64 and f["YY_full"].shape == (1, S, S, 1)
+            metadata = json.loads(str(f["_metadata"]))
+            assert metadata["nphotons"] == SMOKE.nphotons and metadata["N"] == N and metadata["set_phi"]
+            assert metadata["probe"]["source"] == "synthetic" and "seed" in metadata
+            if "YY_ground_truth" in extra:
+                L = (S - N) // SMOKE.stride_test * SMOKE.stride_test + SMOKE.stride_test
+                assert f["YY_ground_truth"].shape == (1, L, L, 1)
+                assert f["norm_Y_I"].shape == () and f["norm_Y_I"] > 0
+
+
+def test_same_seed_gives_byte_identical_arrays_and_another_seed_does_not() -> None:
+    config = SimulationConfig(N=32, object_size=96, seed=7)
+    first, second = simulate(config), simulate(config)
+    other = simulate(config.model_copy(update={"seed": 8}))
+    for a, b, c in zip(first, second, other):
+        for key in a.arrays:
+            assert a.arrays[key].tobytes() == b.arrays[key].tobytes(), key
+        assert a.arrays["diffraction"].tobytes() != c.arrays["diffraction"].tobytes()
+
+
+def test_train_and_test_objects_come_from_different_random_streams() -> None:
+    train, test = simulate(SimulationConfig(N=32, object_size=96, seed=1))
+    assert not np.array_equal(train.arrays["YY_full"], test.arrays["YY_full"])
+
+
+def test_grid_counts_and_centres_follow_the_scan() -> None:
+    grid = ScanGrid(size=392, N=64, stride=4)
+    assert grid.steps == 83  # 6,889 patches per train image, as in PtychoPINN
+    assert ScanGrid(392, 64, 10).steps == 33 and ScanGrid(392, 128, 4).steps == 67
+    centres = grid.centres(n_images=2)
+    assert centres.shape == (2 * 83 * 83, 2)
+    np.testing.assert_array_equal(centres[0], [31.5, 31.5])
+    np.testing.assert_array_equal(centres[1], [31.5, 35.5])
+
+
+def test_patches_are_normalised_object_windows_and_phase_follows_set_phi() -> None:
+    config = SimulationConfig(N=32, object_size=96, stride_train=16, seed=2)
+    train, _ = simulate(config)
+    objects = train.arrays["YY_full"][..., 0]
+    norm = train.metadata["norm_Y_I"]
+    window = objects[0, 16:48, 32:64] / norm  # patch (row 1, col 2) of the stride-16 grid
+    index = 1 * ScanGrid(96, 32, 16).steps + 2
+    probe = train.arrays["probe_simulated"]
+    np.testing.assert_allclose(train.arrays["Y_I"][index, ..., 0], np.abs(window * probe), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(train.arrays["Y_phi"][index, ..., 0], np.angle(window), atol=1e-6)
+    amplitude = np.abs(objects)
+    expected_phase = np.pi * np.tanh((amplitude - amplitude.max() / 2) / (3 * amplitude.mean()))
+    np.testing.assert_allclose(np.angle(objects), expected_phase, atol=1e-5)
+
+    flat, _ = simulate(config.model_copy(update={"set_phi": False}))
+    assert not flat.arrays["Y_phi"].any()
+
+
+def test_ground_truth_is_the_region_covered_by_the_stitched_test_crops(smoke_data) -> None:
+    _, test = load_pair(*smoke_data)
+    b = (SMOKE.N - SMOKE.stride_test) // 2
+    L = test.ground_truth.shape[-1]
+    np.testing.assert_array_equal(test.ground_truth, test.full_objects[:, b : b + L, b : b + L])
+
+
+def test_probe_is_normalised_like_ptychopinn() -> None:
+    guess = synthetic_probe(32)
+    assert np.abs(guess).max() == pytest.approx(1.0)
+    simulated = normalise_probe(guess)
+    coords = np.arange(32) - 16
+    disk = coords[:, None] ** 2 + coords[None, :] ** 2 <= 8**2
+    assert np.abs(simulated * disk).mean() == pytest.approx(0.25, rel=1e-5)
+
+
+def test_user_probe_replaces_the_synthetic_one_through_the_cli(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    probe = (rng.normal(size=(32, 32)) + 1j * rng.normal(size=(32, 32))).astype(np.complex64)
+    np.savez(tmp_path / "probe.npz", probeGuess=probe)
+    out = tmp_path / "data"
+    result = run_cli("simulate", "--preset", "smoke", "--probe", tmp_path / "probe.npz", "--out", out, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["probe"] == str(tmp_path / "probe.npz")
+    with np.load(out / "train.npz") as f:
+        np.testing.assert_array_equal(f["probeGuess"], probe)
+        np.testing.assert_allclose(f["probe_simulated"], normalise_probe(probe))
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--N", "48"], ["--N", "32, 64, 128", "48"]),
+        (["--nimgs-train", "0"], ["--nimgs-train", "greater than or equal to 1"]),
+        (["--nphotons", "-5"], ["--nphotons", "greater than 0"]),
+        (["--stride-test", "40"], ["stride_test 40", "larger than N 32"]),
+        (["--object-size", "20"], ["object_size 20", "smaller than N 32"]),
+        (["--preset", "huge"], ["unknown preset 'huge'", "smoke, cpu, paper"]),
+    ],
+)
+def test_bad_simulation_options_exit_2_and_write_nothing(tmp_path, args, fragments) -> None:
+    out = tmp_path / "out"
+    result = run_cli("simulate", "--preset", "smoke", "--out", out, *args)
+    assert_clean_usage_error(result, *fragments)
+    assert not out.exists()
+
+
+def test_simulate_refuses_to_overwrite_without_force(tmp_path) -> None:
+    out = tmp_path / "out"
+    assert run_cli("simulate", "--preset", "smoke", "--out", out, "--quiet").returncode == 0
+    before = (out / "train.npz").stat().st_mtime_ns
+    assert_clean_usage_error(run_cli("simulate", "--preset", "smoke", "--out", out), "already exists", "--force")
+    assert (out / "train.npz").stat().st_mtime_ns == before
+    assert run_cli("simulate", "--preset", "smoke", "--out", out, "--force", "--seed", "3").returncode == 0
+    assert (out / "train.npz").stat().st_mtime_ns != before
+
+
+def test_json_output_is_one_document_on_stdout(tmp_path) -> None:
+    result = run_cli("simulate", "--preset", "smoke", "--out", tmp_path / "d", "--json")
+    assert result.returncode == 0
+    summary = json.loads(result.stdout)
+    assert summary["train"]["patches"] == 289 and summary["test"]["patches"] == 169
+    assert "simulating" in result.stderr
