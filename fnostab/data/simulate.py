@@ -26,6 +26,7 @@ from fnostab import __version__
 from fnostab.config import SimulationConfig
 from fnostab.data.npz import load_probe_guess, write_npz
 from fnostab.data.objects import lines_objects
+from fnostab.evaluation.stitching import ground_truth_region
 from fnostab.data.probe import SYNTHETIC_RECIPE, normalise_probe, synthetic_probe
 from fnostab.physics import intensity_scale, poisson_amplitude
 
@@ -63,12 +64,6 @@ class ScanGrid:
         windows = np.lib.stride_tricks.sliding_window_view(objects, (self.N, self.N), axis=(1, 2))
         picked = windows[:, :: self.stride, :: self.stride][:, : self.steps, : self.steps]
         return np.ascontiguousarray(picked).reshape(-1, self.N, self.N)
-
-    def stitched_region(self, stride: int | None = None) -> slice:
-        """Rows (and cols) of the object covered by the central stride×stride crops of the grid."""
-        crop = self.stride if stride is None else stride
-        start = (self.N - crop) // 2
-        return slice(start, start + self.steps * crop)
 
 
 @dataclass(frozen=True)
@@ -138,8 +133,8 @@ def _split(
         "mean_total_counts": float(counts.sum(axis=(1, 2)).mean()),
     }
     if name == "test":
-        region = grid.stitched_region()
-        arrays["YY_ground_truth"] = objects[:, region, region, None]
+        truth = ground_truth_region(objects, centres, config.N, stride)
+        arrays["YY_ground_truth"] = truth[..., None]
         arrays["norm_Y_I"] = np.array(norm_Y_I, dtype=np.float64)
     return SimulatedSplit(arrays, metadata), scale
 
