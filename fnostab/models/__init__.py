@@ -1,0 +1,32 @@
+"""Generators of the PtychoPINN family and their memory plan (design §5, ptychopinn-notes §1).
+
+Public API::
+
+    build_generator(name, *, N, width=32, modes=12, fno_blocks=4, ...) -> nn.Module
+    plan(name, *, batch_size, N, ..., optimizer="adam") -> ModelPlan   # on the meta device
+    measure_step(model, x) -> StepMemory                              # memory of one training step
+    GENERATORS  # name -> class: fno, hybrid, stable_hybrid
+"""
+
+from fnostab.models.blocks import PtychoBlock, SpatialLifter, StablePtychoBlock
+from fnostab.models.generators import CascadedFNOGenerator, HybridUNOGenerator, StableHybridUNOGenerator
+from fnostab.models.plan import ModelPlan, StepMemory, measure_step, plan
+from fnostab.models.registry import GENERATORS, build_generator, geometry_error
+from fnostab.models.spectral import SpectralConv2d
+
+__all__ = [
+    "GENERATORS",
+    "CascadedFNOGenerator",
+    "HybridUNOGenerator",
+    "ModelPlan",
+    "PtychoBlock",
+    "SpatialLifter",
+    "SpectralConv2d",
+    "StableHybridUNOGenerator",
+    "StablePtychoBlock",
+    "StepMemory",
+    "build_generator",
+    "geometry_error",
+    "measure_step",
+    "plan",
+]

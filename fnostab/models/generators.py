@@ -1,0 +1,276 @@
+"""The generators: diffraction amplitude (B, 1, N, N) float32 → complex object (B, 1, N, N) complex64.
+
+Read top to bottom like the architecture diagrams of ptychopinn-notes §1.5–§1.6 (design §5):
+
+    fno            lifter → n × PtychoBlock (full resolution) → 1×1 → k × [3×3, GELU] → head
+    hybrid         lifter → n encoder levels [PtychoBlock, skip, 2×2/2 conv] → bottleneck PtychoBlock
+                   (modes // 2) → CNN decoder [2×2/2 transpose conv, concat skip, 3×3, GELU, 3×3] → head
+    stable_hybrid  hybrid with StablePtychoBlock in the encoder and the bottleneck
+
+Every generator exposes ``lifter``, ``blocks`` (the residual spectral blocks in forward order: for the
+hybrids the encoder blocks, then the bottleneck), ``head`` and ``config`` (its constructor options).
+Use :func:`fnostab.models.build_generator` to build one: it validates the options and the geometry
+for N before allocating anything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from fnostab.errors import ConfigError, InputError
+from fnostab.models.blocks import BlockInit, PtychoBlock, SpatialLifter, StablePtychoBlock
+from fnostab.models.spectral import Bands
+
+Head = Literal["real_imag", "amp_phase"]
+HEADS: tuple[str, ...] = ("real_imag", "amp_phase")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output heads: hidden features (B, h, N, N) → complex object (B, 1, N, N) complex64
+
+
+class RealImagHead(nn.Module):
+    """Conv1×1(h → 2), channel 0 the real part and channel 1 the imaginary part, both unbounded.
+
+    The PtychoPINN ``real_imag`` output (notes §1.5), the default of ``hybrid``.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.proj(x).float()  # float32 even under autocast, so the result is complex64
+        return torch.complex(y[:, 0:1], y[:, 1:2])
+
+
+class AmpPhaseHead(nn.Module):
+    """Two Conv1×1(h → 1): amplitude = sigmoid(·) in (0, 1), phase = π·tanh(·) in (−π, π) radians.
+
+    The ``amp_phase`` output of the later PtychoPINN generators (notes §1.5–§1.6); returns amp·e^{iφ}.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.amp = nn.Conv2d(channels, 1, 1)
+        self.phase = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        amp = torch.sigmoid(self.amp(x).float())
+        phase = math.pi * torch.tanh(self.phase(x).float())
+        return torch.polar(amp, phase)
+
+
+def make_head(head: Head, channels: int) -> nn.Module:
+    """The output head named ``head`` on ``channels`` hidden channels."""
+    if head == "real_imag":
+        return RealImagHead(channels)
+    if head == "amp_phase":
+        return AmpPhaseHead(channels)
+    raise ConfigError(f"unknown head {head!r}: expected one of {', '.join(HEADS)}")
+
+
+def run_block(block: nn.Module, x: Tensor, gradient_checkpointing: bool) -> Tensor:
+    """``block(x)``, recomputed in backward instead of storing its activations when checkpointing.
+
+    Only when grad is enabled: under ``no_grad`` there is nothing to save and checkpoint would just
+    warn. Non-reentrant checkpointing gives the same gradients as the plain pass.
+    """
+    if gradient_checkpointing and torch.is_grad_enabled():
+        return checkpoint(block, x, use_reentrant=False)
+    return block(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# fno: the cascaded FNO ("Arch A", notes §1.6)
+
+
+class CascadedFNOGenerator(nn.Module):
+    """Lifter → ``fno_blocks`` × PtychoBlock(h) at full resolution → Conv1×1(h→h) →
+    ``cnn_blocks`` × [Conv3×3(h→h), GELU] → head.
+
+    No resampling, so it works at any N. At the PtychoPINN defaults (h=32, m=12, 4 + 2 blocks) it has
+    656,002 parameters (notes §1.6).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        width: int = 32,
+        modes: int = 12,
+        fno_blocks: int = 4,
+        cnn_blocks: int = 2,
+        bands: Bands = "positive",
+        head: Head = "real_imag",
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = dict(
+            in_channels=in_channels, width=width, modes=modes, fno_blocks=fno_blocks,
+            cnn_blocks=cnn_blocks, bands=bands, head=head, gradient_checkpointing=gradient_checkpointing,
+        )  # fmt: skip
+        self.gradient_checkpointing = gradient_checkpointing
+        h = width
+        self.lifter = SpatialLifter(in_channels, h)
+        self.blocks = nn.ModuleList(PtychoBlock(h, modes, bands) for _ in range(fno_blocks))
+        self.intermediate = nn.Conv2d(h, h, 1)
+        refiners = [(nn.Conv2d(h, h, 3, padding=1), nn.GELU()) for _ in range(cnn_blocks)]
+        self.refiner = nn.Sequential(*(layer for pair in refiners for layer in pair))
+        self.head = make_head(head, h)
+
+    @staticmethod
+    def downsampling(fno_blocks: int) -> int:
+        """Ratio of N to the side of the coarsest feature map: 1, everything runs at full resolution."""
+        return 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, in_channels, N, N) float → (B, 1, N, N) complex64."""
+        x = self.lifter(x)
+        for block in self.blocks:
+            x = run_block(block, x, self.gradient_checkpointing)
+        x = self.refiner(self.intermediate(x))
+        return self.head(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# hybrid: the U-shaped neural operator ("Arch B", HybridUNOGenerator, notes §1.5)
+
+
+class DecoderStage(nn.Module):
+    """One U-Net decoder step: (B, c_in, H, W) and skip (B, c, 2H, 2W) → (B, c, 2H, 2W).
+
+    ConvTranspose2d(c_in → c, kernel 2, stride 2); concat [upsampled, skip] → 2c channels;
+    Conv3×3(2c → c) → GELU → Conv3×3(c → c). Plain CNN: no spectral layer, residual or norm, and no
+    activation after the second conv (notes §1.5).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+        self.conv1 = nn.Conv2d(2 * out_channels, out_channels, 3, padding=1)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = torch.cat([self.up(x), skip], dim=1)
+        return self.conv2(self.act(self.conv1(x)))
+
+
+def encoder_widths(width: int, fno_blocks: int, max_hidden_channels: int | None) -> list[int]:
+    """Channel width of each encoder level: c_0 = h, c_{i+1} = min(2·c_i, cap) (notes §1.5)."""
+    cap = math.inf if max_hidden_channels is None else max_hidden_channels
+    widths = [width]
+    for _ in range(fno_blocks - 1):
+        widths.append(int(min(2 * widths[-1], cap)))
+    return widths
+
+
+class HybridUNOGenerator(nn.Module):
+    """U-NO: lifter → ``fno_blocks`` encoder levels → bottleneck block → CNN decoder → head.
+
+    Level i runs a spectral block at N/2^i with width c_i (``encoder_channels``), pushes a skip and
+    (for i < n−1) downsamples with Conv2d(c_i → c_{i+1}, kernel 2, stride 2). The bottleneck is one more
+    block at the last level with ``max(1, modes // 2)`` modes. The decoder mirrors the encoder widths.
+    N must be divisible by 2^(n−1) and the bottleneck map at least 2×2.
+
+    Parameters grow about 4× per level while the width doubles: 17,202,402 at n=4 and 4,417,975,522 at
+    n=8 for h=32, m=12 (notes §1.8); ``max_hidden_channels`` caps the width.
+
+    ``block`` builds the encoder and bottleneck blocks, ``block(channels, modes) -> nn.Module``
+    (PtychoPINN's ``block_cls``); it defaults to :class:`PtychoBlock` with ``bands``.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        width: int = 32,
+        modes: int = 12,
+        fno_blocks: int = 4,
+        max_hidden_channels: int | None = None,
+        bands: Bands = "positive",
+        head: Head = "real_imag",
+        gradient_checkpointing: bool = False,
+        block: Callable[[int, int], nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = dict(
+            in_channels=in_channels, width=width, modes=modes, fno_blocks=fno_blocks,
+            max_hidden_channels=max_hidden_channels, bands=bands, head=head,
+            gradient_checkpointing=gradient_checkpointing,
+        )  # fmt: skip
+        self.gradient_checkpointing = gradient_checkpointing
+        block = block or partial(PtychoBlock, bands=bands)
+        c = self.encoder_channels = encoder_widths(width, fno_blocks, max_hidden_channels)
+
+        self.lifter = SpatialLifter(in_channels, width)
+        # Encoder blocks (one per level), then the bottleneck block at the deepest level.
+        self.blocks = nn.ModuleList([block(ch, modes) for ch in c] + [block(c[-1], max(1, modes // 2))])
+        self.down = nn.ModuleList(nn.Conv2d(c[i], c[i + 1], 2, stride=2) for i in range(fno_blocks - 1))
+        # Decoder stages from deep to shallow: c_{i+1} → c_i for i = n−2 … 0.
+        self.decoder = nn.ModuleList(DecoderStage(c[i + 1], c[i]) for i in reversed(range(fno_blocks - 1)))
+        self.head = make_head(head, width)
+
+    @staticmethod
+    def downsampling(fno_blocks: int) -> int:
+        """Ratio of N to the side of the bottleneck map: 2^(fno_blocks − 1)."""
+        return 2 ** (fno_blocks - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, in_channels, N, N) float → (B, 1, N, N) complex64."""
+        factor = self.downsampling(len(self.encoder_channels))
+        if x.shape[-2] % factor or x.shape[-1] % factor:
+            raise InputError(
+                f"input map {tuple(x.shape[-2:])} does not fit a {len(self.encoder_channels)}-level U-NO: "
+                f"both sides must be multiples of 2^(levels−1) = {factor}"
+            )
+        x = self.lifter(x)
+        skips = []
+        for level, block in enumerate(self.blocks[:-1]):
+            x = run_block(block, x, self.gradient_checkpointing)
+            if level < len(self.down):
+                skips.append(x)
+                x = self.down[level](x)
+        x = run_block(self.blocks[-1], x, self.gradient_checkpointing)  # bottleneck
+        for stage in self.decoder:
+            x = stage(x, skips.pop())
+        return self.head(x)
+
+
+class StableHybridUNOGenerator(HybridUNOGenerator):
+    """``hybrid`` with :class:`StablePtychoBlock` in the encoder and the bottleneck (notes §1.4–§1.5).
+
+    ``block_init="zero_gamma"`` makes every spectral block the identity at init (the Stage-A
+    ``stable_hybrid`` arm, which collapsed to a constant amplitude); ``"layerscale"`` uses IN at its
+    default init and λ = ``layerscale_init`` per channel. The decoder is unchanged.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        width: int = 32,
+        modes: int = 12,
+        fno_blocks: int = 4,
+        max_hidden_channels: int | None = None,
+        bands: Bands = "positive",
+        head: Head = "real_imag",
+        block_init: BlockInit = "zero_gamma",
+        layerscale_init: float = 1e-3,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        block = partial(StablePtychoBlock, bands=bands, init=block_init, layerscale_init=layerscale_init)
+        super().__init__(
+            in_channels=in_channels, width=width, modes=modes, fno_blocks=fno_blocks,
+            max_hidden_channels=max_hidden_channels, bands=bands, head=head,
+            gradient_checkpointing=gradient_checkpointing, block=block,
+        )  # fmt: skip
+        self.config.update(block_init=block_init, layerscale_init=layerscale_init)

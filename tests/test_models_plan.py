@@ -1,0 +1,156 @@
+"""Memory plan: exact parameter counts without allocating, byte accounting, measured activations."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from fnostab.errors import ConfigError
+from fnostab.models import build_generator, measure_step, plan
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a shared 2-core box.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    ("fno_blocks", "N", "cap", "params"),
+    [
+        (4, 64, None, 17_202_402),
+        (6, 64, None, 276_075_746),
+        (6, 64, 512, 118_263_522),
+        (8, 256, None, 4_417_975_522),  # the Stage-B OOM: 33 GiB of complex64 weights alone
+        (8, 256, 512, 216_834_786),
+    ],
+)
+def test_plan_counts_hybrid_parameters_exactly_without_allocating(
+    fno_blocks: int, N: int, cap: int | None, params: int
+) -> None:
+    p = plan("hybrid", batch_size=16, N=N, width=32, modes=12, fno_blocks=fno_blocks, max_hidden_channels=cap)
+    assert p.params == params
+    assert p.geometry_error is None and p.activation_bytes > 0
+    if cap is None:  # about 86.6 % of the parameters are spectral at every depth (notes §1.8)
+        assert 0.86 < p.complex_params / p.params < 0.87
+    assert p.params_real == p.params + p.complex_params
+    assert p.weight_bytes == 8 * p.complex_params + 4 * (p.params - p.complex_params)
+
+
+def test_plan_keeps_parameter_figures_when_the_geometry_does_not_fit() -> None:
+    p = plan("hybrid", batch_size=16, N=64, fno_blocks=8)
+    assert p.params == 4_417_975_522
+    assert p.weight_bytes == 8 * p.complex_params + 4 * (p.params - p.complex_params)
+    assert p.weight_bytes > 30 * 2**30
+    assert p.activation_bytes == 0 and p.saved_bytes == 0 and p.transient_bytes == 0
+    assert p.geometry_error is not None and "0.5 px a side" in p.geometry_error
+    # weights, Adam's two states, then at the step the gradients and the foreach sqrt(exp_avg_sq)
+    assert p.total_bytes == p.weight_bytes + p.optimizer_bytes + p.grad_bytes + p.weight_bytes
+    # ...whereas building it is refused
+    with pytest.raises(ConfigError, match="0.5 px a side"):
+        build_generator("hybrid", N=64, fno_blocks=8)
+
+
+@pytest.mark.parametrize("name", ["fno", "hybrid", "stable_hybrid"])
+def test_plan_weight_bytes_equal_the_real_nbytes_of_the_built_model(name: str) -> None:
+    options = dict(N=32, width=8, modes=4, fno_blocks=3, bands="both", block_init="layerscale")
+    model = build_generator(name, **options)
+    p = plan(name, batch_size=4, **options)
+    assert p.params == sum(q.numel() for q in model.parameters())
+    real_view = [torch.view_as_real(q) if q.is_complex() else q for q in model.parameters()]
+    assert p.params_real == sum(q.numel() for q in real_view)
+    assert p.weight_bytes == sum(q.numel() * q.element_size() for q in model.parameters())
+    assert p.grad_bytes == p.weight_bytes
+    assert p.optimizer_bytes == 2 * p.weight_bytes  # adam: exp_avg and exp_avg_sq
+    assert p.saved_bytes + p.transient_bytes == p.activation_bytes
+    assert p.weight_bytes + p.optimizer_bytes + p.activation_bytes <= p.total_bytes
+    assert p.total_bytes <= p.weight_bytes + p.grad_bytes + p.optimizer_bytes + p.activation_bytes + p.weight_bytes
+
+
+def test_fno_plan_matches_the_ptychopinn_default_count() -> None:
+    assert plan("fno", batch_size=16, N=64).params == 656_002
+
+
+def test_optimizer_state_is_two_buffers_for_adam_and_adamw_and_one_for_sgd() -> None:
+    options = dict(batch_size=2, N=32, width=8, modes=4, fno_blocks=2)
+    sizes = {o: plan("hybrid", optimizer=o, **options) for o in ("adam", "adamw", "sgd")}
+    w = sizes["adam"].weight_bytes
+    assert [sizes[o].optimizer_bytes for o in ("adam", "adamw", "sgd")] == [2 * w, 2 * w, w]
+
+
+def test_measured_step_memory_of_a_hand_countable_model() -> None:
+    # Forward: the conv output (saved by GELU) and the GELU output, S bytes each; the parameters and
+    # the input are not counted. Backward: the gradients of the conv weight and bias are gradients,
+    # not activations.
+    B, N = 3, 10
+    S = 4 * B * 4 * N * N  # float32, 4 channels
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GELU())
+    memory = measure_step(model, torch.empty(B, 1, N, N, device="meta"))
+    assert memory.saved == 2 * S
+    # Backward needs the gradient of the GELU output and of its input while both activations are still
+    # held: at least 4 S. The square in the stand-in loss adds at most one temporary of S (its exact
+    # count is up to PyTorch's pow backward), and the loss a few scalars.
+    assert 4 * S <= memory.activation_peak <= 5 * S + 64
+    assert memory.grads == 4 * (4 * 9 + 4)
+    assert memory.peak <= memory.activation_peak + memory.grads
+
+
+def test_meta_measurement_equals_the_same_measurement_on_real_tensors() -> None:
+    torch.manual_seed(0)
+    options = dict(width=8, modes=4, fno_blocks=3, bands="both")
+    for checkpointing in (False, True):
+        real_model = build_generator("stable_hybrid", N=32, gradient_checkpointing=checkpointing, **options)
+        real = measure_step(real_model, torch.rand(2, 1, 32, 32))
+        p = plan("stable_hybrid", batch_size=2, N=32, gradient_checkpointing=checkpointing, **options)
+        assert (p.saved_bytes, p.activation_bytes) == (real.saved, real.activation_peak)
+        assert real.grads == p.grad_bytes
+        assert p.total_bytes == p.weight_bytes + p.optimizer_bytes + max(real.peak, p.grad_bytes + p.weight_bytes)
+
+
+@pytest.mark.parametrize("name", ["fno", "hybrid", "stable_hybrid"])
+def test_checkpointing_plans_fewer_activation_bytes(name: str) -> None:
+    options = dict(batch_size=16, N=64, width=16, modes=8, fno_blocks=4)
+    plain = plan(name, **options)
+    ckpt = plan(name, gradient_checkpointing=True, **options)
+    assert ckpt.activation_bytes < plain.activation_bytes
+    assert ckpt.params == plain.params and ckpt.weight_bytes == plain.weight_bytes
+
+
+def test_activation_bytes_scale_linearly_with_batch_size() -> None:
+    one = plan("hybrid", batch_size=1, N=32, width=8, modes=4, fno_blocks=3)
+    eight = plan("hybrid", batch_size=8, N=32, width=8, modes=4, fno_blocks=3)
+    # Everything saved is per-sample, except weight slices copied on maps smaller than m × m.
+    assert eight.activation_bytes == pytest.approx(8 * one.activation_bytes, rel=0.01)
+
+
+def test_plan_to_dict_is_json_ready_and_carries_its_context() -> None:
+    d = plan("hybrid", batch_size=2, N=32, width=8, modes=4, fno_blocks=2).to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert {"params", "params_real", "complex_params", "weight_bytes", "grad_bytes", "optimizer_bytes",
+            "activation_bytes", "total_bytes", "geometry_error"} <= d.keys()  # fmt: skip
+    assert d["name"] == "hybrid" and d["N"] == 32 and d["batch_size"] == 2 and d["options"]["width"] == 8
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(optimizer="lamb"), r"unknown optimizer 'lamb': expected one of adam, adamw, sgd"),
+        (dict(batch_size=0), r"batch_size must be an integer ≥ 1, found 0"),
+        (dict(width=0), r"width must be ≥ 1, found 0"),
+    ],
+)
+def test_plan_rejects_invalid_options(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        plan("hybrid", **{"batch_size": 2, "N": 32, **options})
+
+
+def test_plan_rejects_unknown_names() -> None:
+    with pytest.raises(ConfigError, match="expected one of fno, hybrid, stable_hybrid"):
+        plan("unet", batch_size=2, N=32)
