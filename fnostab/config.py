@@ -215,3 +215,35 @@ def merge(preset: str, section: Literal["data", "model", "train"], overrides: di
     values = preset_values(preset, section)
     values.update({key: value for key, value in overrides.items() if value is not None})
     return values
+
+
+class DataSource(_Model):
+    """Where a run's data come from: two NPZ files, or a simulation (cached) when none are given."""
+
+    train: Path | None = None
+    test: Path | None = None
+    simulation: SimulationConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSource":
+        if (self.train is None) != (self.test is None):
+            raise ValueError("give both TRAIN.npz and TEST.npz, or neither to simulate the preset's data")
+        if self.train is None and self.simulation is None:
+            raise ValueError("no data: give TRAIN.npz and TEST.npz or a simulation config")
+        return self
+
+
+class RunConfig(_Model):
+    """Everything one training run needs; written to ``config.json`` in its run dir."""
+
+    schema_: Literal["fnostab.config/1"] = Field("fnostab.config/1", alias="schema")
+    name: str | None = Field(None, description="arm name inside a sweep")
+    preset: str | None = None
+    data: DataSource
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)

@@ -1,0 +1,166 @@
+"""``fnostab train``: train one arm (architecture × clipping × schedule × seed), evaluate, write a run dir."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from fnostab.cli.common import EXIT_FAILED, JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
+from fnostab.config import (
+    DEFAULT_PRESET,
+    DataSource,
+    ModelConfig,
+    RunConfig,
+    SimulationConfig,
+    TrainConfig,
+    build,
+    merge,
+    preset_values,
+)
+from fnostab.errors import InputError
+
+MODEL_PANEL = "Model"
+TRAIN_PANEL = "Optimisation"
+RUN_PANEL = "Run"
+
+
+def build_run_config(
+    *,
+    train_npz: Path | None,
+    test_npz: Path | None,
+    preset: str,
+    model: dict[str, Any],
+    train: dict[str, Any],
+    name: str | None = None,
+) -> RunConfig:
+    """Preset values, explicit options on top, validated; data from files or the preset's simulation."""
+    model_config = build(ModelConfig, merge(preset, "model", model))
+    train_config = build(TrainConfig, merge(preset, "train", train))
+    simulation = None if train_npz is not None else build(SimulationConfig, preset_values(preset, "data"))
+    data = build(DataSource, {"train": train_npz, "test": test_npz, "simulation": simulation}, source="TRAIN.npz TEST.npz")
+    return RunConfig(name=name, preset=preset, data=data, model=model_config, train=train_config)
+
+
+def format_result(result: dict[str, Any], run_dir: Path) -> str:
+    lines = [f"run dir: {run_dir}"]
+    failure = result.get("failure")
+    if failure:
+        lines.append(f"status: {result['status']} at step {failure['step']} (epoch {failure['epoch']}): {failure['reason']}")
+    else:
+        lines.append("status: ok")
+    training = result["training"]
+    if training["best_val_loss"] is not None:
+        lines.append(
+            f"{training['val_loss_name']}: best {training['best_val_loss']:.4g} (epoch {training['best_epoch']}), "
+            f"final {training['final_val_loss']:.4g}; {training['epochs_completed']} epochs, {training['steps']} steps"
+        )
+    metrics = result.get("metrics")
+    if metrics:
+        base = metrics["baseline"]
+        lines.append(
+            f"amplitude SSIM {metrics['amp_ssim']:.3f} (constant {base['amp_ssim']:.3f}), MAE {metrics['amp_mae']:.4f} "
+            f"(constant {base['amp_mae']:.4f}); phase SSIM {metrics['phase_ssim']:.3f} (constant {base['phase_ssim']:.3f}), "
+            f"per-patch-aligned {metrics['phase_aligned_ssim']:.3f}"
+        )
+    elif result.get("evaluation_note"):
+        lines.append(result["evaluation_note"])
+    grads = result.get("grad_norm")
+    if grads and grads.get("max") is not None:
+        lines.append(
+            f"grad norm (pre-clip): median {grads['median']:.3g}, p99 {grads['p99']:.3g}, max {grads['max']:.3g} "
+            f"at step {grads['max_step']}; {100 * grads['frac_above_1']:.1f}% of steps above 1"
+        )
+    timing = result["timing"]
+    rate = f", {timing['samples_per_s']:.0f} samples/s" if timing.get("samples_per_s") else ""
+    lines.append(f"time: train {timing['train_s']:.1f} s{rate}, evaluation {timing['eval_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def _prepare_out(out: Path | None, config: RunConfig, force: bool) -> Path:
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"train-{stamp}-{config.model.arch}-s{config.train.seed}"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: expected a directory for --out, found a file")
+    if out.is_dir() and any(out.iterdir()):
+        is_run = (out / "config.json").exists() or (out / "result.json").exists()
+        if not is_run:
+            raise InputError(f"{out}: --out is a non-empty directory that is not a run dir; choose another")
+        if not force:
+            raise InputError(f"{out} already holds a run; pass --force to replace it or choose another --out")
+    return out
+
+
+@command
+def train_command(
+    train_npz: Optional[Path] = typer.Argument(None, metavar="[TRAIN.npz]", help="Train split (default: the preset's simulated data, cached)."),
+    test_npz: Optional[Path] = typer.Argument(None, metavar="[TEST.npz]", help="Test split (validation and evaluation)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run dir to write (default runs/train-<time>-<arch>-s<seed>).", rich_help_panel=RUN_PANEL),
+    preset: str = typer.Option(DEFAULT_PRESET, "--preset", help=PRESET_HELP, rich_help_panel=RUN_PANEL),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Generator: fno, hybrid or stable_hybrid.", rich_help_panel=MODEL_PANEL),
+    fno_blocks: Optional[int] = typer.Option(None, "--fno-blocks", help="Spectral blocks (hybrid: encoder levels).", rich_help_panel=MODEL_PANEL),
+    width: Optional[int] = typer.Option(None, "--width", help="Hidden channels h of the first level.", rich_help_panel=MODEL_PANEL),
+    modes: Optional[int] = typer.Option(None, "--modes", help="Fourier modes kept per dimension.", rich_help_panel=MODEL_PANEL),
+    max_hidden_channels: Optional[int] = typer.Option(None, "--max-hidden-channels", help="Cap on hybrid channel doubling.", rich_help_panel=MODEL_PANEL),
+    bands: Optional[str] = typer.Option(None, "--bands", help="Spectral row bands: positive (PtychoPINN) or both.", rich_help_panel=MODEL_PANEL),
+    checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing", help="Gradient checkpointing of encoder and bottleneck blocks.", rich_help_panel=MODEL_PANEL),
+    block_init: Optional[str] = typer.Option(None, "--block-init", help="stable_hybrid blocks: zero_gamma or layerscale.", rich_help_panel=MODEL_PANEL),
+    head: Optional[str] = typer.Option(None, "--head", help="Output head: real_imag or amp_phase.", rich_help_panel=MODEL_PANEL),
+    clip: Optional[str] = typer.Option(None, "--clip", help="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ.", rich_help_panel=TRAIN_PANEL),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam, adamw or sgd.", rich_help_panel=TRAIN_PANEL),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate.", rich_help_panel=TRAIN_PANEL),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", rich_help_panel=TRAIN_PANEL),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="constant, warmup_cosine or plateau (stepped per epoch).", rich_help_panel=TRAIN_PANEL),
+    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", rich_help_panel=TRAIN_PANEL),
+    min_lr_ratio: Optional[float] = typer.Option(None, "--min-lr-ratio", help="Final LR of warmup_cosine as a fraction of --lr.", rich_help_panel=TRAIN_PANEL),
+    loss: Optional[str] = typer.Option(None, "--loss", help="mae or poisson.", rich_help_panel=TRAIN_PANEL),
+    epochs: Optional[int] = typer.Option(None, "--epochs", rich_help_panel=TRAIN_PANEL),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", rich_help_panel=TRAIN_PANEL),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights and batch order.", rich_help_panel=TRAIN_PANEL),
+    blowup_factor: Optional[float] = typer.Option(None, "--blowup-factor", help="Loss above this × best smoothed loss → diverged.", rich_help_panel=TRAIN_PANEL),
+    accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=RUN_PANEL),
+    precision: Optional[str] = typer.Option(None, "--precision", help="32 or bf16-mixed.", rich_help_panel=RUN_PANEL),
+    devices: Optional[int] = typer.Option(None, "--devices", help="Devices per run (1).", rich_help_panel=RUN_PANEL),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads.", rich_help_panel=RUN_PANEL),
+    log_grad_norm: Optional[bool] = typer.Option(None, "--log-grad-norm/--no-log-grad-norm", help="Log grad_norm_preclip/postclip to metrics.csv.", rich_help_panel=RUN_PANEL),
+    grad_norm_log_freq: Optional[int] = typer.Option(None, "--grad-norm-log-freq", help="Log grad norms every N steps.", rich_help_panel=RUN_PANEL),
+    monitor_every: Optional[int] = typer.Option(None, "--monitor-every", help="Log per-block gradient norm and activation mean every N steps.", rich_help_panel=RUN_PANEL),
+    val_patches: Optional[int] = typer.Option(None, "--val-patches", help="Validate each epoch on a fixed subset of this many test patterns.", rich_help_panel=RUN_PANEL),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run dir.", rich_help_panel=RUN_PANEL),
+    json_output: bool = JSON_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Train one generator on TRAIN.npz, validate and evaluate on TEST.npz, write a run dir.
+
+    Exit 0 when the run is ok, 1 when it diverged, collapsed, ran out of memory or failed (its
+    result.json is still written), 2 on bad input.
+    """
+    output = Output(json_mode=json_output, quiet=quiet)
+    config = build_run_config(
+        train_npz=train_npz,
+        test_npz=test_npz,
+        preset=preset,
+        model=dict(arch=arch, fno_blocks=fno_blocks, width=width, modes=modes, max_hidden_channels=max_hidden_channels,
+                   bands=bands, checkpointing=checkpointing, block_init=block_init, head=head),
+        train=dict(clip=clip, optimizer=optimizer, lr=lr, weight_decay=weight_decay, scheduler=scheduler,
+                   warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, loss=loss, epochs=epochs,
+                   batch_size=batch_size, seed=seed, blowup_factor=blowup_factor, accelerator=accelerator,
+                   precision=precision, devices=devices, threads=threads, log_grad_norm=log_grad_norm,
+                   grad_norm_log_freq=grad_norm_log_freq, monitor_every=monitor_every, val_patches=val_patches),
+    )
+    from fnostab.training.runner import prepare_run, run_training
+
+    if config.data.train is None:
+        output.log(f"no data given: using the {preset} preset's simulated data set (cached)")
+    prepared = prepare_run(config)
+    run_dir = _prepare_out(out, config, force)
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    result = run_training(prepared, run_dir, output=output)
+    output.result(format_result(result, run_dir), {"run_dir": str(run_dir), **result})
+    if result["status"] != "ok":
+        raise typer.Exit(EXIT_FAILED)

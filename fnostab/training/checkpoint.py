@@ -1,0 +1,55 @@
+"""Generator checkpoints: the weights plus what is needed to rebuild the generator.
+
+A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights_only=True`` (no
+pickled code runs on load): ``schema``, ``model`` (the ModelConfig as JSON), ``N``, ``state_dict``,
+``epoch`` and ``step``. ``fnostab probe-activations --run DIR`` and ``grad-gain`` read it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fnostab.config import ModelConfig
+from fnostab.errors import InputError
+from fnostab.io import atomic_path
+
+CHECKPOINT_SCHEMA = "fnostab.checkpoint/1"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save_checkpoint(path: Path, generator: torch.nn.Module, model: ModelConfig, N: int, *, epoch: int, step: int) -> None:
+    state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
+    payload = {"schema": CHECKPOINT_SCHEMA, "model": model.model_dump(mode="json"), "N": N,
+               "state_dict": state, "epoch": epoch, "step": step}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt file
+        raise InputError(f"{path}: not a readable fnostab checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(payload, dict) or payload.get("schema") != CHECKPOINT_SCHEMA:
+        raise InputError(f"{path}: expected a checkpoint with schema {CHECKPOINT_SCHEMA!r}")
+    return payload
+
+
+def load_generator(path: Path | str, N: int | None = None) -> tuple[torch.nn.Module, ModelConfig]:
+    """Rebuild the generator of a checkpoint and load its weights (for N, default the trained N)."""
+    from fnostab.models import build_generator
+
+    payload = read_checkpoint(path)
+    model = ModelConfig(**payload["model"])
+    generator = build_generator(model.arch, **model.generator_kwargs(N or payload["N"]))
+    try:
+        generator.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise InputError(f"{path}: weights do not fit the {model.arch} generator ({error})") from None
+    return generator, model

@@ -1,0 +1,150 @@
+"""The LightningModule of one physics-informed training run (design §6).
+
+Manual optimisation, so that every step is explicit: physics loss → backward → pre-clip global L2
+gradient norm → clip → post-clip norm → optimiser step. The loss and the pre-clip norm are read
+back to the host once per step (one small transfer, not one per parameter) because the failure
+detector must stop a run at the first non-finite value, before the optimiser corrupts the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from fnostab.clipping import clip_gradients_, parse_clip_spec
+from fnostab.config import TrainConfig
+from fnostab.physics import physics_loss, predicted_amplitude, train_loss_name, val_loss_name
+from fnostab.training.failure import Failure, FailureDetector
+from fnostab.training.monitoring import BlockMonitor
+from fnostab.training.schedules import build_optimizer, build_scheduler
+
+
+class PtychoModule(pl.LightningModule):
+    """Trains ``generator`` so that the far field of generator(diffraction)·probe matches the data."""
+
+    def __init__(self, generator: torch.nn.Module, probe: np.ndarray, config: TrainConfig) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = generator
+        self.register_buffer("probe", torch.from_numpy(np.asarray(probe, dtype=np.complex64)))
+        self.config = config
+        self.clip_spec = parse_clip_spec(config.clip)
+        self.clipping = self.clip_spec.algo != "none"
+        self.train_key = train_loss_name(config.loss)
+        self.val_key = val_loss_name(config.loss)
+        self.detector = FailureDetector(config.blowup_factor)
+        self.monitor = BlockMonitor(generator) if config.monitor_every else None
+        self.steps_seen = 0
+        self.samples_seen = 0
+        self.grad_norms: list[float] = []  # pre-clip norm of every step, for result.json statistics
+        self.val_losses: list[float] = []
+        self.train_losses: list[float] = []
+        self._scheduler: Any = None
+        self._epoch_loss_sum = 0.0
+        self._epoch_steps = 0
+        self._val_sum = torch.zeros(3, dtype=torch.float64)  # Σ loss·B, Σ relative amplitude std, count
+
+    # ------------------------------------------------------------------------------------ set-up
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optimizer = build_optimizer(self.generator.parameters(), self.config)
+        self._scheduler = build_scheduler(optimizer, self.config)
+        return optimizer
+
+    def forward(self, patterns: torch.Tensor) -> torch.Tensor:
+        return self.generator(patterns)
+
+    @property
+    def failure(self) -> Failure | None:
+        return self.detector.failure
+
+    def _loss(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        obj = self.generator(patterns)
+        return physics_loss(self.config.loss, predicted_amplitude(obj, self.probe), patterns), obj
+
+    # ---------------------------------------------------------------------------------- training
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        step = self.steps_seen
+        monitored = self.monitor is not None and step % self.config.monitor_every == 0
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        if monitored:
+            self.monitor.attach()
+        try:
+            loss, _ = self._loss(batch)
+            self.manual_backward(loss)
+        finally:
+            block_stats = self.monitor.detach() if monitored else {}
+        pre, post = clip_gradients_(self.generator, self.clip_spec)
+        loss_value, pre_value, post_value = torch.stack([loss.detach(), pre, post]).double().tolist()
+        self.steps_seen += 1
+        self.samples_seen += batch.shape[0]
+        self.grad_norms.append(pre_value)
+
+        failure = self.detector.check_step(loss_value, pre_value, step=step, epoch=self.current_epoch)
+        if failure is not None:
+            self.trainer.should_stop = True
+            self._log_step(loss_value, pre_value, post_value, step, block_stats)
+            return
+        optimizer.step()
+        self._epoch_loss_sum += loss_value
+        self._epoch_steps += 1
+        self._log_step(loss_value, pre_value, post_value, step, block_stats)
+
+    def _write_row(self, metrics: dict[str, float], step: int) -> None:
+        # Rows go straight to the logger (CSVLogger layout: one row per call, `epoch` and `step`
+        # columns). Lightning's self.log would re-emit a step value on later steps until it is
+        # logged again, which breaks "every N steps"; the values are host floats already, so this
+        # adds no device sync.
+        if self.logger is not None:
+            self.logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=step)
+
+    def _log_step(self, loss: float, pre: float, post: float, step: int, block_stats: dict[str, float]) -> None:
+        metrics = {self.train_key: loss, "lr": self.optimizers().param_groups[0]["lr"]}
+        if self.config.log_grad_norm and step % self.config.grad_norm_log_freq == 0:
+            metrics["grad_norm_preclip"] = pre
+            if self.clipping:
+                metrics["grad_norm_postclip"] = post
+        metrics.update(block_stats)
+        self._write_row(metrics, step)
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_steps:
+            self.train_losses.append(self._epoch_loss_sum / self._epoch_steps)
+        self._epoch_loss_sum, self._epoch_steps = 0.0, 0
+        if isinstance(self._scheduler, torch.optim.lr_scheduler.LRScheduler):
+            self._scheduler.step()
+
+    # -------------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum = torch.zeros(3, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        loss, obj = self._loss(batch)
+        amplitude = obj.abs().flatten(1).float()
+        relative_std = amplitude.std(dim=1, unbiased=False) / amplitude.mean(dim=1).clamp_min(1e-12)
+        self._val_sum += torch.stack(
+            [loss.detach().double() * batch.shape[0], relative_std.double().sum(), torch.tensor(batch.shape[0], device=self.device, dtype=torch.float64)]
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        total_loss, total_std, count = self._val_sum.tolist()
+        val_loss = total_loss / count if count else math.nan
+        self.val_losses.append(val_loss)
+        self._write_row({self.val_key: val_loss}, max(self.steps_seen - 1, 0))
+        if isinstance(self._scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and math.isfinite(val_loss):
+            self._scheduler.step(val_loss)
+        failure = self.detector.check_validation(
+            val_loss,
+            total_std / count if count else math.nan,
+            step=self.steps_seen,
+            epoch=self.current_epoch,
+            last_epoch=self.current_epoch + 1 >= self.config.epochs,
+        )
+        if failure is not None:
+            self.trainer.should_stop = True

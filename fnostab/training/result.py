@@ -1,0 +1,94 @@
+"""The ``result.json`` of a run: one versioned document, written last (its presence = finished).
+
+Schema ``fnostab.result/1`` (keys in order):
+
+* ``schema``; ``name`` (arm); ``status`` (ok | diverged | collapsed | oom | infeasible | error);
+* ``failure``: null, or {status, reason, step, epoch} — step counts training steps from 0;
+* ``seed``; ``model``: {arch, params (complex entries once), params_real, config};
+* ``data``: {train, test, N, n_train, n_val, n_test};
+* ``training``: {config (the TrainConfig: clip, lr, optimizer, ...), epochs_requested, epochs_completed, steps, val_loss_name, val_losses (per epoch),
+  train_losses (per epoch mean), best_val_loss, best_epoch, final_val_loss, final_train_loss};
+* ``grad_norm``: statistics of the pre-clip global L2 norm over every step (max, median, p99,
+  mean, frac_above_1, steps, max_step) — independent of the logging frequency;
+* ``metrics``: evaluation on the test split (see ``fnostab.evaluation``) with ``baseline``: the
+  same metrics for a constant prediction; null when the run could not be evaluated, with
+  ``evaluation_note`` saying why;
+* ``memory_plan``: the model plan (stress runs), or null;
+* ``timing``: {wall_s, train_s, eval_s, samples_per_s}; ``device``; ``versions``; ``created``;
+* ``sweep`` (runs of a shootout or stress sweep only): {kind, arm, seed, depth, lr}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fnostab import __version__
+from fnostab.errors import InputError
+from fnostab.training.failure import STATUSES
+
+RESULT_SCHEMA = "fnostab.result/1"
+RESULT_NAME = "result.json"
+
+
+def versions() -> dict[str, str]:
+    import lightning
+    import torch
+
+    return {
+        "fnostab": __version__, "torch": torch.__version__, "lightning": lightning.__version__,
+        "numpy": np.__version__, "python": platform.python_version(),
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def grad_norm_stats(norms: list[float], threshold: float = 1.0) -> dict[str, Any] | None:
+    """Summary of per-step pre-clip norms; the fraction above ``threshold`` is seed 000's figure."""
+    if not norms:
+        return None
+    values = np.asarray(norms, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return {"steps": int(values.size), "max": None, "median": None, "p99": None, "mean": None,
+                "frac_above_1": None, "max_step": None}
+    return {
+        "steps": int(values.size),
+        "max": float(finite.max()),
+        "median": float(np.median(finite)),
+        "p99": float(np.percentile(finite, 99)),
+        "mean": float(finite.mean()),
+        "frac_above_1": float((finite > threshold).mean()),
+        "max_step": int(np.nanargmax(np.where(np.isfinite(values), values, -np.inf))),
+    }
+
+
+def read_result(path: Path | str) -> dict[str, Any]:
+    """Load and check a result.json; a corrupt or foreign file is an InputError naming it."""
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: corrupt result.json ({type(error).__name__}: {error})") from None
+    if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA:
+        found = result.get("schema") if isinstance(result, dict) else type(result).__name__
+        raise InputError(f"{path}: expected schema {RESULT_SCHEMA!r}, found {found!r}")
+    if result.get("status") not in STATUSES:
+        raise InputError(f"{path}: unknown status {result.get('status')!r}; expected one of {', '.join(STATUSES)}")
+    return result
+
+
+def best_and_final(values: list[float]) -> tuple[float | None, int | None, float | None]:
+    finite = [(v, i) for i, v in enumerate(values) if math.isfinite(v)]
+    if not finite:
+        return None, None, (values[-1] if values else None)
+    best, epoch = min(finite)
+    return best, epoch, values[-1]

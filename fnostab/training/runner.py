@@ -1,0 +1,331 @@
+"""One training run, end to end: validate → train → evaluate → write the run dir (design §7).
+
+:func:`prepare_run` does everything that can fail on bad input (loading and checking the data,
+planning the model, resolving the device) before anything is written; :func:`run_training` then
+trains, and never raises for a failed run: NaN, blow-up, collapse, out-of-memory and unexpected
+errors all end as a ``status`` in ``result.json``. Files appear atomically; ``result.json`` is
+written last, so its presence marks a finished run.
+
+Run dir: ``config.json``, ``metrics.csv`` (Lightning CSVLogger layout), ``checkpoint.pt``,
+``reconstruction.npz`` and ``reconstruction.png`` (when evaluated), ``error.log`` (status error),
+``result.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fnostab.config import RunConfig
+from fnostab.data.npz import PtychoSplit, load_pair
+from fnostab.errors import InputError
+from fnostab.io import atomic_path, write_json_atomic
+from fnostab.physics import val_loss_name
+from fnostab.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from fnostab.training.failure import Failure
+from fnostab.training.result import RESULT_NAME, RESULT_SCHEMA, best_and_final, grad_norm_stats, now_iso, versions
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.csv"
+INFERENCE_BATCH = 128
+
+
+def _log(output: Any, message: str) -> None:
+    if output is not None:
+        output.log(message)
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A validated run: its data in memory, the model plan and the device, nothing written yet."""
+
+    config: RunConfig
+    train: PtychoSplit
+    test: PtychoSplit
+    plan: Any
+    accelerator: str
+
+    @property
+    def N(self) -> int:
+        return self.train.N
+
+
+def resolve_accelerator(requested: str) -> str:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError("invalid --accelerator: cuda was requested but no CUDA device is available")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
+    """The run's data: its two NPZ files, or the preset's simulated data set (cached)."""
+    if config.data.train is not None:
+        return load_pair(config.data.train, config.data.test)
+    from fnostab.data.cache import cached_dataset
+
+    return load_pair(*cached_dataset(config.data.simulation))
+
+
+def prepare_run(config: RunConfig, data: tuple[PtychoSplit, PtychoSplit] | None = None) -> PreparedRun:
+    """Validate everything a run needs; raises InputError (nothing written) on bad input."""
+    from fnostab.models import plan
+
+    train, test = data if data is not None else load_data(config)
+    if config.train.devices > 1:
+        raise InputError(
+            f"invalid --devices: {config.train.devices} devices per run is not supported; run several "
+            "runs in parallel instead (fnostab shootout --jobs K, or --executor ray)"
+        )
+    model_plan = plan(config.model.arch, batch_size=config.train.batch_size, **config.model.generator_kwargs(train.N))
+    if model_plan.geometry_error:
+        raise InputError(f"invalid model for N={train.N}: {model_plan.geometry_error}")
+    return PreparedRun(config, train, test, model_plan, resolve_accelerator(config.train.accelerator))
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*LightningModule.*has no.*")
+    # lightning 2.6 builds torch pytree LeafSpecs, which torch 2.13 deprecates on every batch.
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+
+
+def _is_oom(error: BaseException) -> bool:
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+def _predict(generator: torch.nn.Module, diffraction: np.ndarray, device: torch.device) -> np.ndarray:
+    generator.eval()
+    parts = []
+    with torch.no_grad():
+        for start in range(0, diffraction.shape[0], INFERENCE_BATCH):
+            batch = torch.from_numpy(diffraction[start : start + INFERENCE_BATCH]).unsqueeze(1).to(device)
+            parts.append(generator(batch)[:, 0].cpu().numpy())
+    return np.concatenate(parts).astype(np.complex64)
+
+
+def evaluate_run(generator: torch.nn.Module, test: PtychoSplit, device: torch.device, run_dir: Path | None) -> tuple[dict | None, str | None]:
+    """Stitched test-set metrics (and reconstruction files in ``run_dir``), or None and why not."""
+    from fnostab.evaluation import evaluate_reconstruction, ground_truth_region, save_reconstruction_png, stitch_patches
+
+    stride = test.stride()
+    missing = [name for name, value in (("coords_offsets", test.centres), ("norm_Y_I", test.norm_Y_I), ("scan stride", stride)) if value is None]
+    if test.ground_truth is None and test.full_objects is None:
+        missing.append("YY_ground_truth or YY_full")
+    if missing:
+        return None, f"{test.path} lacks {', '.join(missing)}: no stitched metrics"
+    if not all(torch.isfinite(p).all() for p in generator.parameters()):
+        return None, "the weights are not finite: no stitched metrics"
+    truth = test.ground_truth
+    if truth is None:
+        truth = ground_truth_region(test.full_objects, test.centres, test.N, stride)
+    prediction = _predict(generator, test.diffraction, device)
+    metrics = evaluate_reconstruction(
+        prediction, centres=test.centres, stride=stride, ground_truth=truth, norm_Y_I=test.norm_Y_I, n_images=test.n_images
+    )
+    if run_dir is not None:
+        stitched = stitch_patches(prediction, test.centres, stride, test.n_images) * np.float32(test.norm_Y_I)
+        with atomic_path(run_dir / "reconstruction.npz") as tmp, tmp.open("wb") as handle:
+            np.savez(handle, reconstruction=stitched.astype(np.complex64), ground_truth=truth.astype(np.complex64))
+        save_reconstruction_png(run_dir / "reconstruction.png", stitched[0], truth[0], metrics)
+    return metrics, None
+
+
+def _fit(module: Any, prepared: PreparedRun, log_dir: Path) -> BaseException | None:
+    """Run Lightning's fit; returns the exception that ended it abnormally (never KeyboardInterrupt)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    from fnostab.training.data import eval_loader, train_loader, validation_subset
+
+    config = prepared.config.train
+    val_idx = validation_subset(prepared.test.n, config.val_patches)
+    trainer = pl.Trainer(
+        accelerator=prepared.accelerator,
+        devices=1,
+        precision="32-true" if config.precision == "32" else "bf16-mixed",
+        max_epochs=config.epochs,
+        logger=CSVLogger(save_dir=log_dir, name="", version=""),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
+    loaders = (
+        train_loader(prepared.train.diffraction, config.batch_size, config.seed),
+        eval_loader(prepared.test.diffraction[val_idx], max(config.batch_size, 64)),
+    )
+    try:
+        trainer.fit(module, *loaders)
+    except SystemExit as exit_:
+        # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on: undo both.
+        if isinstance(exit_.__context__, KeyboardInterrupt):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
+        raise
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # every other failure is an outcome, recorded by the caller
+        return error
+    return None
+
+
+def run_training(
+    prepared: PreparedRun,
+    run_dir: Path,
+    *,
+    output: Any = None,
+    extra: dict[str, Any] | None = None,
+    generator: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and write ``run_dir``; returns the result document (also in result.json).
+
+    ``generator`` replaces the one the config describes (any module mapping (B, 1, N, N)
+    patterns to a complex (B, 1, N, N) object); it is built from the config by default.
+    """
+    import lightning.pytorch as pl
+
+    from fnostab.models import build_generator
+    from fnostab.training.module import PtychoModule
+
+    _quiet_lightning()
+    config = prepared.config
+    started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / CONFIG_NAME, config.to_json_dict())
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+
+    pl.seed_everything(config.train.seed, verbose=False)
+    if generator is None:
+        generator = build_generator(config.model.arch, **config.model.generator_kwargs(prepared.N))
+    module = PtychoModule(generator, prepared.train.probe, config.train)
+    log_dir = run_dir / ".logs"
+    _log(output, f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...")
+
+    train_started = time.perf_counter()
+    error = _fit(module, prepared, log_dir)
+    train_s = time.perf_counter() - train_started
+
+    failure: Failure | None = module.failure
+    if error is not None:
+        status = "oom" if _is_oom(error) else "error"
+        failure = Failure(status, f"{type(error).__name__}: {error}".strip()[:500], module.steps_seen, module.current_epoch)
+        (run_dir / "error.log").write_text("".join(traceback.format_exception(error)))
+    csv = log_dir / METRICS_NAME
+    if csv.is_file():
+        with atomic_path(run_dir / METRICS_NAME) as tmp:
+            shutil.copyfile(csv, tmp)
+    shutil.rmtree(log_dir, ignore_errors=True)
+
+    generator.cpu()
+    save_checkpoint(run_dir / CHECKPOINT_NAME, generator, config.model, prepared.N, epoch=module.current_epoch, step=module.steps_seen)
+
+    eval_started = time.perf_counter()
+    metrics, note = None, None
+    if failure is None or failure.status in ("diverged", "collapsed"):
+        device = torch.device("cuda" if prepared.accelerator == "cuda" else "cpu")
+        try:
+            metrics, note = evaluate_run(generator.to(device), prepared.test, device, run_dir)
+        except InputError as problem:
+            metrics, note = None, f"evaluation impossible: {problem}"
+        finally:
+            generator.cpu()
+    else:
+        note = f"not evaluated: status {failure.status}"
+    eval_s = time.perf_counter() - eval_started
+
+    best, best_epoch, final = best_and_final(module.val_losses)
+    epochs_completed = len(module.train_losses)
+    result = {
+        "schema": RESULT_SCHEMA,
+        "name": config.name,
+        "status": "ok" if failure is None else failure.status,
+        "failure": None if failure is None else failure.to_dict(),
+        "seed": config.train.seed,
+        "model": {"arch": config.model.arch, "params": prepared.plan.params, "params_real": prepared.plan.params_real,
+                  "config": config.model.model_dump(mode="json")},
+        "data": {"train": str(prepared.train.path), "test": str(prepared.test.path), "N": prepared.N,
+                 "n_train": prepared.train.n, "n_test": prepared.test.n},
+        "training": {
+            "config": config.train.model_dump(mode="json"),
+            "epochs_requested": config.train.epochs,
+            "epochs_completed": epochs_completed,
+            "steps": module.steps_seen,
+            "val_loss_name": module.val_key,
+            "val_losses": module.val_losses,
+            "train_losses": module.train_losses,
+            "best_val_loss": best,
+            "best_epoch": best_epoch,
+            "final_val_loss": final,
+            "final_train_loss": module.train_losses[-1] if module.train_losses else None,
+        },
+        "grad_norm": grad_norm_stats(module.grad_norms),
+        "metrics": metrics,
+        "evaluation_note": note,
+        "memory_plan": None,
+        "timing": {
+            "wall_s": time.perf_counter() - started,
+            "train_s": train_s,
+            "eval_s": eval_s,
+            "samples_per_s": (module.samples_seen / train_s) if train_s > 0 else None,
+        },
+        "device": {"accelerator": prepared.accelerator, "threads": torch.get_num_threads(),
+                   "name": torch.cuda.get_device_name() if prepared.accelerator == "cuda" else "cpu"},
+        "versions": versions(),
+        "created": now_iso(),
+    }
+    if extra:
+        result.update(extra)
+    write_json_atomic(run_dir / RESULT_NAME, result)
+    return result
+
+
+
+def record_infeasible(
+    run_dir: Path, config: RunConfig, plan: dict[str, Any] | None, reason: str, sweep: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write the run dir of a run that cannot start (its memory plan is over the limit), with the plan's numbers."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / CONFIG_NAME, config.to_json_dict())
+    result = {
+        "schema": RESULT_SCHEMA,
+        "name": config.name,
+        "status": "infeasible",
+        "failure": Failure("infeasible", reason, 0, 0).to_dict(),
+        "seed": config.train.seed,
+        "model": {"arch": config.model.arch, "params": (plan or {}).get("params"),
+                  "params_real": (plan or {}).get("params_real"), "config": config.model.model_dump(mode="json")},
+        "data": {"train": str(config.data.train), "test": str(config.data.test)},
+        "training": {"config": config.train.model_dump(mode="json"), "epochs_requested": config.train.epochs,
+                     "epochs_completed": 0, "steps": 0, "val_loss_name": val_loss_name(config.train.loss), "val_losses": [], "train_losses": [],
+                     "best_val_loss": None, "best_epoch": None, "final_val_loss": None, "final_train_loss": None},
+        "grad_norm": None,
+        "metrics": None,
+        "evaluation_note": "not run: infeasible",
+        "memory_plan": plan,
+        "timing": {"wall_s": 0.0, "train_s": 0.0, "eval_s": 0.0, "samples_per_s": None},
+        "versions": versions(),
+        "created": now_iso(),
+    }
+    if sweep is not None:
+        result["sweep"] = sweep
+    write_json_atomic(run_dir / RESULT_NAME, result)
+    return result
