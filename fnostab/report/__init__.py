@@ -1,0 +1,20 @@
+"""Summaries of finished runs: statistics per arm, the seed-002 verdict, CI gates, plots.
+
+``summarize(paths, out_dir=..., threshold=..., gates=...)`` is the one way in (``fnostab
+summarize`` and the end of a sweep call it); the modules underneath are usable on their own:
+``collect`` (find and load runs), ``stats`` (pure statistics), ``verdict`` (decision logic),
+``gates`` (the ``--fail-on`` grammar), ``plots``, ``markdown`` (summary.md and the terminal table).
+"""
+
+from fnostab.report.collect import Collection, RunRecord, collect
+from fnostab.report.gates import GATE_METRICS, Gate, evaluate_gates, parse_gate
+from fnostab.report.markdown import format_summary_table, format_terminal, render_markdown
+from fnostab.report.stats import wilson_interval
+from fnostab.report.summary import SUMMARY_SCHEMA, build_summary, summarize
+from fnostab.report.verdict import decide
+
+__all__ = [
+    "GATE_METRICS", "SUMMARY_SCHEMA", "Collection", "Gate", "RunRecord", "build_summary", "collect", "decide",
+    "evaluate_gates", "format_summary_table", "format_terminal", "parse_gate", "render_markdown", "summarize",
+    "wilson_interval",
+]

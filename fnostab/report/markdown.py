@@ -1,0 +1,217 @@
+"""Text renderings of a summary document: summary.md and the compact terminal table.
+
+Both read only the document (never the runs), so what a person reads is what summary.json says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fnostab.training.failure import FAILURE_STATUSES
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+def _pct(value: Any) -> str:
+    return "—" if value is None else f"{100 * value:.0f}%"
+
+
+def _ci(interval: Sequence[float]) -> str:
+    return f"{_pct(interval[0])}–{_pct(interval[1])}"
+
+
+def _statuses(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{s} {counts[s]}" for s in FAILURE_STATUSES if counts.get(s)) or "—"
+
+
+def _metric(entry: Mapping[str, Any], *, iqr: bool = True, baseline: bool = True) -> str:
+    if entry["median"] is None:
+        text = "—"
+    elif iqr and entry["n"] > 1:
+        text = f"{_num(entry['median'])} [{_num(entry['p25'])}–{_num(entry['p75'])}]"
+    else:
+        text = _num(entry["median"])
+    if baseline and entry.get("baseline_median") is not None:
+        text += f" (const {_num(entry['baseline_median'], 3)})"
+    return text
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _steps_list(values: Sequence[Any], limit: int = 12) -> str:
+    shown = ", ".join("—" if v is None else str(v) for v in values[:limit])
+    return shown + (f", … ({len(values)} in all)" if len(values) > limit else "")
+
+
+def _verdict_lines(verdict: Mapping[str, Any]) -> list[str]:
+    lines = [f"## Verdict: **{verdict['outcome']}**", "", verdict["decision"], "", verdict["explanation"], ""]
+    if verdict["next_steps"]:
+        lines += ["Next steps:", ""] + [f"- {step}" for step in verdict["next_steps"]] + [""]
+    return lines
+
+
+def _stress_lines(stress: Mapping[str, Any]) -> list[str]:
+    lines = ["## Stress (depth × learning rate)", ""]
+    lines += _table(
+        ["arm", "depth", "lr", "runs", "failed", "statuses", "stable"],
+        [[c["arm"], c["depth"], _num(c["lr"]), c["n"] + c["n_infeasible"], c["failures"],
+          ", ".join(f"{k} {v}" for k, v in c["statuses"].items()), "infeasible" if c["infeasible"] else ("yes" if c["stable"] else "no")]
+         for c in stress["cells"]],
+    )
+    lines += ["Stability boundary: the largest value at which every seed is ok, and every smaller tested value too. "
+              "The single number per axis is the smallest over the other axis (the LR that is safe at every depth tested; "
+              "the depth reached at every LR). — means unstable already at the smallest value tested.", ""]
+    lines += _table(
+        ["arm", "boundary lr", "boundary depth", "largest stable lr per depth", "largest stable depth per lr"],
+        [[a["arm"], _num(a["boundary"]["lr"]), _num(a["boundary"]["depth"]),
+          "; ".join(f"d{e['depth']}: {'infeasible' if e['infeasible'] else _num(e['lr'])}" for e in a["lr_by_depth"]),
+          "; ".join(f"lr {_num(e['lr'])}: {_num(e['depth'])}" for e in a["depth_by_lr"])]
+         for a in stress["arms"]],
+    )
+    if stress["infeasible"]:
+        lines += ["Infeasible configurations (memory plan over the limit; nothing was allocated):", ""]
+        lines += _table(
+            ["arm", "depth", "lr", "seeds", "params", "total bytes", "geometry error", "reason"],
+            [[i["arm"], i["depth"], _num(i["lr"]), len(i["seeds"]), "—" if i["params"] is None else f"{i['params']:,}",
+              "—" if i["total_bytes"] is None else f"{i['total_bytes']:,}", i["geometry_error"] or "—", i["reason"] or "—"]
+             for i in stress["infeasible"]],
+        )
+    return lines
+
+
+def render_markdown(document: Mapping[str, Any]) -> str:
+    """summary.md: verdict first, then failures, time to failure, quality, gradients, stress, gates."""
+    groups = document["arms"]
+    threshold = document["grad_norm_threshold"]
+    runs = document["runs"]
+    lines = ["# fnostab summary", ""]
+    lines.append(f"Inputs: {', '.join(f'`{p}`' for p in document['inputs'])}. {runs['finished']} finished runs"
+                 + (f"; {len(runs['unfinished'])} unfinished run dirs skipped (no result.json)." if runs["unfinished"] else "."))
+    lines += [""] + [f"- skipped, unfinished: `{p}`" for p in runs["unfinished"]] + ([""] if runs["unfinished"] else [])
+    lines += _verdict_lines(document["verdict"])
+
+    lines += ["## Failures", ""]
+    lines += _table(
+        ["arm", "runs", "failed", "failure rate", "95% Wilson CI", "by status"],
+        [[g["label"], g["n"], g["failures"], _pct(g["failure_rate"]), _ci(g["failure_ci95"]), _statuses(g["failures_by_status"])]
+         for g in groups],
+    )
+    lines += ["## Time to failure", ""]
+    failed = [g for g in groups if g["time_to_failure"]["steps"]]
+    if failed:
+        lines += _table(
+            ["arm", "failed runs", "steps", "step median (min–max)", "epoch median (min–max)"],
+            [[g["label"], len(g["time_to_failure"]["steps"]), _steps_list(g["time_to_failure"]["steps"]),
+              f"{_num(t['step']['median'])} ({_num(t['step']['min'])}–{_num(t['step']['max'])})",
+              f"{_num(t['epoch']['median'])} ({_num(t['epoch']['min'])}–{_num(t['epoch']['max'])})"]
+             for g in failed for t in [g["time_to_failure"]]],
+        )
+    else:
+        lines += ["No run failed during training.", ""]
+
+    lines += ["## Quality of successful runs vs the constant baseline", "",
+              "Median [p25–p75] over runs with status ok; (const …) is the median score of a constant prediction "
+              "on the same test data. Phase SSIM is close to its constant baseline by construction (small phase range, "
+              "per-tile offsets at gridsize 1): read it only next to that baseline, never as a pass criterion.", ""]
+    lines += _table(
+        ["arm", "ok runs", "best val loss", "final val loss", "amp SSIM", "amp SSIM − const", "amp MAE", "phase SSIM", "phase SSIM (tile-aligned)"],
+        [[g["label"], g["n_ok"]] + [_metric(g["metrics"][k]) for k in
+          ("best_val_loss", "final_val_loss", "amp_ssim")] + [_metric(g["metrics"]["amp_ssim_gain"], baseline=False)]
+         + [_metric(g["metrics"][k]) for k in ("amp_mae", "phase_ssim", "phase_aligned_ssim")]
+         for g in groups],
+    )
+
+    lines += [f"## Gradient norms (pre-clip global L2, logged steps in metrics.csv; threshold {threshold:g})", ""]
+    lines += _table(
+        ["arm", "runs logged", "logged steps", "median", "p99", "max", "largest spike at", f"steps > {threshold:g}", "non-finite"],
+        [[g["label"], f"{gn['runs_with_series']}/{g['n']}", gn["logged_steps"], _num(gn["median"]), _num(gn["p99"]),
+          _num(gn["max"]), "—" if gn["max_run"] is None else f"step {gn['max_step']} of `{gn['max_run']}`",
+          _pct(gn["frac_above"]), gn["nonfinite"]]
+         for g in groups for gn in [g["grad_norm"]]],
+    )
+    blocks = [(g, r) for g in groups for r in g["runs"] if r.get("first_block_to_blow_up")]
+    if blocks:
+        lines += ["### First block to blow up (failed runs with per-block monitoring)", "",
+                  "The block whose gradient norm first exceeded the median of its own earlier steps by the "
+                  "threshold factor; among blocks crossing at that step, the largest factor. Without a crossing, "
+                  "the block with the largest excursion.", ""]
+        lines += _table(
+            ["arm", "run", "status", "block", "step", "norm / own earlier median", "crossed factor"],
+            [[g["label"], f"`{r['dir']}`", r["status"], b["block"], b["step"], _num(b["factor"], 3),
+              f"{'yes' if b['crossed'] else 'no'} ({b['threshold_factor']:g}×)"]
+             for g, r in blocks for b in [r["first_block_to_blow_up"]]],
+        )
+    if document.get("stress"):
+        lines += _stress_lines(document["stress"])
+    if document["gates"]:
+        lines += ["## Gates", ""]
+        lines += _table(
+            ["gate", "arm", "value", "passed"],
+            [[f"`{e['gate']}`", e["arm"], _num(e["value"]), "yes" if e["passed"] else "**no**"] for e in document["gates"]],
+        )
+    plots = document["plots"]
+    if plots["written"] or plots["skipped"]:
+        lines += ["## Plots", ""]
+        lines += [f"![{name}]({name})" for name in plots["written"]]
+        lines += [f"- {name} not drawn: {why}" for name, why in plots["skipped"].items()] + [""]
+    if document["warnings"]:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in document["warnings"]] + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def format_summary_table(document: Mapping[str, Any]) -> str:
+    """The compact per-arm table for a terminal: failures with CI, loss, SSIM vs constant, grad norms."""
+    threshold = document["grad_norm_threshold"]
+    header = ["arm", "n", "failed", "rate [95% CI]", "statuses", "best val loss", "amp SSIM (const)",
+              "phase SSIM (const)", f"grad>{threshold:g}", "max grad"]
+    rows = []
+    for g in document["arms"]:
+        metrics, grads = g["metrics"], g["grad_norm"]
+        rows.append([
+            g["label"], str(g["n"]), str(g["failures"]), f"{_pct(g['failure_rate'])} [{_ci(g['failure_ci95'])}]",
+            _statuses(g["failures_by_status"]), _num(metrics["best_val_loss"]["median"]),
+            f"{_num(metrics['amp_ssim']['median'], 3)} ({_num(metrics['amp_ssim']['baseline_median'], 3)})",
+            f"{_num(metrics['phase_ssim']['median'], 3)} ({_num(metrics['phase_ssim']['baseline_median'], 3)})",
+            _pct(grads["frac_above"]), _num(grads["max"], 3),
+        ])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in (0, 3, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def format_terminal(document: Mapping[str, Any]) -> str:
+    """Human output of ``fnostab summarize``: table, verdict, next steps, failed gates, files."""
+    verdict = document["verdict"]
+    lines = [format_summary_table(document)]
+    stress = document.get("stress")
+    if stress:
+        lines.append("")
+        for entry in stress["arms"]:
+            infeasible = [str(e["depth"]) for e in entry["lr_by_depth"] if e["infeasible"]]
+            lines.append(
+                f"stress {entry['arm']}: boundary lr {_num(entry['boundary']['lr'])}, depth {_num(entry['boundary']['depth'])}"
+                + (f"; infeasible at depth {', '.join(infeasible)}" if infeasible else "")
+            )
+        lines.append("(boundary: largest value with every seed ok there and below, at every value of the other axis; "
+                     "— = unstable already at the smallest tested)")
+    lines += ["", f"verdict: {verdict['outcome']}: {verdict['decision']}", verdict["explanation"]]
+    lines += [f"next: {step}" for step in verdict["next_steps"]]
+    unfinished = document["runs"]["unfinished"]
+    if unfinished:
+        lines.append(f"skipped {len(unfinished)} unfinished run dir(s) without result.json")
+    failed = [e for e in document["gates"] if not e["passed"]]
+    if document["gates"]:
+        lines.append(f"gates: {len(document['gates']) - len(failed)}/{len(document['gates'])} passed")
+    if document.get("out_dir"):
+        lines.append(f"summary: {document['out_dir']}/summary.md, summary.json, {len(document['plots']['written'])} plots")
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""PNG plots of a summary, drawn on ``matplotlib.figure.Figure`` with the Agg canvas.
+
+No pyplot: its global figure registry is shared state that leaks between callers (tests, a sweep
+that summarises at its end) and needs a display backend. Each plot is a function returning a
+Figure, or a string saying why there is nothing to draw; :func:`write_plots` saves the figures
+atomically and records the skipped ones.
+
+* ``val_loss.png``: validation loss per epoch, one colour per arm: the median over seeds as a line
+  and the min–max band across seeds (runs that stopped early drop out of later epochs).
+* ``grad_norm.png``: logged pre-clip gradient norm per step, every run of an arm in its colour, on
+  a log axis, with the ``--grad-norm-threshold`` line.
+* ``ssim.png``: amplitude and phase SSIM of each successful run per arm, the median as a bar, and
+  the constant baseline drawn across each arm (phase SSIM means nothing without it).
+* ``failure_times.png``: step at which each failed run failed, per arm, marker by status.
+* ``stress_map.png`` (stress runs): per arm, failed / run seeds over the depth × LR grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from fnostab.io import atomic_path
+
+_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+            "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+_STATUS_MARKERS = {"diverged": "x", "collapsed": "v", "oom": "s", "error": "D", "infeasible": "P"}
+
+
+def _colour(index: int) -> str:
+    return _COLOURS[index % len(_COLOURS)]
+
+
+def _groups(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The arms the per-arm plots show: shootout arms when there are any (stress cells have their map)."""
+    arms = [g for g in document["arms"] if g.get("kind") != "stress"]
+    return arms or list(document["arms"])
+
+
+def _figure(width: float = 7.0, height: float = 4.5, *, bottom: float = 0.12, left: float = 0.11) -> Figure:
+    # Fixed margins rather than constrained layout: the layout engine measures every tick label
+    # and would take half of the drawing time for pictures whose labels we know.
+    figure = Figure(figsize=(width, height), dpi=100)
+    figure.subplots_adjust(left=left, right=0.97, bottom=bottom, top=0.86, wspace=0.3)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_val_loss(document: Mapping[str, Any], traces: Any) -> Figure | str:
+    """Median validation loss per epoch with the min–max band across seeds, per arm."""
+    series = {g["label"]: [c for c in traces.val_losses.get(g["label"], []) if c] for g in _groups(document)}
+    if not any(series.values()):
+        return "no validation losses in any run"
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure(left=0.15)
+    axes = figure.add_subplot()
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    positive = True
+    for index, (label, curves) in enumerate(series.items()):
+        if not curves:
+            continue
+        length = max(len(c) for c in curves)
+        grid = np.full((len(curves), length), np.nan)
+        for row, curve in enumerate(curves):
+            grid[row, : len(curve)] = curve
+        grid[~np.isfinite(grid)] = np.nan
+        if not np.isfinite(grid).any():
+            continue
+        positive &= bool(np.nanmin(grid) > 0)
+        epochs = np.arange(length)
+        present = np.isfinite(grid).any(axis=0)
+        with np.errstate(all="ignore"):
+            lo = np.nanmin(np.where(present, grid, 0), axis=0)
+            hi = np.nanmax(np.where(present, grid, 0), axis=0)
+            mid = np.nanmedian(np.where(present, grid, 0), axis=0)
+        epochs, lo, hi, mid = epochs[present], lo[present], hi[present], mid[present]
+        colour = _colour(index)
+        axes.fill_between(epochs, lo, hi, color=colour, alpha=0.2, linewidth=0)
+        axes.plot(epochs, mid, color=colour, label=f"{label} (n={len(curves)})")
+    if positive:
+        axes.set_yscale("log")
+    names = sorted({n for g in _groups(document) for n in g["val_loss_names"]}) or ["val loss"]
+    axes.set(xlabel="epoch", ylabel=" / ".join(names), title="Validation loss: median over seeds, band = min–max")
+    axes.legend(fontsize="small")
+    return figure
+
+
+def plot_grad_norm(document: Mapping[str, Any], traces: Any) -> Figure | str:
+    """Every logged pre-clip gradient-norm trace, coloured by arm, log axis."""
+    if not any(traces.grad_norms.get(g["label"]) for g in _groups(document)):
+        return "no run logged grad_norm_preclip in metrics.csv (train with --log-grad-norm)"
+    figure = _figure(left=0.14)
+    axes = figure.add_subplot()
+    for index, group in enumerate(_groups(document)):
+        runs = traces.grad_norms.get(group["label"]) or []
+        for number, (steps, values) in enumerate(runs):
+            values = np.asarray(values, dtype=np.float64)
+            keep = np.isfinite(values) & (values > 0)
+            axes.plot(np.asarray(steps)[keep], values[keep], color=_colour(index), alpha=0.6, linewidth=0.8,
+                      label=f"{group['label']} ({len(runs)} runs)" if number == 0 else None)
+    threshold = document["grad_norm_threshold"]
+    if threshold > 0:
+        axes.axhline(threshold, color="black", linestyle="--", linewidth=0.8, label=f"threshold {threshold:g}")
+    axes.set_yscale("log")
+    axes.set(xlabel="step", ylabel="pre-clip global L2 gradient norm", title="Gradient norm per logged step")
+    axes.legend(fontsize="small")
+    return figure
+
+
+def plot_ssim(document: Mapping[str, Any], traces: Any) -> Figure | str:
+    """Amplitude and phase SSIM of successful runs per arm, with the constant baseline of each arm."""
+    groups = _groups(document)
+    points: dict[str, list[list[float]]] = {"amp_ssim": [], "phase_ssim": []}
+    for key, per_group in points.items():
+        for group in groups:
+            values = []
+            for run in group["runs"]:
+                value = (run.get("metrics") or {}).get(key)
+                if run["status"] == "ok" and isinstance(value, (int, float)) and math.isfinite(value):
+                    values.append(value)
+            per_group.append(values)
+    any_point = any(values for per_group in points.values() for values in per_group)
+    if not any_point:
+        return "no successful run was evaluated (no SSIM)"
+    figure = _figure(min(20.0, max(8.0, 0.9 * len(groups) + 3)), 4.5, bottom=0.2, left=0.08)
+    figure.suptitle("SSIM of successful runs: dots = runs, bar = median, dashed = constant baseline")
+    axes_pair = figure.subplots(1, 2, sharey=False)
+    for axes, key, title in zip(axes_pair, ("amp_ssim", "phase_ssim"), ("amplitude SSIM", "phase SSIM")):
+        for index, group in enumerate(groups):
+            values = points[key][index]
+            x = index + np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.full(len(values), float(index))
+            axes.scatter(x, values, color=_colour(index), s=18, zorder=3)
+            median = group["metrics"][key]["median"]
+            if median is not None:
+                axes.hlines(median, index - 0.3, index + 0.3, color=_colour(index), linewidth=2.5, zorder=2)
+            base = group["metrics"][key]["baseline_median"]
+            if base is not None:
+                axes.hlines(base, index - 0.4, index + 0.4, color="black", linestyle="--", linewidth=1, zorder=1)
+        axes.set_xticks(range(len(groups)), [g["label"] for g in groups], rotation=30, ha="right", fontsize="small")
+        axes.set(ylabel=title, title=title, xlim=(-0.6, len(groups) - 0.4))  # the suptitle is the legend
+    return figure
+
+
+def plot_failure_times(document: Mapping[str, Any], traces: Any) -> Figure | str:
+    """Failure step of every failed run, one row per arm."""
+    groups = _groups(document)
+    rows = []
+    for index, group in enumerate(groups):
+        for run in group["runs"]:
+            failure = run.get("failure") or {}
+            if run["status"] not in ("ok", "infeasible") and isinstance(failure.get("step"), (int, float)):
+                rows.append((index, failure["step"], run["status"]))
+    if not rows:
+        return "no run failed during training"
+    figure = _figure(7.0, max(2.8, 0.5 * len(groups) + 1.5), bottom=0.2, left=0.25)
+    axes = figure.add_subplot()
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for status in sorted({status for _, _, status in rows}):
+        chosen = [(i, s) for i, s, st in rows if st == status]
+        marker = _STATUS_MARKERS.get(status, "o")
+        axes.scatter([s for _, s in chosen], [i for i, _ in chosen], marker=marker, c=[_colour(i) for i, _ in chosen], s=40)
+        # The points take their arm's colour; the legend explains only the marker.
+        handles.append(Line2D([], [], marker=marker, color="black", linestyle="", label=status))
+    axes.set_yticks(range(len(groups)), [g["label"] for g in groups], fontsize="small")
+    axes.set_ylim(-0.5, len(groups) - 0.5)
+    axes.set(xlabel="training step at failure", title="Time to failure")
+    axes.legend(handles=handles, fontsize="small")
+    return figure
+
+
+def plot_stress_map(document: Mapping[str, Any], traces: Any) -> Figure | str:
+    """Failed / run seeds per (depth, lr) cell, one panel per arm; infeasible cells hatched grey."""
+    stress = document.get("stress")
+    if not stress:
+        return "no stress runs"
+    arms = [a["arm"] for a in stress["arms"]]
+    depths = sorted({c["depth"] for c in stress["cells"] if c["depth"] is not None})
+    lrs = sorted({c["lr"] for c in stress["cells"] if c["lr"] is not None})
+    if not depths or not lrs:
+        return "stress runs carry no depth/lr"
+    figure = _figure(max(4.5, 3.4 * len(arms)), 0.45 * len(depths) + 2.4, bottom=0.2, left=0.1)
+    panels = figure.subplots(1, len(arms), squeeze=False)[0]
+    image = None
+    for axes, arm in zip(panels, arms):
+        grid = np.full((len(depths), len(lrs)), np.nan)
+        for cell in (c for c in stress["cells"] if c["arm"] == arm):
+            row, col = depths.index(cell["depth"]), lrs.index(cell["lr"])
+            if cell["infeasible"]:
+                axes.add_patch(_hatched(col, row))
+                axes.text(col, row, "infeasible", ha="center", va="center", fontsize="x-small")
+                continue
+            grid[row, col] = cell["failures"] / cell["n"] if cell["n"] else np.nan
+            axes.text(col, row, f"{cell['failures']}/{cell['n']}", ha="center", va="center", fontsize="small")
+        image = axes.imshow(grid, cmap="RdYlGn_r", vmin=0, vmax=1, origin="lower", aspect="auto")
+        axes.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs], fontsize="small")
+        axes.set_yticks(range(len(depths)), [str(d) for d in depths], fontsize="small")
+        axes.set(xlabel="learning rate", ylabel="depth (fno_blocks)", title=f"{arm}: failed / seeds")
+    if image is not None:
+        figure.colorbar(image, ax=list(panels), label="failure rate", shrink=0.8)
+    return figure
+
+
+def _hatched(col: int, row: int) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((col - 0.5, row - 0.5), 1, 1, facecolor="lightgrey", hatch="//", edgecolor="grey", linewidth=0)
+
+
+PLOTS: dict[str, Callable[[Mapping[str, Any], Any], Figure | str]] = {
+    "val_loss.png": plot_val_loss,
+    "grad_norm.png": plot_grad_norm,
+    "ssim.png": plot_ssim,
+    "failure_times.png": plot_failure_times,
+    "stress_map.png": plot_stress_map,
+}
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def write_plots(out_dir: Path, document: Mapping[str, Any], traces: Any) -> dict[str, Any]:
+    """Draw every plot that has data; ``{written: [names], skipped: {name: why}}``.
+
+    A skipped plot's file from an earlier summary in the same directory is removed, so the
+    directory never shows a picture of other data than its summary.json.
+    """
+    written: list[str] = []
+    skipped: dict[str, str] = {}
+    for name, draw in PLOTS.items():
+        outcome = draw(document, traces)
+        if isinstance(outcome, str):
+            skipped[name] = outcome
+            (out_dir / name).unlink(missing_ok=True)
+            continue
+        save_figure(outcome, out_dir / name)
+        written.append(name)
+    return {"written": written, "skipped": skipped}

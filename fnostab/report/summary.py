@@ -1,0 +1,336 @@
+"""Build the summary of a set of runs and write it: summary.json, summary.md and PNG plots.
+
+:func:`summarize` is the one way in, used by ``fnostab summarize`` and at the end of a sweep.
+
+Where the files go: ``out_dir`` when given; otherwise the single input path (a sweep dir, a run dir,
+or the run dir of a result.json). Several input paths need an explicit ``out_dir``: no one of them
+is the obvious home of a summary of all.
+
+summary.json (schema ``fnostab.summary/1``)::
+
+    {schema, created, inputs, out_dir, grad_norm_threshold,
+     runs: {finished, unfinished: [dirs]}, sweeps: [{path, kind, arms, seeds}],
+     arms: [                                  # one entry per arm; per (arm, depth, lr) for stress runs
+       {label, arm, kind, depth, lr, arch, clip, val_loss_names, seeds,
+        n, n_ok, failures, failure_rate, failure_ci95: [lo, hi], failures_by_status: {status: k},
+        time_to_failure: {steps, epochs, step: {median, min, max}, epoch: {median, min, max}},
+        metrics: {best_val_loss | final_val_loss | amp_ssim | amp_ssim_gain | amp_mae | phase_ssim
+                  | phase_aligned_ssim: {n, median, p25, p75, baseline_median}},   # successful runs only
+        grad_norm: {threshold, runs_with_series, runs_without_series, logged_steps, nonfinite, max,
+                    median, p99, above, frac_above, max_run, max_step},           # pooled metrics.csv
+        runs: [{dir, seed, status, failure, best_val_loss, final_val_loss, metrics, grad_norm,
+                first_block_to_blow_up, memory_plan}]}],
+     stress: null | {cells: [{label, arm, depth, lr, arch, clip, n, n_infeasible, failures, statuses, stable, infeasible}],
+                     arms: [{arm, lr_by_depth: [{depth, lr, infeasible}], depth_by_lr: [{lr, depth}],
+                             boundary: {lr, depth}}],
+                     infeasible: [{arm, depth, lr, seeds, dirs, params, total_bytes, geometry_error, reason}]},
+     verdict: {outcome, decision, explanation, stage_a, stage_b, notes, next_steps},
+     gates: [{gate, metric, arm, op, threshold, value, passed}], gates_passed,
+     plots: {written: [file names], skipped: {file name: reason}}, warnings: [...]}
+
+A failure is any status but ok, infeasible included (``failures_by_status`` tells them apart);
+stress cells count only feasible runs, since a plan that did not fit says nothing about stability.
+Every number is JSON-safe (non-finite → null). Quality metrics are conditional on successful runs
+(seed 002) and each comes with the median of the constant-prediction baseline next to it, because a
+phase SSIM of 0.88 is what a constant scores here (cpu-trial).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fnostab.errors import InputError
+from fnostab.io import to_jsonable, write_json_atomic, write_text_atomic
+from fnostab.report.collect import Collection, RunRecord, collect, group_label, read_metric_columns
+from fnostab.report.gates import Gate, evaluate_gates, parse_gate
+from fnostab.report.stats import (
+    first_block_to_blow_up,
+    pooled_series_stats,
+    quartiles,
+    series_stats,
+    spread,
+    stress_boundaries,
+    wilson_interval,
+)
+from fnostab.report.verdict import decide
+from fnostab.training.failure import FAILURE_STATUSES
+from fnostab.training.result import now_iso
+
+SUMMARY_SCHEMA = "fnostab.summary/1"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+
+# Quality metrics summarised per arm: from result.json's training block, and from its metrics block.
+TRAINING_METRICS = ("best_val_loss", "final_val_loss")
+EVAL_METRICS = ("amp_ssim", "amp_mae", "phase_ssim", "phase_aligned_ssim")
+# amp_ssim minus the constant baseline's, per run: the quality check cpu-trial recommends.
+DERIVED_METRICS = ("amp_ssim_gain",)
+METRIC_NAMES = TRAINING_METRICS + EVAL_METRICS[:1] + DERIVED_METRICS + EVAL_METRICS[1:]
+
+GRAD_COLUMNS = ("grad_norm_preclip", "grad_norm_preclip_step")  # ours; Lightning's on_step+on_epoch name
+BLOCK_GRAD_PREFIX = "block_grad_norm/"
+
+
+@dataclass
+class Traces:
+    """Per-run curves for the plots, kept out of summary.json (a grad-norm trace has one value per step)."""
+
+    val_losses: dict[str, list[list[float]]] = field(default_factory=dict)
+    grad_norms: dict[str, list[tuple[list[int], list[float]]]] = field(default_factory=dict)
+
+
+def _run_grad_norm(record: RunRecord, columns: dict[str, tuple[list[int], list[float]]] | None,
+                   threshold: float) -> tuple[dict[str, Any] | None, tuple[list[int], list[float]] | None]:
+    """A run's pre-clip gradient-norm statistics: from its metrics.csv, else from result.json."""
+    for name in GRAD_COLUMNS:
+        if columns and columns.get(name) and columns[name][1]:
+            steps, values = columns[name]
+            return {"source": "metrics.csv", **series_stats(steps, values, threshold)}, (steps, values)
+    stats = record.result.get("grad_norm")
+    if stats and stats.get("max") is not None:
+        # result.json counts every step at a fixed threshold of 1.0; keep its fraction only if it matches.
+        return {
+            "source": "result.json", "logged_steps": stats.get("steps"), "nonfinite": None,
+            "max": stats.get("max"), "median": stats.get("median"), "p99": stats.get("p99"),
+            "frac_above": stats.get("frac_above_1") if threshold == 1.0 else None, "above": None,
+            "max_step": stats.get("max_step"),
+        }, None
+    return None, None
+
+
+def _first_block(columns: dict[str, tuple[list[int], list[float]]] | None) -> dict[str, Any] | None:
+    if not columns:
+        return None
+    blocks = {}
+    for name, series in columns.items():
+        if name.startswith(BLOCK_GRAD_PREFIX):
+            try:
+                blocks[int(name.removeprefix(BLOCK_GRAD_PREFIX))] = series
+            except ValueError:
+                continue
+    return first_block_to_blow_up(blocks) if blocks else None
+
+
+def _wanted_column(name: str) -> bool:
+    return name in GRAD_COLUMNS or name.startswith(BLOCK_GRAD_PREFIX)
+
+
+def _metric_values(record: RunRecord) -> dict[str, tuple[float | None, float | None]]:
+    """(value, constant-baseline value) of each summarised metric for one run."""
+    training = record.result.get("training") or {}
+    metrics = record.result.get("metrics") or {}
+    baseline = metrics.get("baseline") or {}
+    out: dict[str, tuple[float | None, float | None]] = {name: (training.get(name), None) for name in TRAINING_METRICS}
+    for name in EVAL_METRICS:
+        out[name] = (metrics.get(name), baseline.get(name))
+    amp, base = metrics.get("amp_ssim"), baseline.get("amp_ssim")
+    gain = amp - base if isinstance(amp, (int, float)) and isinstance(base, (int, float)) else None
+    out["amp_ssim_gain"] = (gain, 0.0 if gain is not None else None)
+    return out
+
+
+def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, traces: Traces,
+                   warnings: list[str]) -> dict[str, Any]:
+    first = records[0]
+    n = len(records)
+    failed = [r for r in records if r.status != "ok"]
+    ok = [r for r in records if r.status == "ok"]
+    by_status = {status: sum(1 for r in failed if r.status == status) for status in FAILURE_STATUSES}
+    # Time to failure: when training broke. An infeasible run never started, so it has no time.
+    timed = [r for r in failed if r.status != "infeasible" and r.result.get("failure")]
+    steps = [r.result["failure"].get("step") for r in timed]
+    epochs = [r.result["failure"].get("epoch") for r in timed]
+
+    per_metric = {name: [] for name in METRIC_NAMES}
+    per_baseline = {name: [] for name in METRIC_NAMES}
+    for record in ok:
+        for name, (value, base) in _metric_values(record).items():
+            per_metric[name].append(value)
+            per_baseline[name].append(base)
+    metrics = {}
+    for name in METRIC_NAMES:
+        entry = quartiles(per_metric[name])
+        entry["baseline_median"] = quartiles(per_baseline[name])["median"]
+        metrics[name] = entry
+
+    runs, series = [], {}
+    traces.val_losses[label] = []
+    traces.grad_norms[label] = []
+    for record in records:
+        columns = read_metric_columns(record.metrics_csv, _wanted_column)
+        if columns is None and record.metrics_csv.exists():
+            warnings.append(f"{record.metrics_csv}: unreadable, gradient norms taken from result.json")
+        grad, trace = _run_grad_norm(record, columns, threshold)
+        if trace is not None:
+            series[str(record.dir)] = trace
+            traces.grad_norms[label].append(trace)
+        training = record.result.get("training") or {}
+        traces.val_losses[label].append([v if isinstance(v, (int, float)) else math.nan for v in training.get("val_losses") or []])
+        failure = record.result.get("failure")
+        runs.append({
+            "dir": str(record.dir),
+            "seed": record.seed,
+            "status": record.status,
+            "failure": failure,
+            "best_val_loss": training.get("best_val_loss"),
+            "final_val_loss": training.get("final_val_loss"),
+            "metrics": {name: (record.result.get("metrics") or {}).get(name) for name in EVAL_METRICS}
+            if record.result.get("metrics") else None,
+            "grad_norm": grad,
+            "first_block_to_blow_up": _first_block(columns) if record.status not in ("ok", "infeasible") else None,
+            "memory_plan": record.result.get("memory_plan"),
+        })
+    pooled = pooled_series_stats(series, threshold)
+    pooled["threshold"] = threshold
+    pooled["runs_without_series"] = n - pooled["runs_with_series"]
+    val_names = sorted({(r.result.get("training") or {}).get("val_loss_name") for r in records} - {None})
+    return {
+        "label": label,
+        "arm": first.arm,
+        "kind": first.kind,
+        "depth": first.depth,
+        "lr": first.lr,
+        "arch": first.arch,
+        "clip": first.clip,
+        "val_loss_names": val_names,
+        "seeds": [r.seed for r in records],
+        "n": n,
+        "n_ok": len(ok),
+        "failures": len(failed),
+        "failure_rate": len(failed) / n,
+        "failure_ci95": list(wilson_interval(len(failed), n)),
+        "failures_by_status": by_status,
+        "time_to_failure": {"steps": steps, "epochs": epochs, "step": spread(steps), "epoch": spread(epochs)},
+        "metrics": metrics,
+        "grad_norm": pooled,
+        "runs": runs,
+    }
+
+
+def _stress_section(groups: Sequence[dict[str, Any]], records: Sequence[RunRecord]) -> dict[str, Any] | None:
+    """Stress cells (feasible runs only count toward n/failures), boundaries per arm, infeasible plans."""
+    stress_groups = [g for g in groups if g["kind"] == "stress"]
+    if not stress_groups:
+        return None
+    cells = []
+    for group in stress_groups:
+        statuses = [run["status"] for run in group["runs"]]
+        feasible = [s for s in statuses if s != "infeasible"]
+        n_infeasible = len(statuses) - len(feasible)
+        cells.append({
+            "label": group["label"], "arm": group["arm"], "depth": group["depth"], "lr": group["lr"],
+            "arch": group["arch"], "clip": group["clip"],
+            "n": len(feasible), "n_infeasible": n_infeasible,
+            "failures": sum(1 for s in feasible if s != "ok"),
+            "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+            "stable": bool(feasible) and all(s == "ok" for s in feasible),
+            "infeasible": not feasible and n_infeasible > 0,
+        })
+    arms = []
+    for arm in dict.fromkeys(c["arm"] for c in cells):
+        arms.append({"arm": arm, **stress_boundaries([c for c in cells if c["arm"] == arm])})
+    # One entry per infeasible cell: the plan depends on the model, not on the seed.
+    infeasible: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for record in records:
+        if record.kind == "stress" and record.status == "infeasible":
+            entry = infeasible.get(record.group_key)
+            if entry is None:
+                plan = record.result.get("memory_plan") or {}
+                entry = infeasible[record.group_key] = {
+                    "arm": record.arm, "depth": record.depth, "lr": record.lr, "seeds": [], "dirs": [],
+                    "params": plan.get("params", (record.result.get("model") or {}).get("params")),
+                    "total_bytes": plan.get("total_bytes"),
+                    "geometry_error": plan.get("geometry_error"),
+                    "reason": (record.result.get("failure") or {}).get("reason"),
+                }
+            entry["seeds"].append(record.seed)
+            entry["dirs"].append(str(record.dir))
+    return {"cells": cells, "arms": arms, "infeasible": list(infeasible.values())}
+
+
+def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[str, Any], Traces]:
+    """The summary document (without gates and plots) and the per-run curves for plotting."""
+    grouped: dict[tuple[Any, ...], list[RunRecord]] = {}
+    for record in collection.runs:  # already sorted by arm order, depth, lr, seed
+        grouped.setdefault(record.group_key, []).append(record)
+    traces = Traces()
+    warnings: list[str] = []
+    groups = [_group_summary(group_label(*key), records, threshold, traces, warnings) for key, records in grouped.items()]
+    for group in groups:
+        if len(group["val_loss_names"]) > 1:
+            warnings.append(f"arm {group['label']} mixes validation losses {group['val_loss_names']}: its loss medians are not comparable")
+    if len({name for g in groups for name in g["val_loss_names"]}) > 1:
+        warnings.append("arms use different validation losses: loss comparisons between them are not meaningful")
+    stress = _stress_section(groups, collection.runs)
+    document = {
+        "schema": SUMMARY_SCHEMA,
+        "created": now_iso(),
+        "inputs": [str(p) for p in collection.inputs],
+        "out_dir": None,
+        "grad_norm_threshold": threshold,
+        "runs": {"finished": len(collection.runs), "unfinished": [str(p) for p in collection.unfinished]},
+        "sweeps": collection.sweeps,
+        "arms": groups,
+        "stress": stress,
+        "verdict": decide(groups, stress),
+        "gates": [],
+        "gates_passed": True,
+        "plots": {"written": [], "skipped": {}},
+        "warnings": warnings,
+    }
+    return document, traces
+
+
+def default_out_dir(paths: Sequence[Path | str]) -> Path:
+    """Where a summary goes without ``--out``: the single input path (see the module docstring)."""
+    if len(paths) != 1:
+        raise InputError(f"{len(paths)} paths given: pass --out DIR to say where the summary of all of them goes")
+    path = Path(paths[0])
+    return path.parent if path.is_file() else path
+
+
+def write_summary(document: dict[str, Any], traces: Traces, out_dir: Path, *, plots: bool = True) -> None:
+    """Plots first (the document records which were drawn), then summary.md, then summary.json."""
+    from fnostab.report.markdown import render_markdown
+
+    if plots:
+        from fnostab.report.plots import write_plots  # matplotlib only when drawing
+
+        document["plots"] = write_plots(out_dir, document, traces)
+    write_text_atomic(out_dir / SUMMARY_MD, render_markdown(document))
+    write_json_atomic(out_dir / SUMMARY_JSON, document)
+
+
+def summarize(
+    paths: Sequence[Path | str],
+    *,
+    out_dir: Path | str | None = None,
+    threshold: float = 1.0,
+    gates: Iterable[str | Gate] = (),
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Summarise the runs under ``paths``; write summary.json, summary.md and plots; return the document.
+
+    ``gates`` (texts in the grammar of :mod:`fnostab.report.gates`, or parsed Gates) are evaluated
+    into ``document["gates"]`` and ``document["gates_passed"]``; a failed gate does not raise (the
+    CLI turns it into exit 1). ``plots=False`` skips the PNGs (about a second of matplotlib).
+    InputError — with nothing written — for a bad path, no finished runs,
+    a corrupt result.json, a malformed gate, a gate on an unknown arm or a bad threshold.
+    """
+    parsed = [g if isinstance(g, Gate) else parse_gate(g) for g in gates]
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
+        raise InputError(f"--grad-norm-threshold must be a finite number >= 0, found {threshold!r}")
+    out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: expected a directory for the summary, found a file")
+    collection = collect(paths)
+    document, traces = build_summary(collection, float(threshold))
+    document["gates"] = evaluate_gates(parsed, document["arms"])  # InputError for an unknown arm: nothing written yet
+    document["gates_passed"] = all(entry["passed"] for entry in document["gates"])
+    document["out_dir"] = str(out)
+    write_summary(document, traces, out, plots=plots)
+    return to_jsonable(document)  # the same numbers as summary.json (non-finite → None)

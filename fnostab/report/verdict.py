@@ -1,0 +1,360 @@
+"""The decision logic of seed 002 §5, applied to per-arm statistics.
+
+Roles: ``control`` (the arm named "control", else the hybrid arm without clipping), ``arch`` (the
+arm named "arch", else stable_hybrid without clipping) and ``opt`` (the arm named "opt", else hybrid
+with AGC).
+
+* **Stage A** (shootout at standard depth). arch passes when its median best val loss (successful
+  runs) is below the control's AND its failure rate is lower. opt passes when its failure rate is
+  lower AND its median val loss is at most 10% above the control's.
+* **Stage B** (depth/LR stress, only when stress runs are among the inputs). A fix passes when it
+  scales: on the grid it shares with the control, its stability boundary (largest LR / depth at
+  which every seed is ok, see :func:`fnostab.report.stats.stress_boundaries`) lies beyond the
+  control's, or its failure rate at the deep setting (the deepest depth both could build) is lower.
+* **Outcome**: ``gold`` (arch passes A and B: new default architecture), ``pivot`` (both fixes fail
+  Stage B — or both already fail Stage A against a control that does fail, where Stage B cannot
+  rescue them: investigate LayerScale),
+  ``silver`` (arch fails, opt passes A and did not fail B: AGC becomes mandatory), else
+  ``inconclusive`` with what to run next. Runs of a role arm that ended in ``error`` (a crash, not
+  an instability) make the verdict inconclusive until they are fixed and rerun.
+
+A check whose answer the data cannot give is None, not False: when the control never failed (0/n)
+"a lower failure rate" is impossible, so the stage is undecided, not failed. Comparisons use point
+estimates; overlapping 95% Wilson intervals are flagged, since at 5–10 seeds per arm most differences
+in failure rate are within noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fnostab.report.stats import beyond, intervals_overlap, stress_boundaries, wilson_interval
+
+# seed 002 §2, Stage A, opt arm: "model.val_loss_name not worse by >10% (median, successful runs only)".
+OPT_LOSS_TOLERANCE = 0.10
+
+ROLE_NAMES = ("control", "arch", "opt")
+
+OUTCOMES = {
+    "gold": "stable_hybrid passes Stage A and Stage B: make it the default FNO architecture and deprecate PtychoBlock.",
+    "silver": "stable_hybrid fails, AGC lowers the failure rate without a >10% median-loss regression: AGC becomes the mandatory training policy for FNO models.",
+    "pivot": "neither fix holds up: investigate LayerScale (explicit depth damping).",
+    "inconclusive": "the data cannot decide between the outcomes of seed 002 §5.",
+}
+
+STRESS_HINT = "fnostab stress --depths 4,6 --lrs 1e-3,3e-3,1e-2 --out DIR"
+
+
+def resolve_roles(arms: Mapping[str, tuple[str | None, str | None]]) -> dict[str, str | None]:
+    """Map role → arm name from ``{arm: (arch, clip)}``: by name first, else by architecture and clip.
+
+    An arm fills at most one role; among several candidates the first in sorted order wins, and unit-wise
+    AGC (``agc:λ``) is preferred over per-tensor AGC (``agc_tensor:λ``) for the opt role.
+    """
+    roles: dict[str, str | None] = {role: (role if role in arms else None) for role in ROLE_NAMES}
+    wanted = {
+        "control": [("hybrid", lambda c: c == "none")],
+        "arch": [("stable_hybrid", lambda c: c == "none")],
+        "opt": [("hybrid", lambda c: c.startswith("agc:")), ("hybrid", lambda c: c.startswith("agc"))],
+    }
+    for role in ROLE_NAMES:
+        if roles[role] is not None:
+            continue
+        taken = {name for name in roles.values() if name is not None}
+        for arch, clip_test in wanted[role]:
+            roles[role] = next((arm for arm in sorted(arms) if arm not in taken and arms[arm][0] == arch
+                                and clip_test(arms[arm][1] or "none")), None)
+            if roles[role] is not None:
+                break
+    return roles
+
+
+def _pct(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{100 * rate:.0f}%"
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _bound(value: float | None) -> str:
+    return "below the smallest tested" if value is None else f"{value:g}"
+
+
+def _arm_numbers(group: Mapping[str, Any]) -> dict[str, Any]:
+    best = ((group.get("metrics") or {}).get("best_val_loss") or {})
+    return {
+        "arm": group["arm"],
+        "n": group["n"],
+        "failures": group["failures"],
+        "failure_rate": group["failure_rate"],
+        "failure_ci95": list(group["failure_ci95"]),
+        "median_best_val_loss": best.get("median"),
+        "n_ok": best.get("n", group["n"] - group["failures"]),
+    }
+
+
+def _describe(numbers: Mapping[str, Any]) -> str:
+    lo, hi = numbers["failure_ci95"]
+    return (f"{numbers['arm']} failed {numbers['failures']}/{numbers['n']} ({_pct(numbers['failure_rate'])}, "
+            f"95% CI {_pct(lo)}–{_pct(hi)}), median best val loss {_loss(numbers['median_best_val_loss'])}")
+
+
+def stage_a_check(role: str, control: Mapping[str, Any], fix: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Stage A for ``role`` ("arch" or "opt") from the two arms' numbers (see :func:`_arm_numbers`)."""
+    if fix is None:
+        return {"present": False, "passes": None, "reasons": [f"no {role} arm among the runs"]}
+    reasons: list[str] = []
+    lower_rate: bool | None = fix["failure_rate"] < control["failure_rate"]
+    if control["failures"] == 0:
+        lower_rate = None
+        reasons.append(f"control never failed ({control['failures']}/{control['n']}): a lower failure rate is impossible")
+    c_loss, f_loss = control["median_best_val_loss"], fix["median_best_val_loss"]
+    if f_loss is None:
+        loss_ok: bool | None = False
+        reasons.append(f"{role} has no successful run, so no median val loss")
+    elif c_loss is None:
+        loss_ok = True  # the control never succeeded: any successful fix run is better
+        reasons.append("control has no successful run to compare the loss with")
+    elif role == "arch":
+        loss_ok = f_loss < c_loss
+    else:
+        loss_ok = f_loss <= (1 + OPT_LOSS_TOLERANCE) * c_loss
+    if lower_rate is False:
+        reasons.append(f"failure rate {_pct(fix['failure_rate'])} is not below the control's {_pct(control['failure_rate'])}")
+    if loss_ok is False and f_loss is not None and c_loss is not None:
+        reasons.append(
+            f"median best val loss {_loss(f_loss)} does not beat the control's {_loss(c_loss)}" if role == "arch" else
+            f"median best val loss {_loss(f_loss)} is more than {OPT_LOSS_TOLERANCE:.0%} above the control's {_loss(c_loss)}"
+        )
+    passes = False if (lower_rate is False or loss_ok is False) else (None if lower_rate is None else True)
+    return {
+        "present": True,
+        "passes": passes,
+        "checks": {"lower_failure_rate": lower_rate,
+                   ("beats_control_loss" if role == "arch" else "loss_within_10pct"): loss_ok},
+        "loss_ratio": (f_loss / c_loss) if (f_loss is not None and c_loss) else None,
+        "intervals_overlap": intervals_overlap(fix["failure_ci95"], control["failure_ci95"]),
+        "numbers": dict(fix),
+        "reasons": reasons,
+    }
+
+
+def _pool(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    n = sum(c["n"] for c in cells)
+    failures = sum(c["failures"] for c in cells)
+    return {"n": n, "failures": failures, "failure_rate": failures / n if n else None,
+            "failure_ci95": list(wilson_interval(failures, n))}
+
+
+def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: str, fix_arm: str | None) -> dict[str, Any]:
+    """Stage B for ``role`` from stress cells ``{arm, depth, lr, n, failures, infeasible}``."""
+    if fix_arm is None or not any(c["arm"] == fix_arm for c in cells):
+        return {"present": False, "passes": None, "reasons": [f"no stress runs of the {role} arm"]}
+    cells = [c for c in cells if c["depth"] is not None and c["lr"] is not None]
+    control_cells = [c for c in cells if c["arm"] == control_arm]
+    fix_cells = [c for c in cells if c["arm"] == fix_arm]
+    depths = sorted({c["depth"] for c in control_cells} & {c["depth"] for c in fix_cells})
+    lrs = sorted({float(c["lr"]) for c in control_cells} & {float(c["lr"]) for c in fix_cells})
+    if not depths or not lrs:
+        return {"present": True, "passes": None,
+                "reasons": [f"the {role} and control stress grids share no (depth, lr) setting"]}
+
+    def on_grid(group: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        return [c for c in group if c["depth"] in depths and float(c["lr"]) in lrs]
+
+    control_grid, fix_grid = on_grid(control_cells), on_grid(fix_cells)
+    control_bounds = stress_boundaries(control_grid)["boundary"]
+    fix_bounds = stress_boundaries(fix_grid)["boundary"]
+    feasible_both = [d for d in depths
+                     if any(c["n"] for c in control_grid if c["depth"] == d) and any(c["n"] for c in fix_grid if c["depth"] == d)]
+    deep = max(feasible_both) if feasible_both else None
+    control_deep = _pool([c for c in control_grid if c["depth"] == deep]) if deep is not None else None
+    fix_deep = _pool([c for c in fix_grid if c["depth"] == deep]) if deep is not None else None
+    result: dict[str, Any] = {
+        "present": True, "grid": {"depths": depths, "lrs": lrs}, "deep_depth": deep,
+        "control": {"boundary": control_bounds, "deep": control_deep},
+        "fix": {"arm": fix_arm, "boundary": fix_bounds, "deep": fix_deep},
+        "reasons": [],
+    }
+    if deep is None:
+        result.update(passes=None, reasons=["no depth on the shared grid was feasible for both arms"])
+        return result
+    if sum(c["failures"] for c in control_grid) == 0:
+        result.update(passes=None, checks={"lr_beyond": None, "depth_beyond": None, "lower_deep_failure_rate": None},
+                      reasons=["the control never failed under stress: the grid stops short of its stability boundary"])
+        return result
+    checks = {
+        "lr_beyond": beyond(fix_bounds["lr"], control_bounds["lr"]),
+        "depth_beyond": beyond(fix_bounds["depth"], control_bounds["depth"]),
+        "lower_deep_failure_rate": fix_deep["failure_rate"] < control_deep["failure_rate"],
+    }
+    result["checks"] = checks
+    result["intervals_overlap"] = intervals_overlap(fix_deep["failure_ci95"], control_deep["failure_ci95"])
+    result["passes"] = any(checks.values())
+    if not result["passes"]:
+        result["reasons"].append(
+            f"boundary lr {_bound(fix_bounds['lr'])} / depth {_bound(fix_bounds['depth'])} not beyond the control's "
+            f"{_bound(control_bounds['lr'])} / {_bound(control_bounds['depth'])}, and failure rate at depth {deep} "
+            f"{_pct(fix_deep['failure_rate'])} not below the control's {_pct(control_deep['failure_rate'])}"
+        )
+    return result
+
+
+def _crashed_arms(groups: Sequence[Mapping[str, Any]], role_maps: Sequence[Mapping[str, str | None]]) -> dict[str, str | None]:
+    """{label: first error reason} for the groups of role arms with runs of status ``error``."""
+    role_arms = {arm for roles in role_maps for arm in roles.values() if arm is not None}
+    crashed: dict[str, str | None] = {}
+    for group in groups:
+        if group["arm"] in role_arms and (group.get("failures_by_status") or {}).get("error"):
+            reasons = [(run.get("failure") or {}).get("reason") for run in group.get("runs", []) if run.get("status") == "error"]
+            crashed[group.get("label", group["arm"])] = next((r for r in reasons if r), None)
+    return crashed
+
+
+def _absent() -> dict[str, Any]:
+    return {"present": False, "passes": None, "reasons": []}
+
+
+def _stress_arms(cells: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str | None, str | None]]:
+    return {c["arm"]: (c.get("arch"), c.get("clip")) for c in cells}
+
+
+def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The verdict of seed 002 §5 with the numbers behind it.
+
+    ``groups``: the summary's per-arm entries (``arm, kind, arch, clip, n, failures, failure_rate,
+    failure_ci95, metrics.best_val_loss.median``); Stage A uses those that are not stress cells.
+    ``stress``: the summary's stress section (``cells``), or None when no stress runs were given.
+    """
+    shootout = {g["arm"]: g for g in groups if g.get("kind") != "stress"}
+    roles = resolve_roles({arm: (g.get("arch"), g.get("clip")) for arm, g in shootout.items()})
+    next_steps: list[str] = []
+    notes: list[str] = []
+
+    stage_a: dict[str, Any] = {"measured": bool(shootout), "roles": roles}
+    arch_a, opt_a = _absent(), _absent()
+    if roles["control"] is not None:
+        control = _arm_numbers(shootout[roles["control"]])
+        stage_a["control"] = control
+        arch_a = stage_a_check("arch", control, _arm_numbers(shootout[roles["arch"]]) if roles["arch"] else None)
+        opt_a = stage_a_check("opt", control, _arm_numbers(shootout[roles["opt"]]) if roles["opt"] else None)
+        if control["failures"] == 0:
+            next_steps.append(
+                f"The control never failed in {control['n']} run{'s' if control['n'] != 1 else ''}, so this shootout does not reproduce the instability: "
+                f"add seeds or epochs, or push it with `{STRESS_HINT}`."
+            )
+    elif shootout:
+        notes.append("no control arm (named 'control', or hybrid without clipping) among the shootout runs")
+        next_steps.append("Run a shootout with a control arm: `fnostab shootout --out DIR` (arms control, arch, opt).")
+    else:
+        notes.append("no shootout runs: Stage A was not measured")
+        next_steps.append("Run Stage A: `fnostab shootout --seeds 10 --out DIR` (arms control, arch, opt).")
+    for role, check in (("arch", arch_a), ("opt", opt_a)):
+        if roles["control"] is not None and not check["present"]:
+            next_steps.append(f"Add the {role} arm to the shootout.")
+    stage_a["arch"], stage_a["opt"] = arch_a, opt_a
+
+    cells = list((stress or {}).get("cells") or [])
+    stage_b: dict[str, Any] = {"measured": bool(cells)}
+    arch_b, opt_b = _absent(), _absent()
+    if cells:
+        roles_b = resolve_roles(_stress_arms(cells))
+        stage_b["roles"] = roles_b
+        if roles_b["control"] is None:
+            notes.append("no control arm among the stress runs: Stage B cannot compare")
+            next_steps.append(f"Stress the control next to the fixes: `{STRESS_HINT}`.")
+        else:
+            arch_b = stage_b_check("arch", cells, roles_b["control"], roles_b["arch"])
+            opt_b = stage_b_check("opt", cells, roles_b["control"], roles_b["opt"])
+            if any("never failed under stress" in r for r in arch_b.get("reasons", []) + opt_b.get("reasons", [])):
+                next_steps.append(f"Raise the learning rates or depths until the control fails: `{STRESS_HINT}` with larger values.")
+            for role, check in (("arch", arch_b), ("opt", opt_b)):
+                if not check["present"] and stage_a.get(role, {}).get("passes") is not False:
+                    next_steps.append(f"Stress the {role} arm on the control's grid: `{STRESS_HINT}`.")
+    elif arch_a["passes"] is not False:
+        next_steps.append(f"Stage B was not measured: `{STRESS_HINT}` on the control and the fixes.")
+    stage_b["arch"], stage_b["opt"] = arch_b, opt_b
+
+    arch_fails = arch_a["passes"] is False or arch_b["passes"] is False
+    control_failed = stage_a.get("control", {}).get("failures", 0) > 0
+    crashed = _crashed_arms(groups, [roles, stage_b.get("roles") or {}])
+    if crashed:
+        # A crash says nothing about stability, and it inflates a failure rate: decide nothing.
+        outcome = "inconclusive"
+        for label, reason in crashed.items():
+            notes.append(f"runs of {label} ended in error (a crash, not a training instability)")
+            next_steps.append(f"Fix the error of {label} and rerun its runs" + (f": {reason}" if reason else "."))
+    elif arch_a["passes"] is True and arch_b["passes"] is True:
+        outcome = "gold"
+    elif arch_b["passes"] is False and opt_b["passes"] is False:
+        outcome = "pivot"
+    elif arch_fails and opt_a["passes"] is True and opt_b["passes"] is not False:
+        outcome = "silver"
+    elif control_failed and arch_a["passes"] is False and opt_a["passes"] is False:
+        outcome = "pivot"  # both fixes lose to a control that does fail: Stage B cannot rescue them
+    else:
+        outcome = "inconclusive"
+
+    overlaps = [f"{role} (Stage {stage})" for stage, pairs in (("A", (("arch", arch_a), ("opt", opt_a))),
+                                                                ("B", (("arch", arch_b), ("opt", opt_b))))
+                for role, check in pairs if check.get("intervals_overlap")]
+    if overlaps:
+        notes.append(
+            f"the 95% failure-rate intervals of {', '.join(overlaps)} overlap the control's: "
+            "the difference is within seed noise at this number of runs"
+        )
+        next_steps.append("Add seeds to separate the failure-rate intervals before acting on this verdict.")
+    if outcome == "inconclusive" and not next_steps:
+        next_steps.append("No rule of seed 002 §5 applies to these results; add seeds, or stress the arms "
+                          f"(`{STRESS_HINT}`), until Stage A and Stage B give a pass or a fail.")
+    return {
+        "outcome": outcome,
+        "decision": OUTCOMES[outcome],
+        "explanation": _explain(outcome, stage_a, stage_b, notes),
+        "stage_a": stage_a,
+        "stage_b": stage_b,
+        "notes": notes,
+        "next_steps": list(dict.fromkeys(next_steps)),
+    }
+
+
+def _stage_a_sentence(role: str, check: Mapping[str, Any]) -> str:
+    if not check["present"]:
+        return f"No {role} arm was run."
+    verdict = {True: "passes", False: "fails", None: "is undecided at"}[check["passes"]]
+    why = f" ({'; '.join(check['reasons'])})" if check["reasons"] else ""
+    return f"{_describe(check['numbers'])}: it {verdict} Stage A{why}."
+
+
+def _stage_b_sentence(role: str, check: Mapping[str, Any]) -> str:
+    if not check["present"]:
+        return f"Stage B has no {role} runs."
+    if "fix" not in check or check.get("deep_depth") is None:
+        return f"Stage B for {role} is undecided ({'; '.join(check['reasons'])})."
+    fix, control = check["fix"], check["control"]
+    verdict = {True: "passes", False: "fails", None: "is undecided at"}[check["passes"]]
+    why = f" ({'; '.join(check['reasons'])})" if check["reasons"] and check["passes"] is not False else ""
+    return (f"Under stress {role} has stability boundary lr {_bound(fix['boundary']['lr'])}, depth "
+            f"{_bound(fix['boundary']['depth'])} (control: lr {_bound(control['boundary']['lr'])}, depth "
+            f"{_bound(control['boundary']['depth'])}) and fails "
+            f"{fix['deep']['failures']}/{fix['deep']['n']} at depth {check['deep_depth']} "
+            f"(control {control['deep']['failures']}/{control['deep']['n']}): it {verdict} Stage B{why}.")
+
+
+def _explain(outcome: str, stage_a: Mapping[str, Any], stage_b: Mapping[str, Any], notes: Sequence[str]) -> str:
+    """One paragraph: the outcome, then the numbers of each stage that led to it."""
+    parts = [f"Outcome {outcome}: {OUTCOMES[outcome]}"]
+    if "control" in stage_a:
+        parts.append(f"Stage A: {_describe(stage_a['control'])}.")
+        parts.append(_stage_a_sentence("arch", stage_a["arch"]))
+        parts.append(_stage_a_sentence("opt", stage_a["opt"]))
+    if stage_b["measured"]:
+        parts.append(_stage_b_sentence("arch", stage_b["arch"]))
+        parts.append(_stage_b_sentence("opt", stage_b["opt"]))
+    else:
+        parts.append("Stage B (depth/LR stress) was not measured.")
+    if notes:
+        parts.append("Note: " + "; ".join(notes) + ".")
+    return " ".join(parts)
