@@ -461,3 +461,14 @@ def test_unit_norms_of_complex_tensors_are_modulus_norms() -> None:
     close(norms.flatten(), [5.0, 10.0])
     close(unit_norms(weight, None), math.sqrt(125))
     close(unit_norms(torch.tensor([3 + 4j, 1j]), 0), [5.0, 1.0])
+
+
+def test_agc_runs_on_every_generator_with_both_band_settings() -> None:
+    from fnostab.models import build_generator
+
+    for name in ("fno", "hybrid", "stable_hybrid"):
+        for bands in ("positive", "both"):
+            model = build_generator(name, N=16, width=4, modes=4, fno_blocks=2, bands=bands)
+            model(torch.rand(2, 1, 16, 16)).abs().sum().backward()
+            pre, post = clip_gradients_(model, "agc:0.01")
+            assert torch.isfinite(pre) and post <= pre
