@@ -76,7 +76,7 @@ BAD_TRAIN_FILES = {
     "missing key": (_drop("diffraction"), ["missing key 'diffraction'", "keys present"]),
     "missing probe": (lambda a: (a.pop("probe_simulated"), a.pop("probeGuess")), ["missing key 'probe_simulated' or 'probeGuess'"]),
     "wrong rank": (_set("diffraction", lambda d: d[..., 0, 0]), ["key 'diffraction'", "expected shape (n, N, N)", "(289, 32)"]),
-    "empty": (_set("diffraction", lambda d: d[:0]), ["key 'diffraction'", "non-empty", "(0, 32, 32)"]),
+    "empty": (_set("diffraction", lambda d: d[:0]), ["key 'diffraction'", "non-empty", "(0, 32, 32, 1)"]),
     "nan": (_set("diffraction", lambda d: np.where(np.arange(d.size).reshape(d.shape) == 7, np.nan, d).astype(np.float32)), ["key 'diffraction'", "NaN or inf"]),
     "inf": (_set("Y_I", lambda d: np.where(np.arange(d.size).reshape(d.shape) == 3, np.inf, d).astype(np.float32)), ["key 'Y_I'", "NaN or inf"]),
     "negative": (_set("diffraction", lambda d: d - 1.0), ["key 'diffraction'", "non-negative", "minimum"]),

@@ -116,6 +116,7 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
 
 def _patches(path: Path, arrays: dict[str, np.ndarray], key: str, n_N: tuple[int, int] | None) -> np.ndarray:
     array = arrays[key]
+    stored_shape = array.shape  # messages name the shape as it is in the file
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3:
@@ -123,13 +124,13 @@ def _patches(path: Path, arrays: dict[str, np.ndarray], key: str, n_N: tuple[int
             f"{path}: key {key!r}: expected shape (n, N, N) or (n, N, N, 1), found {array.shape}"
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise InputError(f"{path}: key {key!r}: expected a non-empty array, found shape {array.shape}")
+        raise InputError(f"{path}: key {key!r}: expected a non-empty array, found shape {stored_shape}")
     if array.shape[1] != array.shape[2]:
-        raise InputError(f"{path}: key {key!r}: expected square N×N patches, found {array.shape[1:]}")
+        raise InputError(f"{path}: key {key!r}: expected square N×N patches, found shape {stored_shape}")
     if n_N is not None and array.shape[:2] != n_N:
         raise InputError(
             f"{path}: key {key!r}: expected {n_N[0]} patches of {n_N[1]}×{n_N[1]} to match "
-            f"'diffraction', found shape {array.shape}"
+            f"'diffraction', found shape {stored_shape}"
         )
     if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
         raise InputError(f"{path}: key {key!r}: expected a real float array, found dtype {array.dtype}")
