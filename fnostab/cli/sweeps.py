@@ -1,0 +1,181 @@
+"""``fnostab shootout`` and ``fnostab stress``: sweeps of arms × seeds (× depth × learning rate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from fnostab.cli.common import EXIT_FAILED, JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
+from fnostab.config import DEFAULT_PRESET
+from fnostab.errors import InputError
+
+SWEEP_PANEL = "Sweep"
+EXEC_PANEL = "Execution"
+
+TRAIN_ARG = typer.Argument(None, metavar="[TRAIN.npz]", help="Train split shared by all runs (default: the preset's simulated data, cached).")
+TEST_ARG = typer.Argument(None, metavar="[TEST.npz]", help="Test split shared by all runs.")
+ARM_OPTION = typer.Option(None, "--arm", help="NAME:key=val,... (repeatable); keys are model and training options, e.g. control:arch=hybrid,clip=none.", rich_help_panel=SWEEP_PANEL)
+ARMS_FILE_OPTION = typer.Option(None, "--arms-file", help="TOML file with [arms.NAME] tables.", rich_help_panel=SWEEP_PANEL)
+SEEDS_OPTION = typer.Option(None, "--seeds", help="Seeds 0..N-1 per arm (default 3).", rich_help_panel=SWEEP_PANEL)
+SEED_LIST_OPTION = typer.Option(None, "--seed-list", help="Explicit seeds, e.g. 3,7,11.", rich_help_panel=SWEEP_PANEL)
+JOBS_OPTION = typer.Option(1, "--jobs", "-j", help="Runs at once on this machine (CPU threads are split between them).", rich_help_panel=EXEC_PANEL)
+EXECUTOR_OPTION = typer.Option("local", "--executor", help="local (process pool) or ray.", rich_help_panel=EXEC_PANEL)
+RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local Ray instance).", rich_help_panel=EXEC_PANEL)
+
+
+def _overrides(**values: Any) -> dict[str, dict[str, Any]]:
+    from fnostab.config import ModelConfig
+
+    model = {k: v for k, v in values.items() if k in ModelConfig.model_fields and v is not None}
+    train = {k: v for k, v in values.items() if k not in ModelConfig.model_fields and v is not None}
+    return {"model": model, "train": train}
+
+
+def _finish(output: Output, summary: dict[str, Any], sweep_dir: Path) -> None:
+    from fnostab.report import format_terminal
+
+    text = format_terminal(summary) + f"\n\nfull summary: {sweep_dir / 'summary.md'}"
+    output.result(text, summary)
+
+
+@command
+def shootout_command(
+    train_npz: Optional[Path] = TRAIN_ARG,
+    test_npz: Optional[Path] = TEST_ARG,
+    out: Path = typer.Option(..., "--out", help="Sweep dir (rerun the same command to resume).", rich_help_panel=SWEEP_PANEL),
+    preset: str = typer.Option(DEFAULT_PRESET, "--preset", help=PRESET_HELP, rich_help_panel=SWEEP_PANEL),
+    arm: Optional[list[str]] = ARM_OPTION,
+    arms_file: Optional[Path] = ARMS_FILE_OPTION,
+    seeds: Optional[int] = SEEDS_OPTION,
+    seed_list: Optional[str] = SEED_LIST_OPTION,
+    clip_sweep: Optional[str] = typer.Option(None, "--clip-sweep", help="Add control arms with these global norm clips, e.g. 1,5,10,20,50,100.", rich_help_panel=SWEEP_PANEL),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (at most 20; longer runs belong to `stress`).", rich_help_panel=SWEEP_PANEL),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", rich_help_panel=SWEEP_PANEL),
+    fno_blocks: Optional[int] = typer.Option(None, "--fno-blocks", help="Depth for every arm (arms may override).", rich_help_panel=SWEEP_PANEL),
+    val_patches: Optional[int] = typer.Option(None, "--val-patches", help="Fixed validation subset per epoch.", rich_help_panel=SWEEP_PANEL),
+    monitor_every: Optional[int] = typer.Option(None, "--monitor-every", help="Per-block monitors every N steps.", rich_help_panel=SWEEP_PANEL),
+    accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=EXEC_PANEL),
+    jobs: int = JOBS_OPTION,
+    executor: str = EXECUTOR_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    json_output: bool = JSON_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Stage A: arms × seeds on one data set; failure rates and metrics per arm, and the verdict.
+
+    Default arms: control (hybrid, no clipping), arch (stable_hybrid, no clipping), opt (hybrid,
+    agc:0.01). Rerunning the same command resumes: finished runs are kept.
+    """
+    from fnostab.experiments.arms import parse_number_list, resolve_arms
+    from fnostab.experiments.shootout import check_epochs, plan_shootout, resolve_seeds
+    from fnostab.experiments.sweep import ExecutionOptions, run_sweep, shared_data, validate_specs
+
+    output = Output(json_mode=json_output, quiet=quiet)
+    check_epochs(epochs)
+    execution = ExecutionOptions(jobs=jobs, executor=executor, ray_address=ray_address)
+    arms = resolve_arms(arm or [], arms_file, clip_sweep)
+    seed_values = resolve_seeds(seeds, parse_number_list(seed_list, "--seed-list", kind=int, positive=False) if seed_list else None)
+    overrides = _overrides(epochs=epochs, batch_size=batch_size, fno_blocks=fno_blocks, val_patches=val_patches,
+                           monitor_every=monitor_every, accelerator=accelerator)
+    _check_out(out)
+    data = shared_data(train_npz, test_npz, preset)
+    specs = plan_shootout(arms, seed_values, preset, data, overrides)
+    from fnostab.data.npz import load_split
+
+    validate_specs(specs, load_split(data.train).N)
+    plan_document = {"preset": preset, "data": {"train": str(data.train), "test": str(data.test)},
+                     "arms": {a.name: a.to_dict() for a in arms}, "seeds": seed_values}
+    summary = run_sweep(out, "shootout", specs, plan_document, execution, output)
+    _finish(output, summary, out)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: expected a directory for --out, found a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").exists() and not (out / ".lock").exists():
+        raise InputError(f"{out}: --out is a non-empty directory that is not a sweep dir; choose another")
+
+
+@command
+def stress_command(
+    train_npz: Optional[Path] = TRAIN_ARG,
+    test_npz: Optional[Path] = TEST_ARG,
+    out: Optional[Path] = typer.Option(None, "--out", help="Sweep dir (required unless --plan-only).", rich_help_panel=SWEEP_PANEL),
+    preset: str = typer.Option(DEFAULT_PRESET, "--preset", help=PRESET_HELP, rich_help_panel=SWEEP_PANEL),
+    arm: Optional[list[str]] = ARM_OPTION,
+    arms_file: Optional[Path] = ARMS_FILE_OPTION,
+    seeds: Optional[int] = SEEDS_OPTION,
+    seed_list: Optional[str] = SEED_LIST_OPTION,
+    depths: Optional[str] = typer.Option(None, "--depths", help="fno_blocks values, e.g. 4,6,8.", rich_help_panel=SWEEP_PANEL),
+    lrs: Optional[str] = typer.Option(None, "--lrs", help="Learning rates, e.g. 1e-3,3e-3,1e-2,3e-2,1e-1.", rich_help_panel=SWEEP_PANEL),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (not capped).", rich_help_panel=SWEEP_PANEL),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", rich_help_panel=SWEEP_PANEL),
+    N: Optional[int] = typer.Option(None, "--N", help="Patch size for --plan-only without data (default: the preset's).", rich_help_panel=SWEEP_PANEL),
+    max_hidden_channels: Optional[int] = typer.Option(None, "--max-hidden-channels", help="Cap on hybrid channel doubling.", rich_help_panel=SWEEP_PANEL),
+    checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing", help="Gradient checkpointing of encoder and bottleneck.", rich_help_panel=SWEEP_PANEL),
+    val_patches: Optional[int] = typer.Option(None, "--val-patches", rich_help_panel=SWEEP_PANEL),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="e.g. 24GiB (default: the device's free memory, or 75% of RAM on CPU).", rich_help_panel=SWEEP_PANEL),
+    plan_only: bool = typer.Option(False, "--plan-only", help="Print the memory plans and exit; nothing is built or written.", rich_help_panel=SWEEP_PANEL),
+    accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=EXEC_PANEL),
+    jobs: int = JOBS_OPTION,
+    executor: str = EXECUTOR_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    json_output: bool = JSON_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Stage B: depth and/or learning-rate sweep; each arm's largest stable depth and learning rate.
+
+    Every configuration's memory plan is printed and recorded before anything is built; one over
+    --memory-limit is recorded as infeasible with its numbers, and the sweep goes on.
+    """
+    from fnostab.config import SimulationConfig, build, merge
+    from fnostab.experiments.arms import parse_number_list, resolve_arms
+    from fnostab.experiments.shootout import resolve_seeds
+    from fnostab.experiments.stress import default_memory_limit, format_bytes, parse_bytes, plan_stress, plan_table
+    from fnostab.experiments.sweep import ExecutionOptions, run_sweep, shared_data
+
+    output = Output(json_mode=json_output, quiet=quiet)
+    execution = ExecutionOptions(jobs=jobs, executor=executor, ray_address=ray_address)
+    arms = resolve_arms(arm or [], arms_file, None)
+    seed_values = resolve_seeds(seeds, parse_number_list(seed_list, "--seed-list", kind=int, positive=False) if seed_list else None)
+    depth_values: list = parse_number_list(depths, "--depths", kind=int) if depths else [None]
+    lr_values: list = parse_number_list(lrs, "--lrs") if lrs else [None]
+    if depths is None and lrs is None:
+        raise InputError("give --depths and/or --lrs: the axes of the stress sweep")
+    if not plan_only and out is None:
+        raise InputError("--out is required (unless --plan-only)")
+    limit, limit_source = (parse_bytes(memory_limit), "--memory-limit") if memory_limit else default_memory_limit(accelerator or "auto")
+    overrides = _overrides(epochs=epochs, batch_size=batch_size, max_hidden_channels=max_hidden_channels,
+                           checkpointing=checkpointing, val_patches=val_patches, accelerator=accelerator)
+    if plan_only:
+        from fnostab.config import DataSource
+
+        size = N if N is not None else (build(SimulationConfig, merge(preset, "data", {})).N if train_npz is None else None)
+        if size is None:
+            from fnostab.data.npz import load_split
+
+            size = load_split(train_npz).N
+        placeholder = DataSource(train=Path("train.npz"), test=Path("test.npz"))
+        specs, infeasible = plan_stress(arms, seed_values, depth_values, lr_values, preset, placeholder, overrides, size, limit)
+        table, rows = plan_table(specs, infeasible)
+        text = f"memory plans at N={size}, batch {specs[0].config.train.batch_size}; limit {format_bytes(limit)} ({limit_source})\n\n{table}"
+        output.result(text, {"N": size, "memory_limit": limit, "memory_limit_source": limit_source, "plans": rows})
+        return
+    if N is not None:
+        raise InputError("--N only applies to --plan-only; a sweep uses the data's N")
+    assert out is not None
+    _check_out(out)
+    data = shared_data(train_npz, test_npz, preset)
+    from fnostab.data.npz import load_split
+
+    size = load_split(data.train).N
+    specs, infeasible = plan_stress(arms, seed_values, depth_values, lr_values, preset, data, overrides, size, limit)
+    table, _ = plan_table(specs, infeasible)
+    output.log(f"memory plans (limit {format_bytes(limit)}, {limit_source}):\n{table}")
+    plan_document = {"preset": preset, "data": {"train": str(data.train), "test": str(data.test)},
+                     "arms": {a.name: a.to_dict() for a in arms}, "seeds": seed_values,
+                     "depths": depth_values, "lrs": lr_values, "memory_limit": limit}
+    summary = run_sweep(out, "stress", specs, plan_document, execution, output, infeasible=infeasible)
+    _finish(output, summary, out)

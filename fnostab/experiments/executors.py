@@ -1,0 +1,141 @@
+"""Run a sweep's runs: one at a time in-process, in a local process pool, or as Ray tasks.
+
+Every executor calls :func:`execute_run` for a run and gets back its short outcome; the run itself
+writes its run dir (atomic files, ``result.json`` last), so results land in the same layout
+whoever executes them. CPU threads are split between concurrent runs (``--jobs K`` on C cores
+gives each run C // K threads) so parallel runs do not oversubscribe the machine.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from fnostab.errors import InputError
+from fnostab.experiments.store import RunSpec
+
+Outcome = dict[str, Any]
+_DATA_CACHE: dict[tuple[str, str], Any] = {}
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_run(jobs: int) -> int:
+    return max(1, available_cores() // jobs)
+
+
+def execute_run(spec_document: dict[str, Any], sweep_dir: str, kind: str, threads: int) -> Outcome:
+    """Train one run of a sweep into its run dir; returns {dir, status, failure}. Never raises for a failed run."""
+    import torch
+
+    from fnostab.config import RunConfig
+    from fnostab.data.npz import load_pair
+    from fnostab.training.runner import prepare_run, run_training
+
+    torch.set_num_threads(threads)
+    config = RunConfig.model_validate(spec_document["config"])
+    key = (str(config.data.train), str(config.data.test))
+    if key not in _DATA_CACHE:  # a worker keeps the shared data set in memory across its runs
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_pair(*key)
+    prepared = prepare_run(config, data=_DATA_CACHE[key])
+    run_dir = Path(sweep_dir) / spec_document["dir"]
+    sweep = {"kind": kind, **{k: spec_document[k] for k in ("arm", "seed", "depth", "lr")}}
+    extra = {"sweep": sweep, "memory_plan": spec_document.get("plan")}
+    result = run_training(prepared, run_dir, extra=extra)
+    return {"dir": spec_document["dir"], "status": result["status"], "failure": result["failure"]}
+
+
+def _document(spec: RunSpec) -> dict[str, Any]:
+    return {**spec.to_dict(), "config": spec.config.to_json_dict()}
+
+
+def run_in_process(specs: list[RunSpec], sweep_dir: Path, kind: str, threads: int) -> Iterator[Outcome]:
+    for spec in specs:
+        yield execute_run(_document(spec), str(sweep_dir), kind, threads)
+
+
+def run_in_pool(specs: list[RunSpec], sweep_dir: Path, kind: str, jobs: int, threads: int) -> Iterator[Outcome]:
+    """K runs at once in spawned worker processes (spawn: torch and fork do not mix safely)."""
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+    pending = {pool.submit(execute_run, _document(spec), str(sweep_dir), kind, threads) for spec in specs}
+    try:
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_on_ray(
+    specs: list[RunSpec], sweep_dir: Path, kind: str, threads: int, address: str | None, gpus_per_run: float
+) -> Iterator[Outcome]:
+    """Each run a Ray task asking for ``threads`` CPUs (and GPUs); results land in ``sweep_dir``.
+
+    Without an address a local Ray instance is started. On a cluster, ``sweep_dir`` and the data
+    files must be on a filesystem every node sees.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--executor ray needs Ray: pip install 'fnostab[ray]'") from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started_here = not ray.is_initialized()
+    if started_here:
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=available_cores(), **options)
+    task = ray.remote(num_cpus=threads, num_gpus=gpus_per_run, max_retries=0)(execute_run)
+    pending = [task.remote(_document(spec), str(sweep_dir.resolve()), kind, threads) for spec in specs]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield ray.get(ref)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started_here:
+            ray.shutdown()
+
+
+def execute(
+    specs: list[RunSpec],
+    sweep_dir: Path,
+    kind: str,
+    *,
+    jobs: int,
+    executor: str,
+    ray_address: str | None = None,
+    gpus_per_run: float = 0.0,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Run ``specs`` with the chosen executor, calling ``on_outcome`` as each run finishes."""
+    threads = threads_per_run(jobs)
+    if executor == "ray":
+        stream = run_on_ray(specs, sweep_dir, kind, threads, ray_address, gpus_per_run)
+    elif jobs == 1 or len(specs) <= 1:
+        stream = run_in_process(specs, sweep_dir, kind, threads)
+    else:
+        stream = run_in_pool(specs, sweep_dir, kind, min(jobs, len(specs)), threads)
+    outcomes = []
+    for outcome in stream:
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return outcomes

@@ -1,0 +1,47 @@
+"""Stage A of the strategy (seed 002): arms × seeds on one shared data set, at most 20 epochs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fnostab.config import DataSource
+from fnostab.errors import InputError
+from fnostab.experiments.arms import Arm
+from fnostab.experiments.store import RunSpec, shootout_run_dir
+from fnostab.experiments.sweep import arm_run_config
+
+# Seed 002: "test/comparison runs must use ≤20 epochs unless explicitly labeled as a stress test".
+MAX_SHOOTOUT_EPOCHS = 20
+
+
+def check_epochs(epochs: int | None) -> None:
+    if epochs is not None and epochs > MAX_SHOOTOUT_EPOCHS:
+        raise InputError(
+            f"invalid --epochs: a shootout runs at most {MAX_SHOOTOUT_EPOCHS} epochs (seed 002's comparison rule), "
+            f"found {epochs}; longer runs are stress tests: use `fnostab stress`"
+        )
+
+
+def resolve_seeds(seeds: int | None, seed_list: list[int] | None) -> list[int]:
+    if seeds is not None and seed_list is not None:
+        raise InputError("give --seeds N or --seed-list, not both")
+    if seed_list is not None:
+        if any(s < 0 for s in seed_list):
+            raise InputError(f"invalid --seed-list: seeds must be >= 0, found {min(seed_list)}")
+        return seed_list
+    count = 3 if seeds is None else seeds
+    if count < 1:
+        raise InputError(f"invalid --seeds: expected at least 1, found {count}")
+    return list(range(count))
+
+
+def plan_shootout(
+    arms: list[Arm], seeds: list[int], preset: str, data: DataSource, overrides: dict[str, dict[str, Any]]
+) -> list[RunSpec]:
+    specs = []
+    for arm in arms:
+        for seed in seeds:
+            config = arm_run_config(arm, seed, preset, data, overrides)
+            check_epochs(config.train.epochs)
+            specs.append(RunSpec(arm.name, seed, config, shootout_run_dir(arm.name, seed)))
+    return specs

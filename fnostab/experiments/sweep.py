@@ -1,0 +1,122 @@
+"""Plan and run a sweep (shootout or stress): lock, resume, execute, record infeasible, summarise."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fnostab.config import DataSource, ModelConfig, RunConfig, SimulationConfig, TrainConfig, build, merge
+from fnostab.errors import InputError
+from fnostab.experiments.arms import Arm
+from fnostab.experiments.executors import execute
+from fnostab.experiments.store import RunSpec, SweepLock, check_resumable, write_sweep_plan
+from fnostab.training.result import now_iso
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    jobs: int = 1
+    executor: str = "local"
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise InputError(f"invalid --jobs: expected at least 1, found {self.jobs}")
+        if self.executor not in ("local", "ray"):
+            raise InputError(f"invalid --executor: expected local or ray, found {self.executor!r}")
+        if self.ray_address and self.executor != "ray":
+            raise InputError("--ray-address needs --executor ray")
+
+
+def shared_data(train: Path | None, test: Path | None, preset: str) -> DataSource:
+    """One data set for every run: the given files, or the preset's simulated set (cached once)."""
+    if (train is None) != (test is None):
+        raise InputError("give both TRAIN.npz and TEST.npz, or neither to simulate the preset's data")
+    if train is not None:
+        from fnostab.data.npz import load_pair
+
+        load_pair(train, test)  # validate once, before anything is written
+        return DataSource(train=train.resolve(), test=test.resolve())
+    from fnostab.data.cache import cached_dataset
+
+    simulation = build(SimulationConfig, merge(preset, "data", {}))
+    cached = cached_dataset(simulation)
+    return DataSource(train=cached[0], test=cached[1])
+
+
+def arm_run_config(
+    arm: Arm, seed: int, preset: str, data: DataSource, overrides: dict[str, dict[str, Any]], **train_extra: Any
+) -> RunConfig:
+    """Preset, then sweep-wide flags, then the arm's own options; grad-norm logging always on."""
+    model = merge(preset, "model", {**overrides.get("model", {}), **arm.model})
+    train = merge(preset, "train", {**overrides.get("train", {}), **arm.train, **train_extra})
+    train.update(seed=seed, log_grad_norm=True)
+    source = f"arm {arm.name!r}"
+    return RunConfig(name=arm.name, preset=preset, data=data, model=build(ModelConfig, model, source),
+                     train=build(TrainConfig, train, source))
+
+
+def validate_specs(specs: Iterable[RunSpec], N: int) -> None:
+    """Every model must be buildable at N (geometry), checked before the sweep writes anything."""
+    from fnostab.models import plan
+
+    seen: set[tuple] = set()
+    for spec in specs:
+        key = tuple(sorted(spec.config.model.model_dump().items())) + (spec.config.train.batch_size,)
+        if key in seen:
+            continue
+        seen.add(key)
+        model_plan = plan(spec.config.model.arch, batch_size=spec.config.train.batch_size, **spec.config.model.generator_kwargs(N))
+        if model_plan.geometry_error:
+            raise InputError(f"arm {spec.arm!r}: invalid model for N={N}: {model_plan.geometry_error}")
+
+
+def run_sweep(
+    sweep_dir: Path,
+    kind: str,
+    specs: list[RunSpec],
+    plan_document: dict[str, Any],
+    execution: ExecutionOptions,
+    output: Any,
+    *,
+    infeasible: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the sweep under its lock and return the summary document.
+
+    ``infeasible`` maps a run's relative dir to the reason it cannot run (its memory plan): such
+    runs get a result of status ``infeasible`` without building anything.
+    """
+    from fnostab.report import summarize
+    from fnostab.training.runner import record_infeasible
+
+    infeasible = infeasible or {}
+    with SweepLock(sweep_dir):
+        finished, to_run = check_resumable(sweep_dir, specs)
+        document = {"kind": kind, "created": now_iso(), "command": sys.argv[1:], **plan_document,
+                    "runs": [spec.to_dict() for spec in specs]}
+        write_sweep_plan(sweep_dir, document)
+        runnable = [spec for spec in to_run if spec.relative_dir not in infeasible]
+        for spec in to_run:
+            if spec.relative_dir in infeasible:
+                record_infeasible(sweep_dir / spec.relative_dir, spec.config, spec.plan, infeasible[spec.relative_dir],
+                                  spec.sweep_info(kind))
+        output.log(
+            f"{len(specs)} runs: {len(finished)} already finished, {len(to_run) - len(runnable)} infeasible, "
+            f"{len(runnable)} to run ({execution.executor}, {execution.jobs} at a time)"
+        )
+        with output.progress(f"{kind} runs", total=len(specs)) as advance:
+            advance(len(specs) - len(runnable))
+
+            def report(outcome: dict[str, Any]) -> None:
+                advance(1)
+                failure = outcome.get("failure")
+                detail = f" at step {failure['step']}: {failure['reason']}" if failure else ""
+                output.log(f"  {outcome['dir']}: {outcome['status']}{detail}")
+
+            gpus = 1.0 if any(spec.config.train.accelerator == "cuda" for spec in runnable) else 0.0
+            execute(runnable, sweep_dir, kind, jobs=execution.jobs, executor=execution.executor,
+                    ray_address=execution.ray_address, gpus_per_run=gpus, on_outcome=report)
+        return summarize([sweep_dir], out_dir=sweep_dir)

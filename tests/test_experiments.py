@@ -1,0 +1,227 @@
+"""Sweeps through the real CLI: shootout, resume after SIGKILL, the lock, Ray, stress, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fnostab.experiments.arms import DEFAULT_ARMS, parse_arm, resolve_arms
+from fnostab.errors import InputError
+
+from conftest import REPO, assert_clean_usage_error, run_cli
+
+SMOKE_ARMS = ["--arm", "control:arch=hybrid,clip=none", "--arm", "opt:arch=hybrid,clip=agc:0.01"]
+
+
+def _results(sweep: Path) -> dict[str, dict]:
+    return {str(p.parent.relative_to(sweep)): json.loads(p.read_text()) for p in sweep.glob("runs/**/result.json")}
+
+
+def _arm(summary: dict, name: str) -> dict:
+    return next(group for group in summary["arms"] if group["label"] == name)
+
+
+# --------------------------------------------------------------------------------------- arms
+def test_default_arms_are_the_stage_a_table() -> None:
+    assert [(a.name, a.model["arch"], a.train["clip"]) for a in DEFAULT_ARMS] == [
+        ("control", "hybrid", "none"), ("arch", "stable_hybrid", "none"), ("opt", "hybrid", "agc:0.01")]
+
+
+def test_arm_flags_parse_keys_into_model_and_training_options() -> None:
+    arm = parse_arm("deep:arch=hybrid,fno_blocks=3,clip=norm:5,lr=3e-4,checkpointing=true")
+    assert arm.model == {"arch": "hybrid", "fno_blocks": 3, "checkpointing": True}
+    assert arm.train == {"clip": "norm:5", "lr": 3e-4}
+
+
+def test_clip_sweep_adds_control_arms_with_norm_clips() -> None:
+    names = [(a.name, a.train["clip"]) for a in resolve_arms([], None, "1,5,100")]
+    assert names[3:] == [("control_norm1", "norm:1"), ("control_norm5", "norm:5"), ("control_norm100", "norm:100")]
+
+
+def test_arms_file_in_toml(tmp_path) -> None:
+    (tmp_path / "arms.toml").write_text('[arms.a]\narch = "fno"\nclip = "none"\n[arms.b]\narch = "hybrid"\nlr = 0.003\n')
+    arms = resolve_arms([], tmp_path / "arms.toml", None)
+    assert [(a.name, a.model, a.train) for a in arms] == [("a", {"arch": "fno"}, {"clip": "none"}), ("b", {"arch": "hybrid"}, {"lr": 0.003})]
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("x:colour=blue", "unknown arm key 'colour'"),
+    ("x:seed=3", "cannot set seed"),
+    ("x:arch", "expected NAME:key=val"),
+    ("bad name:lr=1", "arm name"),
+])
+def test_bad_arms_are_input_errors(text, fragment) -> None:
+    with pytest.raises(InputError, match=fragment):
+        parse_arm(text)
+
+
+# ---------------------------------------------------------------------------------- shootout
+@pytest.fixture(scope="module")
+def smoke_shootout(smoke_data, tmp_path_factory) -> tuple[Path, dict]:
+    sweep = tmp_path_factory.mktemp("shootout") / "sweep"
+    result = run_cli("shootout", *smoke_data, "--preset", "smoke", *SMOKE_ARMS, "--seeds", "2", "--epochs", "1",
+                     "--out", sweep, "--json")
+    assert result.returncode == 0, result.stderr
+    return sweep, json.loads(result.stdout)
+
+
+def test_smoke_shootout_writes_every_run_and_a_summary_matching_the_runs(smoke_shootout) -> None:
+    sweep, summary = smoke_shootout
+    results = _results(sweep)
+    assert sorted(results) == ["runs/control/seed-0", "runs/control/seed-1", "runs/opt/seed-0", "runs/opt/seed-1"]
+    for run_dir, result in results.items():
+        for name in ("config.json", "metrics.csv", "checkpoint.pt"):
+            assert (sweep / run_dir / name).is_file()
+        assert result["sweep"]["kind"] == "shootout" and result["training"]["config"]["log_grad_norm"]
+    for name in ("sweep.json", "summary.json", "summary.md"):
+        assert (sweep / name).is_file(), name
+    assert json.loads((sweep / "summary.json").read_text()) == summary
+    for arm in ("control", "opt"):
+        group = _arm(summary, arm)
+        runs = [r for r in results.values() if r["name"] == arm]
+        assert group["n"] == 2
+        assert group["failures"] == sum(r["status"] != "ok" for r in runs)
+        ok = sorted(r["training"]["best_val_loss"] for r in runs if r["status"] == "ok")
+        assert group["metrics"]["best_val_loss"]["median"] == pytest.approx(sum(ok) / len(ok))
+
+
+def test_a_planted_diverging_arm_counts_as_failures_with_their_time(smoke_data, tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("shootout", *smoke_data, "--preset", "smoke", "--arm", "boom:lr=1e4", "--seeds", "2",
+                     "--epochs", "2", "--out", sweep, "--json")
+    assert result.returncode == 0, result.stderr
+    group = _arm(json.loads(result.stdout), "boom")
+    steps = sorted(r["failure"]["step"] for r in _results(sweep).values())
+    assert group["failures"] == 2 and group["failure_rate"] == 1.0
+    assert {k: v for k, v in group["failures_by_status"].items() if v} == {"diverged": 2}
+    assert sorted(group["time_to_failure"]["steps"]) == steps
+
+
+def test_resume_after_sigkill_keeps_finished_runs_and_completes_the_rest(smoke_data, tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["shootout", *map(str, smoke_data), "--preset", "smoke", *SMOKE_ARMS, "--seeds", "2", "--epochs", "2",
+            "--out", str(sweep), "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "fnostab", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(sweep.glob("runs/**/result.json")):
+        assert proc.poll() is None, "the shootout ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in sweep.glob("runs/**/result.json")}
+    assert 1 <= len(finished) < 4
+
+    result = run_cli(*args[:-1], "--json")
+    assert result.returncode == 0, result.stderr
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in finished.items())
+    results = _results(sweep)
+    assert len(results) == 4 and all(r["status"] == "ok" for r in results.values())
+    assert sum(group["n"] for group in json.loads(result.stdout)["arms"]) == 4
+    assert not list(sweep.rglob(".*.tmp"))
+
+
+def test_a_second_shootout_on_the_same_dir_is_refused(smoke_data, tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["shootout", *map(str, smoke_data), "--preset", "smoke", "--arm", "a", "--seeds", "3", "--epochs", "2",
+            "--out", str(sweep), "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "fnostab", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (sweep / "sweep.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert_clean_usage_error(run_cli(*args), "in use by another fnostab process", f"pid {proc.pid}")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_ray_executor_gives_the_same_results_as_local(smoke_data, smoke_shootout, tmp_path) -> None:
+    pytest.importorskip("ray")
+    local_sweep, _ = smoke_shootout
+    sweep = tmp_path / "ray"
+    result = run_cli("shootout", *smoke_data, "--preset", "smoke", *SMOKE_ARMS, "--seeds", "2", "--epochs", "1",
+                     "--out", sweep, "--executor", "ray", "--json")
+    assert result.returncode == 0, result.stderr
+    ray_results, local_results = _results(sweep), _results(local_sweep)
+    assert sorted(ray_results) == sorted(local_results)
+    for run_dir, local in local_results.items():
+        assert ray_results[run_dir]["training"]["val_losses"] == local["training"]["val_losses"], run_dir
+        assert ray_results[run_dir]["metrics"] == local["metrics"], run_dir
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--arm", "x:colour=red"], ["unknown arm key 'colour'"]),
+    (["--epochs", "21"], ["at most 20 epochs", "fnostab stress"]),
+    (["--seeds", "0"], ["--seeds", "at least 1"]),
+    (["--seed-list", "1,x"], ["--seed-list", "'x'"]),
+    (["--clip-sweep", "1,-5"], ["--clip-sweep", "positive"]),
+    (["--jobs", "0"], ["--jobs"]),
+    (["--executor", "slurm"], ["--executor", "local or ray"]),
+])
+def test_bad_shootout_inputs_exit_2_and_write_nothing(smoke_data, tmp_path, args, fragments) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("shootout", *smoke_data, "--preset", "smoke", "--out", sweep, *args)
+    assert_clean_usage_error(result, *fragments)
+    assert not sweep.exists()
+
+
+# ------------------------------------------------------------------------------------ stress
+def test_smoke_stress_over_learning_rates_finds_the_boundary(smoke_data, tmp_path) -> None:
+    sweep = tmp_path / "stress"
+    result = run_cli("stress", *smoke_data, "--preset", "smoke", "--arm", "control", "--lrs", "1e-4,1e4",
+                     "--seeds", "1", "--epochs", "2", "--out", sweep, "--json")
+    assert result.returncode == 0, result.stderr
+    statuses = {r["sweep"]["lr"]: r["status"] for r in _results(sweep).values()}
+    assert statuses == {1e-4: "ok", 1e4: "diverged"}
+    stress = json.loads(result.stdout)["stress"]
+    control = next(arm for arm in stress["arms"] if arm["arm"] == "control")
+    assert control["boundary"]["lr"] == pytest.approx(1e-4)
+
+
+def test_stress_plan_only_reports_the_deep_uncapped_model_infeasible_without_allocating() -> None:
+    result = run_cli("stress", "--preset", "paper", "--N", "256", "--depths", "4,6,8", "--arm", "control",
+                     "--plan-only", "--memory-limit", "24GiB", "--json")
+    assert result.returncode == 0, result.stderr
+    plans = {row["depth"]: row for row in json.loads(result.stdout)["plans"]}
+    assert plans[8]["params"] == 4_417_975_522 and not plans[8]["feasible"]
+    assert plans[4]["params"] == 17_202_402 and plans[4]["feasible"] and plans[6]["feasible"]
+    capped = run_cli("stress", "--preset", "paper", "--N", "256", "--depths", "8", "--arm", "control", "--plan-only",
+                     "--memory-limit", "24GiB", "--max-hidden-channels", "512", "--checkpointing", "--json")
+    row = json.loads(capped.stdout)["plans"][0]
+    assert row["params"] == 216_834_786 and row["feasible"] and row["total_bytes"] < 24 * 2**30
+
+
+def test_stress_records_infeasible_configurations_and_goes_on(smoke_data, tmp_path) -> None:
+    sweep = tmp_path / "stress"
+    result = run_cli("stress", *smoke_data, "--preset", "smoke", "--arm", "control", "--depths", "2,6",
+                     "--seeds", "1", "--epochs", "1", "--out", sweep, "--json")
+    assert result.returncode == 0, result.stderr
+    by_depth = {r["sweep"]["depth"]: r for r in _results(sweep).values()}
+    assert by_depth[2]["status"] == "ok"
+    # 6 levels would halve N=32 down to a 1×1 bottleneck
+    assert by_depth[6]["status"] == "infeasible" and "geometry" in by_depth[6]["failure"]["reason"]
+    assert by_depth[6]["memory_plan"]["params"] > 0
+    assert not (sweep / "runs/control/d6-lr0.001/seed-0/metrics.csv").exists()
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--lrs", "1e-3,abc"], ["--lrs", "'abc'"]),
+    (["--depths", "2,2"], ["--depths", "repeated"]),
+    ([], ["--depths and/or --lrs"]),
+    (["--lrs", "1e-3", "--memory-limit", "lots"], ["--memory-limit", "24GiB"]),
+])
+def test_bad_stress_inputs_exit_2(smoke_data, tmp_path, args, fragments) -> None:
+    sweep = tmp_path / "sweep"
+    assert_clean_usage_error(run_cli("stress", *smoke_data, "--preset", "smoke", "--out", sweep, *args), *fragments)
+    assert not sweep.exists()
