@@ -7,7 +7,12 @@ from typing import Optional
 import typer
 
 from fnostab import __version__
+from fnostab.cli.grad_gain import grad_gain_command
+from fnostab.cli.probe import probe_activations_command
 from fnostab.cli.simulate import simulate_command
+from fnostab.cli.summarize import summarize_command
+from fnostab.cli.sweeps import shootout_command, stress_command
+from fnostab.cli.train import train_command
 
 app = typer.Typer(
     name="fnostab",
@@ -21,6 +26,12 @@ app = typer.Typer(
 
 COMMANDS = {
     "simulate": simulate_command,
+    "train": train_command,
+    "shootout": shootout_command,
+    "stress": stress_command,
+    "summarize": summarize_command,
+    "probe-activations": probe_activations_command,
+    "grad-gain": grad_gain_command,
 }
 for _name, _function in COMMANDS.items():
     app.command(_name)(_function)

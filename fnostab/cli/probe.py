@@ -1,0 +1,93 @@
+"""``fnostab probe-activations``: forward activation statistics per layer of a generator, JSON + plot.
+
+The model options here are shared with ``fnostab grad-gain`` (:mod:`fnostab.cli.grad_gain`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fnostab.cli.common import JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
+
+MODEL_PANEL = "Model (a trained checkpoint, or options for a fresh generator)"
+RUN_PANEL = "Run"
+
+# Option declarations shared by both diagnostics commands. Every model option defaults to None so
+# that an explicitly given one can be told apart from a default and refused next to a checkpoint.
+CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="A trained generator's checkpoint.pt.", rich_help_panel=MODEL_PANEL)
+RUN_OPTION = typer.Option(None, "--run", help="A run dir: its checkpoint.pt is used.", rich_help_panel=MODEL_PANEL)
+PRESET_OPTION = typer.Option(None, "--preset", help=PRESET_HELP + " Fresh generator only; N comes from the NPZ.", rich_help_panel=MODEL_PANEL)
+SEED_OPTION = typer.Option(None, "--seed", help="Seed of a fresh generator's weights (default 42, as fnostab train).", rich_help_panel=MODEL_PANEL)
+ARCH_OPTION = typer.Option(None, "--arch", help="Generator: fno, hybrid or stable_hybrid.", rich_help_panel=MODEL_PANEL)
+FNO_BLOCKS_OPTION = typer.Option(None, "--fno-blocks", help="Spectral blocks (hybrid: encoder levels).", rich_help_panel=MODEL_PANEL)
+WIDTH_OPTION = typer.Option(None, "--width", help="Hidden channels h of the first level.", rich_help_panel=MODEL_PANEL)
+MODES_OPTION = typer.Option(None, "--modes", help="Fourier modes kept per dimension.", rich_help_panel=MODEL_PANEL)
+MAX_HIDDEN_OPTION = typer.Option(None, "--max-hidden-channels", help="Cap on hybrid channel doubling.", rich_help_panel=MODEL_PANEL)
+BANDS_OPTION = typer.Option(None, "--bands", help="Spectral row bands: positive (PtychoPINN) or both.", rich_help_panel=MODEL_PANEL)
+BLOCK_INIT_OPTION = typer.Option(None, "--block-init", help="stable_hybrid blocks: zero_gamma or layerscale.", rich_help_panel=MODEL_PANEL)
+DEVICE_OPTION = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when available).", rich_help_panel=RUN_PANEL)
+BATCH_SIZE_OPTION = typer.Option(16, "--batch-size", help="Patterns per forward pass.", rich_help_panel=RUN_PANEL)
+
+
+@command
+def probe_activations_command(
+    train_npz: Path = typer.Argument(..., metavar="TRAIN.npz", help="Patterns to probe (only 'diffraction' is needed)."),
+    out: Path = typer.Option(Path("activations"), "--out", help="Directory for activation_report.json and activations.png.", rich_help_panel=RUN_PANEL),
+    checkpoint: Optional[Path] = CHECKPOINT_OPTION,
+    run: Optional[Path] = RUN_OPTION,
+    preset: Optional[str] = PRESET_OPTION,
+    seed: Optional[int] = SEED_OPTION,
+    arch: Optional[str] = ARCH_OPTION,
+    fno_blocks: Optional[int] = FNO_BLOCKS_OPTION,
+    width: Optional[int] = WIDTH_OPTION,
+    modes: Optional[int] = MODES_OPTION,
+    max_hidden_channels: Optional[int] = MAX_HIDDEN_OPTION,
+    bands: Optional[str] = BANDS_OPTION,
+    block_init: Optional[str] = BLOCK_INIT_OPTION,
+    max_samples: int = typer.Option(64, "--max-samples", help="Probe the first this many patterns.", rich_help_panel=RUN_PANEL),
+    batch_size: int = BATCH_SIZE_OPTION,
+    device: str = DEVICE_OPTION,
+    json_output: bool = JSON_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Forward-hook statistics of the lifter, every block and its spectral and local branches.
+
+    Writes activation_report.json (layers and summary, with the depth trend of block-output mean
+    |x| and its drift flag) and activations.png. Exit 0 done, 2 bad input (nothing written).
+    """
+    from fnostab.config import build
+    from fnostab.data.npz import load_split
+    from fnostab.diagnostics import (
+        ActivationProbeSettings,
+        check_out_dir,
+        format_activation_report,
+        load_model,
+        probe_activations,
+        resolve_device,
+        resolve_model_source,
+        write_activation_report,
+    )
+
+    output = Output(json_mode=json_output, quiet=quiet)
+    settings = build(ActivationProbeSettings, dict(batch_size=batch_size, max_samples=max_samples, device=device))
+    source = resolve_model_source(
+        checkpoint=checkpoint, run=run, preset=preset, seed=seed,
+        options=dict(arch=arch, fno_blocks=fno_blocks, width=width, modes=modes,
+                     max_hidden_channels=max_hidden_channels, bands=bands, block_init=block_init),
+    )  # fmt: skip
+    target = resolve_device(settings.device)
+    check_out_dir(out)
+    split = load_split(train_npz)
+    generator, model_info = load_model(source, split.N)
+
+    output.log(f"probing {model_info['architecture']} ({model_info['source']}) on {min(settings.max_samples, split.n)} patterns of {train_npz} ...")
+    report = probe_activations(
+        split.diffraction, generator, batch_size=settings.batch_size, max_samples=settings.max_samples, device=target
+    )
+    report["model"] = model_info
+    report["data"] = {"path": str(train_npz), "N": split.N, "n_patterns": split.n}
+    paths = write_activation_report(report, out)
+    output.result(format_activation_report(report, paths), report)
