@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -199,3 +200,16 @@ def test_hybrid_rejects_an_input_that_its_levels_cannot_halve() -> None:
     model = HybridUNOGenerator(width=4, modes=2, fno_blocks=3)
     with pytest.raises(InputError, match=r"input map \(18, 18\) does not fit a 3-level U-NO: .* multiples of .* 4"):
         model(torch.rand(1, 1, 18, 18))
+
+
+def test_channels_last_convs_changes_layout_not_results_and_keeps_spectral_weights_mode_major() -> None:
+    from fnostab.models import channels_last_convs
+
+    torch.manual_seed(0)
+    plain = build_generator("hybrid", N=32, width=8, modes=4, fno_blocks=2)
+    converted = channels_last_convs(copy.deepcopy(plain))
+    x = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(converted(x), plain(x), rtol=1e-5, atol=1e-6)
+    assert converted.lifter.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    spectral = converted.blocks[0].spectral.weight
+    assert spectral.stride() == plain.blocks[0].spectral.weight.stride()

@@ -387,7 +387,7 @@ def test_stress_boundary_from_hand_made_stress_runs(tmp_path: Path) -> None:
                                          {"depth": 6, "lr": 1e-4, "infeasible": False},
                                          {"depth": 8, "lr": None, "infeasible": True}]
     assert boundaries["depth_by_lr"] == [{"lr": 1e-4, "depth": 6}, {"lr": 1e-3, "depth": 4}, {"lr": 1e-2, "depth": None}]
-    assert boundaries["boundary"] == {"lr": 1e-4, "depth": None}
+    assert boundaries["boundary"] == {"lr": 1e-4, "depth": None, "lr_swept": True, "depth_swept": True}
     d6 = next(c for c in stress["cells"] if c["depth"] == 6 and c["lr"] == 1e-3)
     assert (d6["n"], d6["failures"], d6["statuses"], d6["stable"]) == (2, 2, {"collapsed": 1, "diverged": 1}, False)
     assert [(i["depth"], i["lr"], i["seeds"]) for i in stress["infeasible"]] == [(8, 1e-4, [0, 1]), (8, 1e-3, [0, 1]), (8, 1e-2, [0, 1])]
@@ -400,8 +400,10 @@ def test_stress_boundary_from_hand_made_stress_runs(tmp_path: Path) -> None:
 
 def test_stress_boundaries_compare_arms_on_a_shared_grid() -> None:
     cells = [cell("control", 4, 1e-3, 2, 0), cell("control", 4, 1e-2, 2, 1), cell("control", 8, 1e-3, 2, 0)]
-    assert stress_boundaries(cells)["boundary"] == {"lr": 1e-3, "depth": None}  # lr 1e-2 fails even at depth 4
-    assert stress_boundaries(cells, lrs=[1e-3])["boundary"] == {"lr": 1e-3, "depth": 8}
+    # lr 1e-2 fails even at depth 4
+    assert stress_boundaries(cells)["boundary"] == {"lr": 1e-3, "depth": None, "lr_swept": True, "depth_swept": True}
+    # restricted to one lr, the lr axis is not swept: only the depth boundary remains
+    assert stress_boundaries(cells, lrs=[1e-3])["boundary"] == {"lr": None, "depth": 8, "lr_swept": False, "depth_swept": True}
 
 
 # -------------------------------------------------------------------------------------- gates
@@ -446,3 +448,18 @@ def test_roles_fall_back_to_architecture_and_clip_without_giving_one_arm_two_rol
                            "agc_t": ("hybrid", "agc_tensor:0.01"), "agc_u": ("hybrid", "agc:0.01")})
     assert roles == {"control": "base", "arch": "stable", "opt": "agc_u"}
     assert resolve_roles({"arch": ("hybrid", "none")}) == {"control": None, "arch": "arch", "opt": None}
+
+
+def test_an_axis_with_one_tested_value_has_no_boundary_and_says_not_swept() -> None:
+    from fnostab.report.verdict import stage_b_check
+
+    cells = [
+        {"arm": arm, "depth": 2, "lr": lr, "n": 1, "failures": int(lr > limit), "infeasible": False}
+        for arm, limit in (("control", 1e-2), ("arch", 3e-2))
+        for lr in (1e-3, 1e-2, 3e-2, 1e-1)
+    ]
+    bounds = stress_boundaries([c for c in cells if c["arm"] == "control"])["boundary"]
+    assert bounds == {"lr": 1e-2, "depth": None, "lr_swept": True, "depth_swept": False}
+    check = stage_b_check("arch", cells, "control", "arch")
+    assert check["checks"]["lr_beyond"] is True and check["checks"]["depth_beyond"] is None
+    assert check["passes"] is True

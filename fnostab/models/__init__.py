@@ -9,6 +9,7 @@ Public API::
 """
 
 from fnostab.models.blocks import PtychoBlock, SpatialLifter, StablePtychoBlock
+from fnostab.models.layout import channels_last_convs
 from fnostab.models.generators import CascadedFNOGenerator, HybridUNOGenerator, StableHybridUNOGenerator
 from fnostab.models.plan import ModelPlan, StepMemory, measure_step, plan
 from fnostab.models.registry import GENERATORS, build_generator, geometry_error
@@ -26,6 +27,7 @@ __all__ = [
     "StablePtychoBlock",
     "StepMemory",
     "build_generator",
+    "channels_last_convs",
     "geometry_error",
     "measure_step",
     "plan",

@@ -57,6 +57,13 @@ def _verdict_lines(verdict: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _boundary(boundary: Mapping[str, Any], axis: str) -> str:
+    """One axis of a stress boundary: its value, — (unstable already at the smallest), or not swept."""
+    if not boundary.get(f"{axis}_swept", True):
+        return "not swept"
+    return _num(boundary[axis])
+
+
 def _stress_lines(stress: Mapping[str, Any]) -> list[str]:
     lines = ["## Stress (depth × learning rate)", ""]
     lines += _table(
@@ -70,7 +77,7 @@ def _stress_lines(stress: Mapping[str, Any]) -> list[str]:
               "the depth reached at every LR). — means unstable already at the smallest value tested.", ""]
     lines += _table(
         ["arm", "boundary lr", "boundary depth", "largest stable lr per depth", "largest stable depth per lr"],
-        [[a["arm"], _num(a["boundary"]["lr"]), _num(a["boundary"]["depth"]),
+        [[a["arm"], _boundary(a["boundary"], "lr"), _boundary(a["boundary"], "depth"),
           "; ".join(f"d{e['depth']}: {'infeasible' if e['infeasible'] else _num(e['lr'])}" for e in a["lr_by_depth"]),
           "; ".join(f"lr {_num(e['lr'])}: {_num(e['depth'])}" for e in a["depth_by_lr"])]
          for a in stress["arms"]],
@@ -199,7 +206,8 @@ def format_terminal(document: Mapping[str, Any]) -> str:
         for entry in stress["arms"]:
             infeasible = [str(e["depth"]) for e in entry["lr_by_depth"] if e["infeasible"]]
             lines.append(
-                f"stress {entry['arm']}: boundary lr {_num(entry['boundary']['lr'])}, depth {_num(entry['boundary']['depth'])}"
+                f"stress {entry['arm']}: boundary lr {_boundary(entry['boundary'], 'lr')}, "
+                f"depth {_boundary(entry['boundary'], 'depth')}"
                 + (f"; infeasible at depth {', '.join(infeasible)}" if infeasible else "")
             )
         lines.append("(boundary: largest value with every seed ok there and below, at every value of the other axis; "

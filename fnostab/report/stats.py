@@ -270,7 +270,8 @@ def stress_boundaries(
       stable here, since a depth that cannot be built is not reached.
     * ``boundary``: one number per axis. ``lr``: the smallest of the per-depth LR boundaries over the
       feasible depths (the LR that is safe at every depth tested); ``depth``: the smallest of the
-      per-LR depth boundaries. None means "not even at the smallest value tested".
+      per-LR depth boundaries. None means "not even at the smallest value tested" — or, when
+      ``lr_swept`` / ``depth_swept`` is False, that the axis had a single value and so no boundary.
     """
     depth_set = None if depths is None else set(depths)
     lr_set = None if lrs is None else {float(v) for v in lrs}
@@ -301,12 +302,17 @@ def stress_boundaries(
         depth_by_lr.append({"lr": lr, "depth": value})
         boundary_depth = _lower(boundary_depth, value)
 
+    # An axis with one tested value (an LR-only or depth-only sweep) has no boundary to report.
+    lr_swept = len({float(c["lr"]) for c in chosen}) > 1
+    depth_swept = len({c["depth"] for c in chosen}) > 1
     return {
         "lr_by_depth": lr_by_depth,
         "depth_by_lr": depth_by_lr,
         "boundary": {
-            "lr": None if boundary_lr in (None, math.inf) else boundary_lr,
-            "depth": None if boundary_depth in (None, math.inf) else int(boundary_depth),
+            "lr": None if not lr_swept or boundary_lr in (None, math.inf) else boundary_lr,
+            "depth": None if not depth_swept or boundary_depth in (None, math.inf) else int(boundary_depth),
+            "lr_swept": lr_swept,
+            "depth_swept": depth_swept,
         },
     }
 

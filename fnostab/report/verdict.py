@@ -78,8 +78,18 @@ def _loss(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def _bound(value: float | None) -> str:
+def _bound(boundary: Mapping[str, Any], axis: str) -> str:
+    if not boundary.get(f"{axis}_swept", True):
+        return "not swept"
+    value = boundary[axis]
     return "below the smallest tested" if value is None else f"{value:g}"
+
+
+def _beyond(fix: Mapping[str, Any], control: Mapping[str, Any], axis: str) -> bool | None:
+    """Is the fix's boundary beyond the control's on ``axis``? None when the axis was not swept."""
+    if not (fix.get(f"{axis}_swept", True) and control.get(f"{axis}_swept", True)):
+        return None
+    return beyond(fix[axis], control[axis])
 
 
 def _arm_numbers(group: Mapping[str, Any]) -> dict[str, Any]:
@@ -186,17 +196,17 @@ def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: st
                       reasons=["the control never failed under stress: the grid stops short of its stability boundary"])
         return result
     checks = {
-        "lr_beyond": beyond(fix_bounds["lr"], control_bounds["lr"]),
-        "depth_beyond": beyond(fix_bounds["depth"], control_bounds["depth"]),
+        "lr_beyond": _beyond(fix_bounds, control_bounds, "lr"),
+        "depth_beyond": _beyond(fix_bounds, control_bounds, "depth"),
         "lower_deep_failure_rate": fix_deep["failure_rate"] < control_deep["failure_rate"],
     }
     result["checks"] = checks
     result["intervals_overlap"] = intervals_overlap(fix_deep["failure_ci95"], control_deep["failure_ci95"])
-    result["passes"] = any(checks.values())
+    result["passes"] = any(value is True for value in checks.values())
     if not result["passes"]:
         result["reasons"].append(
-            f"boundary lr {_bound(fix_bounds['lr'])} / depth {_bound(fix_bounds['depth'])} not beyond the control's "
-            f"{_bound(control_bounds['lr'])} / {_bound(control_bounds['depth'])}, and failure rate at depth {deep} "
+            f"boundary lr {_bound(fix_bounds, 'lr')} / depth {_bound(fix_bounds, 'depth')} not beyond the control's "
+            f"{_bound(control_bounds, 'lr')} / {_bound(control_bounds, 'depth')}, and failure rate at depth {deep} "
             f"{_pct(fix_deep['failure_rate'])} not below the control's {_pct(control_deep['failure_rate'])}"
         )
     return result
@@ -336,9 +346,9 @@ def _stage_b_sentence(role: str, check: Mapping[str, Any]) -> str:
     fix, control = check["fix"], check["control"]
     verdict = {True: "passes", False: "fails", None: "is undecided at"}[check["passes"]]
     why = f" ({'; '.join(check['reasons'])})" if check["reasons"] and check["passes"] is not False else ""
-    return (f"Under stress {role} has stability boundary lr {_bound(fix['boundary']['lr'])}, depth "
-            f"{_bound(fix['boundary']['depth'])} (control: lr {_bound(control['boundary']['lr'])}, depth "
-            f"{_bound(control['boundary']['depth'])}) and fails "
+    return (f"Under stress {role} has stability boundary lr {_bound(fix['boundary'], 'lr')}, depth "
+            f"{_bound(fix['boundary'], 'depth')} (control: lr {_bound(control['boundary'], 'lr')}, depth "
+            f"{_bound(control['boundary'], 'depth')}) and fails "
             f"{fix['deep']['failures']}/{fix['deep']['n']} at depth {check['deep_depth']} "
             f"(control {control['deep']['failures']}/{control['deep']['n']}): it {verdict} Stage B{why}.")
 

@@ -36,7 +36,7 @@ class PtychoModule(pl.LightningModule):
         self.clipping = self.clip_spec.algo != "none"
         self.train_key = train_loss_name(config.loss)
         self.val_key = val_loss_name(config.loss)
-        self.detector = FailureDetector(config.blowup_factor)
+        self.detector = FailureDetector(config.blowup_factor, config.collapse_threshold)
         self.monitor = BlockMonitor(generator) if config.monitor_every else None
         self.steps_seen = 0
         self.samples_seen = 0
@@ -135,13 +135,16 @@ class PtychoModule(pl.LightningModule):
             return
         total_loss, total_std, count = self._val_sum.tolist()
         val_loss = total_loss / count if count else math.nan
+        relative_std = total_std / count if count else math.nan
         self.val_losses.append(val_loss)
-        self._write_row({self.val_key: val_loss}, max(self.steps_seen - 1, 0))
+        # The spatial std of the predicted amplitude over its mean: how far the output is from the
+        # constant image of a collapsed run (logged so a drift towards collapse can be seen).
+        self._write_row({self.val_key: val_loss, "val_amp_rel_std": relative_std}, max(self.steps_seen - 1, 0))
         if isinstance(self._scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and math.isfinite(val_loss):
             self._scheduler.step(val_loss)
         failure = self.detector.check_validation(
             val_loss,
-            total_std / count if count else math.nan,
+            relative_std,
             step=self.steps_seen,
             epoch=self.current_epoch,
             last_epoch=self.current_epoch + 1 >= self.config.epochs,

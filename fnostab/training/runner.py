@@ -202,7 +202,7 @@ def run_training(
     """
     import lightning.pytorch as pl
 
-    from fnostab.models import build_generator
+    from fnostab.models import build_generator, channels_last_convs
     from fnostab.training.module import PtychoModule
 
     _quiet_lightning()
@@ -216,6 +216,8 @@ def run_training(
     pl.seed_everything(config.train.seed, verbose=False)
     if generator is None:
         generator = build_generator(config.model.arch, **config.model.generator_kwargs(prepared.N))
+        if prepared.accelerator == "cpu":
+            channels_last_convs(generator)
     module = PtychoModule(generator, prepared.train.probe, config.train)
     log_dir = run_dir / ".logs"
     _log(output, f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...")
