@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/fnostab shootout --preset cpu --seeds 3 --jobs 2 --out runs/demo
+	$(VENV)/bin/fnostab shootout --preset cpu --seeds 2 --epochs 15 --jobs 2 --out runs/demo
 
 test: install
 	$(PY) -m pytest
