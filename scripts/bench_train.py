@@ -35,8 +35,8 @@ from fnostab.data.cache import cached_dataset
 from fnostab.data.npz import load_pair
 from fnostab.models import build_generator, channels_last_convs
 from fnostab.physics import physics_loss, predicted_amplitude
-from fnostab.training.data import eval_loader, train_loader, validation_subset
 from fnostab.training import runner
+from fnostab.training.data import eval_loader, train_loader, validation_subset
 from fnostab.training.runner import prepare_run, run_training
 
 _fit_cpu_seconds: list[float] = []

@@ -15,8 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Tests must not share state with a user's cache, and must be quick on 2 cores.
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # The in-process models are tiny: one intra-op thread is as fast, and immune to oversubscription
+    # when a CLI subprocess or a neighbour holds the other core (2 threads then turn a 12 ms step into
+    # seconds). CLI subprocesses keep torch's own default.
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CliResult, assert_clean_usage_error, run_cli
 
+from conftest import CliResult, assert_clean_usage_error, run_cli
 from fnostab.config import DataSource, ModelConfig, RunConfig, TrainConfig
 from fnostab.data.npz import load_split
 from fnostab.diagnostics import measure_grad_gain, probe_activations

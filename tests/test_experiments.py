@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fnostab.experiments.arms import DEFAULT_ARMS, parse_arm, resolve_arms
-from fnostab.errors import InputError
-
 from conftest import REPO, assert_clean_usage_error, run_cli
+from fnostab.errors import InputError
+from fnostab.experiments.arms import DEFAULT_ARMS, parse_arm, resolve_arms
 
 SMOKE_ARMS = ["--arm", "control:arch=hybrid,clip=none", "--arm", "opt:arch=hybrid,clip=agc:0.01"]
 

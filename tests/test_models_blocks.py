@@ -10,16 +10,6 @@ from fnostab.errors import ConfigError
 from fnostab.models import PtychoBlock, SpatialLifter, StablePtychoBlock
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a shared 2-core box
-    # (with 2 threads and a busy neighbour a 12 ms step can take seconds).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_ptycho_block_is_identity_with_zero_branch_weights_and_otherwise_adds_gelu_of_branch() -> None:
     torch.manual_seed(0)
     block = PtychoBlock(4, 3)

@@ -23,15 +23,6 @@ from fnostab.models.generators import AmpPhaseHead, RealImagHead
 SMALL = dict(width=8, modes=4, fno_blocks=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a shared 2-core box
-    # (with 2 threads and a busy neighbour a 12 ms step can take seconds).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

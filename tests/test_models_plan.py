@@ -12,15 +12,6 @@ from fnostab.errors import ConfigError
 from fnostab.models import build_generator, measure_step, plan
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a shared 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(
     ("fno_blocks", "N", "cap", "params"),
     [

@@ -10,15 +10,6 @@ from fnostab.errors import ConfigError
 from fnostab.models import GENERATORS, StableHybridUNOGenerator, StablePtychoBlock, build_generator, geometry_error
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a shared 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def no_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if any nn.Module is constructed: errors must come before allocation."""

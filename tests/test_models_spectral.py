@@ -11,16 +11,6 @@ from fnostab.errors import ConfigError
 from fnostab.models import SpectralConv2d
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one intra-op thread is faster, and immune to oversubscription on a shared 2-core box
-    # (with 2 threads and a busy neighbour a 12 ms step can take seconds).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def direct_dft_reference(layer: SpectralConv2d, x: torch.Tensor) -> torch.Tensor:
     """The layer's output from explicit sums in float64, with no FFT.
 

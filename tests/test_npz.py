@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import assert_clean_usage_error, run_cli
 from fnostab.data.npz import load_pair, load_split
 from fnostab.errors import InputError
-
-from conftest import assert_clean_usage_error, run_cli
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:

@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from conftest import assert_clean_usage_error, run_cli
 from fnostab.config import PRESETS, SimulationConfig
 from fnostab.data.npz import load_pair
 from fnostab.data.probe import normalise_probe, synthetic_probe
 from fnostab.data.simulate import ScanGrid, simulate
-
-from conftest import assert_clean_usage_error, run_cli
 
 SMOKE = SimulationConfig(**PRESETS["smoke"]["data"])
 

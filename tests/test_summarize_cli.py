@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CliResult, assert_clean_usage_error, run_cli
 from test_report import make_result, write_run, write_sweep
+
+from conftest import CliResult, assert_clean_usage_error, run_cli
 
 
 @pytest.fixture(scope="module")

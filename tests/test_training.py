@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli
 from fnostab.config import DataSource, ModelConfig, RunConfig, TrainConfig
-from fnostab.data.npz import load_pair
 from fnostab.models import build_generator
 from fnostab.physics import physics_loss, predicted_amplitude
 from fnostab.training.data import train_loader
@@ -22,14 +22,12 @@ from fnostab.training.failure import COLLAPSE_PATIENCE, FailureDetector
 from fnostab.training.runner import prepare_run, run_training
 from fnostab.training.schedules import build_optimizer, build_scheduler, warmup_cosine_factor
 
-from conftest import run_cli
-
 SMOKE_MODEL = ModelConfig(arch="hybrid", width=8, modes=8, fno_blocks=2)
 
 
 def _config(smoke_data, **train) -> RunConfig:
     train_path, test_path = smoke_data
-    options = dict(epochs=2, batch_size=16, seed=3, log_grad_norm=True, threads=2) | train
+    options = dict(epochs=2, batch_size=16, seed=3, log_grad_norm=True, threads=1) | train
     return RunConfig(data=DataSource(train=train_path, test=test_path), model=SMOKE_MODEL, train=TrainConfig(**options))
 
 

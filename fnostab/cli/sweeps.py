@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from fnostab.cli.common import EXIT_FAILED, JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
+from fnostab.cli.common import JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
 from fnostab.config import DEFAULT_PRESET
 from fnostab.errors import InputError
 

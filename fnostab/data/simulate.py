@@ -26,8 +26,8 @@ from fnostab import __version__
 from fnostab.config import SimulationConfig
 from fnostab.data.npz import load_probe_guess, write_npz
 from fnostab.data.objects import lines_objects
-from fnostab.evaluation.stitching import ground_truth_region
 from fnostab.data.probe import SYNTHETIC_RECIPE, normalise_probe, synthetic_probe
+from fnostab.evaluation.stitching import ground_truth_region
 from fnostab.physics import intensity_scale, poisson_amplitude
 
 FORMAT_VERSION = 1

@@ -9,8 +9,8 @@ Public API::
 """
 
 from fnostab.models.blocks import PtychoBlock, SpatialLifter, StablePtychoBlock
-from fnostab.models.layout import channels_last_convs
 from fnostab.models.generators import CascadedFNOGenerator, HybridUNOGenerator, StableHybridUNOGenerator
+from fnostab.models.layout import channels_last_convs
 from fnostab.models.plan import ModelPlan, StepMemory, measure_step, plan
 from fnostab.models.registry import GENERATORS, build_generator, geometry_error
 from fnostab.models.spectral import SpectralConv2d

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 
-
 def channels_last_convs(model: nn.Module) -> nn.Module:
     """Convert the 2-D convolution weights of ``model`` to channels-last, in place; returns ``model``."""
     for module in model.modules():
