@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from fnostab.diagnostics import Device, Settings, architecture_of, as_patterns, resolve_device
+from fnostab.diagnostics.source import Device, Settings, architecture_of, as_patterns, resolve_device
 from fnostab.hooks import ActivationMonitor
 from fnostab.hooks.activations import DRIFT_THRESHOLD
 from fnostab.io import write_json_atomic

@@ -39,7 +39,7 @@ from pydantic import Field
 
 from fnostab.data.npz import PtychoSplit
 from fnostab.data.probe import SYNTHETIC_RECIPE, normalise_probe, synthetic_probe
-from fnostab.diagnostics import Device, Settings, architecture_of, as_patterns, block_names, resolve_device
+from fnostab.diagnostics.source import Device, Settings, architecture_of, as_patterns, block_names, resolve_device
 from fnostab.hooks import GradientGainMonitor
 from fnostab.hooks.gradient_gain import AMPLIFYING_THRESHOLD, DAMPING_THRESHOLD, VALID_NORM_TYPES
 from fnostab.io import write_json_atomic
