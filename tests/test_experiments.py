@@ -158,6 +158,14 @@ def test_ray_executor_gives_the_same_results_as_local(smoke_data, smoke_shootout
         assert ray_results[run_dir]["metrics"] == local["metrics"], run_dir
 
 
+def test_ray_executor_without_ray_installed_is_a_clear_input_error(monkeypatch, tmp_path) -> None:
+    from fnostab.experiments.executors import run_on_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
+    with pytest.raises(InputError, match=r"pip install 'fnostab\[ray\]'"):
+        next(run_on_ray([], tmp_path, "shootout", threads=1, address=None, gpus_per_run=0.0))
+
+
 @pytest.mark.parametrize(("args", "fragments"), [
     (["--arm", "x:colour=red"], ["unknown arm key 'colour'"]),
     (["--epochs", "21"], ["at most 20 epochs", "fnostab stress"]),
@@ -223,3 +231,22 @@ def test_bad_stress_inputs_exit_2(smoke_data, tmp_path, args, fragments) -> None
     sweep = tmp_path / "sweep"
     assert_clean_usage_error(run_cli("stress", *smoke_data, "--preset", "smoke", "--out", sweep, *args), *fragments)
     assert not sweep.exists()
+
+
+def test_interrupting_a_parallel_shootout_exits_130_and_the_rerun_completes(smoke_data, tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["shootout", *map(str, smoke_data), "--preset", "smoke", "--arm", "a", "--seeds", "4", "--epochs", "3",
+            "--jobs", "2", "--out", str(sweep), "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "fnostab", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(sweep.glob("runs/a/seed-*/config.json")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # the parent only, as `kill -INT` from a script would
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert len(_results(sweep)) == 4 and not list(sweep.rglob(".*.tmp"))

@@ -74,9 +74,14 @@ def run_in_pool(specs: list[RunSpec], sweep_dir: Path, kind: str, jobs: int, thr
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 yield future.result()
+    except BaseException:
+        # Ctrl-C (or an error) in the parent: stop the workers now instead of waiting for their
+        # current runs, which are unfinished and restart on resume. ProcessPoolExecutor has no public
+        # way to terminate its workers before Python 3.14.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
     finally:
-        for future in pending:
-            future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
