@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from fnostab.config import DataSource, ModelConfig, RunConfig, TrainConfig
 from fnostab.models import build_generator
 from fnostab.physics import physics_loss, predicted_amplitude
@@ -204,6 +208,18 @@ def test_out_of_memory_is_recorded_as_oom_not_raised(smoke_data, tmp_path) -> No
     assert (tmp_path / "run" / "error.log").read_text().count("OutOfMemoryError") >= 1
 
 
+class _Broken(_ConstantObject):
+    def forward(self, patterns: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("shape mismatch in a user generator")
+
+
+def test_an_unexpected_exception_is_recorded_as_error_with_its_traceback(smoke_data, tmp_path) -> None:
+    result = run_training(prepare_run(_config(smoke_data)), tmp_path / "run", generator=_Broken())
+    assert result["status"] == "error" and "shape mismatch" in result["failure"]["reason"]
+    assert result["metrics"] is None and "status error" in result["evaluation_note"]
+    assert "RuntimeError: shape mismatch" in (tmp_path / "run" / "error.log").read_text()
+
+
 def test_result_json_documents_the_run(smoke_data, tmp_path) -> None:
     result = run_training(prepare_run(_config(smoke_data, epochs=2)), tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
@@ -242,3 +258,41 @@ def test_an_absurd_learning_rate_diverges_with_exit_1_and_a_readable_metrics_csv
     rows = _metrics_rows(out)
     assert len(rows) >= document["failure"]["step"]
     assert json.loads((out / "result.json").read_text())["failure"] == document["failure"]
+
+
+def test_ctrl_c_exits_130_and_leaves_no_result_or_temp_file(tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fnostab", "train", "--preset", "smoke", "--epochs", "200",
+                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "config.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the training loop
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert not (out / "result.json").exists()
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_bf16_mixed_precision_trains_on_cpu(smoke_data, tmp_path) -> None:
+    result = run_training(prepare_run(_config(smoke_data, epochs=1, precision="bf16-mixed")), tmp_path / "run")
+    assert result["status"] == "ok"
+    assert math.isfinite(result["training"]["best_val_loss"])
+
+
+@pytest.mark.cuda
+def test_smoke_run_on_cuda_matches_the_cpu_statuses_and_logs_the_device(smoke_data, tmp_path) -> None:
+    config = _config(smoke_data, epochs=1, accelerator="cuda")
+    result = run_training(prepare_run(config), tmp_path / "run")
+    assert result["status"] == "ok" and result["device"]["accelerator"] == "cuda"
+    rows = _metrics_rows(tmp_path / "run")
+    assert len(_column(rows, "grad_norm_preclip")) == result["training"]["steps"]
+
+
+@pytest.mark.cuda
+def test_bf16_mixed_precision_trains_on_cuda(smoke_data, tmp_path) -> None:
+    config = _config(smoke_data, epochs=1, accelerator="cuda", precision="bf16-mixed", clip="agc:0.01")
+    assert run_training(prepare_run(config), tmp_path / "run")["status"] == "ok"

@@ -13,12 +13,15 @@ Run dir: ``config.json``, ``metrics.csv`` (Lightning CSVLogger layout), ``checkp
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import shutil
 import signal
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ import torch
 
 from fnostab.config import RunConfig
 from fnostab.data.npz import PtychoSplit, load_pair
+from fnostab.devices import resolve_device_name
 from fnostab.errors import InputError
 from fnostab.io import atomic_path, write_json_atomic
 from fnostab.physics import val_loss_name
@@ -60,14 +64,6 @@ class PreparedRun:
         return self.train.N
 
 
-def resolve_accelerator(requested: str) -> str:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError("invalid --accelerator: cuda was requested but no CUDA device is available")
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
-
-
 def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
     """The run's data: its two NPZ files, or the preset's simulated data set (cached)."""
     if config.data.train is not None:
@@ -90,10 +86,12 @@ def prepare_run(config: RunConfig, data: tuple[PtychoSplit, PtychoSplit] | None 
     model_plan = plan(config.model.arch, batch_size=config.train.batch_size, **config.model.generator_kwargs(train.N))
     if model_plan.geometry_error:
         raise InputError(f"invalid model for N={train.N}: {model_plan.geometry_error}")
-    return PreparedRun(config, train, test, model_plan, resolve_accelerator(config.train.accelerator))
+    return PreparedRun(config, train, test, model_plan, resolve_device_name(config.train.accelerator, "--accelerator"))
 
 
+@functools.cache
 def _quiet_lightning() -> None:
+    """Keep Lightning's banners and per-batch deprecation noise off the user's stderr (once per process)."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -146,7 +144,19 @@ def evaluate_run(generator: torch.nn.Module, test: PtychoSplit, device: torch.de
     return metrics, None
 
 
-def _fit(module: Any, prepared: PreparedRun, log_dir: Path) -> BaseException | None:
+def _progress_callback(advance: Callable[[int], None]) -> Any:
+    import lightning.pytorch as pl
+
+    class _Advance(pl.Callback):
+        def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+            advance(1)
+
+    return _Advance()
+
+
+def _fit(
+    module: Any, prepared: PreparedRun, log_dir: Path, advance: Callable[[int], None] | None = None
+) -> BaseException | None:
     """Run Lightning's fit; returns the exception that ended it abnormally (never KeyboardInterrupt)."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
@@ -167,6 +177,7 @@ def _fit(module: Any, prepared: PreparedRun, log_dir: Path) -> BaseException | N
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=False,
+        callbacks=[_progress_callback(advance)] if advance is not None else [],
     )
     loaders = (
         train_loader(prepared.train.diffraction, config.batch_size, config.seed),
@@ -223,7 +234,12 @@ def run_training(
     _log(output, f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...")
 
     train_started = time.perf_counter()
-    error = _fit(module, prepared, log_dir)
+    if output is not None and output.show_progress:
+        total = config.train.epochs * math.ceil(prepared.train.n / config.train.batch_size)
+        with output.progress("training steps", total) as advance:
+            error = _fit(module, prepared, log_dir, advance)
+    else:
+        error = _fit(module, prepared, log_dir)
     train_s = time.perf_counter() - train_started
 
     failure: Failure | None = module.failure
