@@ -10,7 +10,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fnostab.hooks import GradientGainMonitor
-from fnostab.hooks.gradient_gain import RepeatedBackwardError
+from fnostab.hooks.gradient_gain import (
+    NoForwardPassError,
+    RepeatedBackwardError,
+    chain_gains,
+    gain_label,
+    gain_ratio,
+    log_gain_ratio,
+)
 
 NORM_TYPES = ["l2", "l1", "linf", "mean"]
 SEED_KEYS = {
@@ -315,7 +322,112 @@ def test_context_manager_removes_hooks_also_on_exception() -> None:
             raise KeyError("boom")
     assert all(len(b._forward_hooks) == 0 for b in blocks)
     blocks(torch.randn(3)).sum().backward()
-    assert mon.norms() == [None, None]
+    # The only forward ran after the hooks were gone, so the monitor never saw one.
+    assert not mon.saw_forward
+    with pytest.raises(NoForwardPassError):
+        mon.norms()
+
+
+def test_a_loss_built_before_the_monitor_raises_instead_of_reporting_all_none() -> None:
+    torch.manual_seed(6)
+    blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+    loss = run_chain(blocks, torch.randn(2, 4)).pow(2).sum()  # graph built with no monitor attached
+    with GradientGainMonitor(blocks) as mon:
+        loss.backward()
+        assert not mon.saw_forward
+        for read in (mon.norms, mon.gains, mon.log_gains, mon.summary_stats, mon.report):
+            with pytest.raises(NoForwardPassError, match="Run the forward pass inside the monitor"):
+                read()
+    assert issubclass(NoForwardPassError, RuntimeError)
+
+
+def test_a_forward_without_gradient_still_counts_as_a_forward() -> None:
+    # A no-grad forward (evaluation, or a frozen stack) is a real pass: its blocks are missing, no error.
+    blocks = nn.ModuleList([Scale(2.0), Scale(3.0)])
+    with GradientGainMonitor(blocks) as mon:
+        with torch.no_grad():
+            run_chain(blocks, torch.randn(3))
+        assert mon.saw_forward
+        assert mon.norms() == [None, None]
+        assert mon.gains() == [None]
+        mon.reset()  # reset forgets gradients, not that the hooks were live
+        assert mon.norms() == [None, None]
+
+
+class HostConversions:
+    """Counts Tensor → Python number conversions (each one is a host sync on an accelerator)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        for name in ("item", "tolist", "__float__"):
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._counting(original))
+
+    def _counting(self, original):
+        def wrapper(tensor, *args, **kwargs):
+            self.count += 1
+            return original(tensor, *args, **kwargs)
+
+        return wrapper
+
+
+@pytest.mark.parametrize("reader", ["norms", "gains", "log_gains", "summary_stats", "report"])
+def test_every_reader_converts_all_block_norms_to_floats_at_once(
+    reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocks = nn.ModuleList(Scale(c) for c in (1.5, 0.5, 2.0, 4.0, 1.0))
+    with GradientGainMonitor(blocks) as mon:
+        run_chain(blocks, torch.ones(4)).sum().backward()
+        expected = getattr(mon, reader)()
+        conversions = HostConversions(monkeypatch)
+        got = getattr(mon, reader)()
+    assert conversions.count == 1
+    assert got == expected
+
+
+def test_norms_of_mixed_precision_blocks_convert_exactly() -> None:
+    # A float32 block next to a float64 one: stacking in float64 must not change the float32 value.
+    class ToDouble(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.double()
+
+    blocks = nn.ModuleList([Scale(1.0), ToDouble(), Scale(1.0)])
+    w = torch.randn(7, dtype=torch.float64)
+    with GradientGainMonitor(blocks) as mon:
+        out = blocks[2](blocks[1](blocks[0](torch.randn(7))))
+        (w * out).sum().backward()
+        norms = mon.norms()
+    assert norms[0] == torch.linalg.vector_norm(w.float()).item()
+    assert norms[1] == norms[2] == torch.linalg.vector_norm(w).item()
+
+
+@pytest.mark.parametrize(
+    ("gain", "label"),
+    [
+        (None, "missing"),
+        (math.nan, "nonfinite"),
+        (math.inf, "vanishing"),
+        (2.0000001, "amplifying"),
+        (2.0, "healthy"),  # both thresholds are inclusive on the healthy side
+        (0.5, "healthy"),
+        (0.4999999, "damping"),
+        (0.0, "damping"),
+    ],
+)
+def test_gain_label_classes(gain: float | None, label: str) -> None:
+    assert gain_label(gain) == label
+
+
+def test_gain_ratio_special_values() -> None:
+    eps = 1e-6
+    assert gain_ratio(None, 1.0, eps) is None and gain_ratio(1.0, None, eps) is None
+    assert math.isnan(gain_ratio(math.inf, 1.0, eps)) and math.isnan(gain_ratio(1.0, math.nan, eps))
+    assert gain_ratio(1.0, 1e-7, eps) == math.inf
+    assert gain_ratio(1e-7, 1e-7, eps) is None
+    assert gain_ratio(0.0, 2.0, eps) == 0.0 and log_gain_ratio(0.0, 2.0, eps) == -math.inf
+    assert gain_ratio(1e-200, 1e200, 0.0) == 0.0  # underflows
+    assert log_gain_ratio(1e-200, 1e200, 0.0) == pytest.approx(-400 * math.log(10))
+    assert chain_gains([8.0, 4.0, None, 1.0], eps) == [2.0, None, None]
 
 
 @pytest.mark.parametrize(

@@ -90,3 +90,19 @@ def test_block_grad_norms_at_step_0_equal_an_independent_autograd_computation(
     logged_act = [float(row[f"block_act_mean/{i}"]) for i in range(N_BLOCKS)]
     assert logged_act == pytest.approx([o.detach().abs().mean().item() for o in outputs], rel=1e-5)
 
+
+
+def test_out_of_memory_before_the_first_block_on_a_monitored_step_is_still_recorded_as_oom(
+    smoke_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train, test = smoke_data
+    config = RunConfig(data=DataSource(train=train, test=test), model=SMOKE_MODEL,
+                       train=TrainConfig(epochs=1, batch_size=BATCH, seed=SEED, monitor_every=1, accelerator="cpu"))
+    generator = build_generator("hybrid", **SMOKE_MODEL.generator_kwargs(32))
+
+    def out_of_memory(module: torch.nn.Module, inputs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    generator.blocks[0].register_forward_pre_hook(out_of_memory)
+    result = run_training(prepare_run(config), tmp_path / "run", generator=generator)
+    assert result["status"] == "oom" and "2.00 GiB" in result["failure"]["reason"]

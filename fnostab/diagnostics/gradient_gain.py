@@ -41,7 +41,15 @@ from fnostab.data.npz import PtychoSplit
 from fnostab.data.probe import SYNTHETIC_RECIPE, normalise_probe, synthetic_probe
 from fnostab.diagnostics.source import Device, Settings, architecture_of, as_patterns, block_names, resolve_device
 from fnostab.hooks import GradientGainMonitor
-from fnostab.hooks.gradient_gain import AMPLIFYING_THRESHOLD, DAMPING_THRESHOLD, VALID_NORM_TYPES
+from fnostab.hooks.gradient_gain import (
+    AMPLIFYING_THRESHOLD,
+    DAMPING_THRESHOLD,
+    VALID_NORM_TYPES,
+    chain_gains,
+    chain_log_gains,
+    gain_label,
+    summarize_gains,
+)
 from fnostab.io import write_json_atomic
 from fnostab.physics import LOSS_NAMES, physics_loss, predicted_amplitude
 
@@ -80,57 +88,6 @@ def probe_for(split: PtychoSplit) -> tuple[np.ndarray, str | None]:
         f"({SYNTHETIC_RECIPE}, normalised as the simulator does); gains are only meaningful if the data were "
         "simulated with it"
     )
-
-
-def _gain(num: float | None, den: float | None, eps: float) -> float | None:
-    """γ = num / den with :meth:`GradientGainMonitor.gains`' special values (None, inf, nan)."""
-    if num is None or den is None:
-        return None
-    if not (math.isfinite(num) and math.isfinite(den)):
-        return math.nan
-    if den <= eps:
-        return math.inf if num > eps else None
-    return num / den
-
-
-def _log_gain(num: float | None, den: float | None, eps: float) -> float | None:
-    gain = _gain(num, den, eps)
-    if gain is None or not math.isfinite(gain):
-        return gain
-    assert num is not None and den is not None
-    return (math.log(num) if num > 0 else -math.inf) - math.log(den)
-
-
-def flag(gain: float | None) -> str:
-    """Label of one transition (thresholds are the monitor's heuristic ones)."""
-    if gain is None:
-        return "missing"
-    if math.isnan(gain):
-        return "nonfinite"
-    if gain == math.inf:
-        return "vanishing"
-    if gain > AMPLIFYING_THRESHOLD:
-        return "amplifying"
-    if gain < DAMPING_THRESHOLD:
-        return "damping"
-    return "healthy"
-
-
-def summary_stats(gains: list[float | None], log_gains: list[float | None]) -> dict[str, float | int | None]:
-    """:meth:`GradientGainMonitor.summary_stats` (same keys and rules) for gains given as lists."""
-    values = [g for g, lg in zip(gains, log_gains) if g is not None and lg is not None and math.isfinite(g)]
-    logs = [lg for g, lg in zip(gains, log_gains) if g is not None and lg is not None and math.isfinite(g)]
-    return {
-        "mean_gain": sum(values) / len(values) if values else None,
-        "min_gain": min(values) if values else None,
-        "max_gain": max(values) if values else None,
-        "mean_log_gain": sum(logs) / len(logs) if logs else None,
-        "num_amplifying": sum(1 for g in values if g > AMPLIFYING_THRESHOLD),
-        "num_damping": sum(1 for g in values if g < DAMPING_THRESHOLD),
-        "num_healthy": sum(1 for g in values if DAMPING_THRESHOLD <= g <= AMPLIFYING_THRESHOLD),
-        "num_vanishing": sum(1 for g in gains if g is not None and g == math.inf),
-        "num_missing": sum(1 for g in gains if g is None),
-    }
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -204,15 +161,19 @@ def measure_grad_gain(
                 value = physics_loss(loss, predicted_amplitude(generator(batch), probe_t), batch)  # type: ignore[arg-type]
                 # Same graph as value.backward(), without accumulating into the parameters' .grad.
                 torch.autograd.grad(value, params, allow_unused=True)
+                # One read of the norms per batch; the gains follow on the host by the monitor's rules.
+                batch_norms = monitor.norms()
+                batch_gains = chain_gains(batch_norms, eps)
+                batch_log_gains = chain_log_gains(batch_norms, eps)
                 per_batch.append(
                     {
                         "batch": k,
                         "samples": int(batch.shape[0]),
                         "loss": float(value.detach().item()),
-                        "norms": monitor.norms(),
-                        "gains": monitor.gains(),
-                        "log_gains": monitor.log_gains(),
-                        "summary_stats": monitor.summary_stats(),
+                        "norms": batch_norms,
+                        "gains": batch_gains,
+                        "log_gains": batch_log_gains,
+                        "summary_stats": summarize_gains(batch_gains, batch_log_gains),
                     }
                 )
     finally:
@@ -220,8 +181,8 @@ def measure_grad_gain(
 
     n_blocks = len(names)
     norms = [_mean([b["norms"][i] for b in per_batch]) for i in range(n_blocks)]
-    gains = [_gain(norms[i - 1], norms[i], eps) for i in range(1, n_blocks)]
-    log_gains = [_log_gain(norms[i - 1], norms[i], eps) for i in range(1, n_blocks)]
+    gains = chain_gains(norms, eps)
+    log_gains = chain_log_gains(norms, eps)
     mean_log_gains = [_mean([b["log_gains"][i] for b in per_batch]) for i in range(n_blocks - 1)]
     losses = [b["loss"] for b in per_batch]
     return {
@@ -246,8 +207,8 @@ def measure_grad_gain(
         "gains": gains,
         "log_gains": log_gains,
         "mean_log_gains": mean_log_gains,
-        "flags": [flag(g) for g in gains],
-        "summary_stats": summary_stats(gains, log_gains),
+        "flags": [gain_label(g) for g in gains],
+        "summary_stats": summarize_gains(gains, log_gains),
         "loss": {"name": loss, "mean": sum(losses) / len(losses), "per_batch": losses},
         "per_batch": per_batch,
     }

@@ -12,11 +12,23 @@ Mechanism, and why (see the shared hook notes):
   handle: a hook registered before an in-place op receives the gradient w.r.t. the value the block
   returned.
 * The hook reduces the detached gradient to a 0-dim tensor on the gradient's device. Nothing is
-  copied to the host inside backward; the float conversion happens when :meth:`norms` (or anything
-  built on it) is called, once per logging step.
+  copied to the host inside backward. Each call of :meth:`~GradientGainMonitor.norms`,
+  :meth:`~GradientGainMonitor.gains`, :meth:`~GradientGainMonitor.log_gains`,
+  :meth:`~GradientGainMonitor.summary_stats` or :meth:`~GradientGainMonitor.report` stacks the
+  per-block norms and converts them with a single ``tolist()`` (one per device if the blocks are
+  spread over several), and derives everything else from that one list of floats: one host sync
+  per logging step, not one per block per quantity.
+* Because the tensor hooks are attached during forward, a graph built before the monitor existed
+  carries none, and its backward would leave every norm empty. Reading a monitor that saw no
+  forward pass therefore raises :class:`NoForwardPassError` instead of returning all ``None``.
 
 Only the gradient w.r.t. block *outputs* is measured; the gradient entering block 0 (its input) is
 not, so ``n`` blocks give ``n − 1`` gains.
+
+The gain arithmetic on plain floats — :func:`gain_ratio`, :func:`log_gain_ratio`, their chain
+forms :func:`chain_gains` and :func:`chain_log_gains`, :func:`summarize_gains` and
+:func:`gain_label` — is public so that code aggregating norms over several passes
+(``fnostab.diagnostics.gradient_gain``) applies exactly the monitor's rules.
 """
 
 from __future__ import annotations
@@ -42,9 +54,20 @@ VALID_NORM_TYPES: tuple[str, ...] = ("l2", "l1", "linf", "mean")
 AMPLIFYING_THRESHOLD = 2.0
 DAMPING_THRESHOLD = 0.5
 
+# How report() shows the finite-gain labels of gain_label (the seed's spelling).
+_REPORT_TAGS = {"amplifying": "[AMPLIFYING]", "damping": "[DAMPING]", "healthy": "[Healthy]"}
+
 
 class RepeatedBackwardError(FnostabError, RuntimeError):
     """A block's gradient arrived a second time before :meth:`GradientGainMonitor.reset`."""
+
+
+class NoForwardPassError(FnostabError, RuntimeError):
+    """Norms or gains were read, but no monitored block ran a forward pass while the monitor was attached.
+
+    A ``RuntimeError`` (like :class:`RepeatedBackwardError`) rather than an ``InputError``: it is a
+    mistake in the order of calls in the calling code, not bad input from a user.
+    """
 
 
 @dataclass
@@ -93,6 +116,86 @@ def _reduction_dtype(dtype: torch.dtype) -> torch.dtype | None:
     return None
 
 
+def gain_ratio(num: float | None, den: float | None, eps: float) -> float | None:
+    """γ = num / den with the special values documented in :meth:`GradientGainMonitor.gains`.
+
+    ``None`` when either norm is missing or both are ``≤ eps``; ``math.inf`` when only ``den`` is
+    ``≤ eps``; ``math.nan`` when either norm is inf or nan; otherwise the plain ratio.
+    """
+    if num is None or den is None:
+        return None
+    if not (math.isfinite(num) and math.isfinite(den)):
+        return math.nan  # the backward itself produced inf/nan: the ratio says nothing
+    if den <= eps:
+        return math.inf if num > eps else None
+    return num / den
+
+
+def log_gain_ratio(num: float | None, den: float | None, eps: float) -> float | None:
+    """log γ as log(num) − log(den); ``None``/``inf``/``nan`` as :func:`gain_ratio`, num = 0 → ``-inf``.
+
+    Subtracting logs keeps a ratio that would underflow to 0.0 finite in log space (1e-200 / 1e200
+    gives −921, not −inf); a ratio that overflows is already ``inf`` in :func:`gain_ratio` and stays so.
+    """
+    gain = gain_ratio(num, den, eps)
+    if gain is None or not math.isfinite(gain):
+        return gain
+    assert num is not None and den is not None  # a finite gain has both sides
+    return (math.log(num) if num > 0 else -math.inf) - math.log(den)
+
+
+def chain_gains(norms: Sequence[float | None], eps: float) -> list[float | None]:
+    """γ_i = norms[i−1] / norms[i] for i = 1 … n−1, by :func:`gain_ratio`."""
+    return [gain_ratio(norms[i - 1], norms[i], eps) for i in range(1, len(norms))]
+
+
+def chain_log_gains(norms: Sequence[float | None], eps: float) -> list[float | None]:
+    """log γ_i for i = 1 … n−1, by :func:`log_gain_ratio`."""
+    return [log_gain_ratio(norms[i - 1], norms[i], eps) for i in range(1, len(norms))]
+
+
+def gain_label(gain: float | None) -> str:
+    """The heuristic class of one gain: ``missing`` (None), ``nonfinite`` (nan), ``vanishing`` (inf),
+    ``amplifying`` (γ > :data:`AMPLIFYING_THRESHOLD`), ``damping`` (γ < :data:`DAMPING_THRESHOLD`)
+    or ``healthy``."""
+    if gain is None:
+        return "missing"
+    if math.isnan(gain):
+        return "nonfinite"
+    if gain == math.inf:
+        return "vanishing"
+    if gain > AMPLIFYING_THRESHOLD:
+        return "amplifying"
+    if gain < DAMPING_THRESHOLD:
+        return "damping"
+    return "healthy"
+
+
+def summarize_gains(gains: Sequence[float | None], log_gains: Sequence[float | None]) -> dict[str, float | int | None]:
+    """Summary of a list of gains and their log-gains, with the seed's keys (exactly).
+
+    ``mean_gain``, ``min_gain``, ``max_gain`` and ``mean_log_gain`` are taken over the finite gains
+    (``None`` when there are none); ``mean_log_gain`` is ``-inf`` if one of them is exactly 0.
+    Counts (thresholds are heuristic): ``num_amplifying`` γ > 2, ``num_damping`` γ < 0.5,
+    ``num_healthy`` 0.5 ≤ γ ≤ 2 (finite gains only), ``num_vanishing`` γ = inf, ``num_missing`` γ is
+    ``None``. A nan gain is in no count.
+    """
+    pairs = [(g, lg) for g, lg in zip(gains, log_gains) if g is not None and lg is not None and math.isfinite(g)]
+    values = [g for g, _ in pairs]
+    logs = [lg for _, lg in pairs]
+    return {
+        "mean_gain": sum(values) / len(values) if values else None,
+        "min_gain": min(values) if values else None,
+        "max_gain": max(values) if values else None,
+        "mean_log_gain": sum(logs) / len(logs) if logs else None,
+        "num_amplifying": sum(1 for g in values if g > AMPLIFYING_THRESHOLD),
+        "num_damping": sum(1 for g in values if g < DAMPING_THRESHOLD),
+        "num_healthy": sum(1 for g in values if DAMPING_THRESHOLD <= g <= AMPLIFYING_THRESHOLD),
+        "num_vanishing": sum(1 for g in gains if g is not None and g == math.inf),
+        "num_missing": sum(1 for g in gains if g is None),
+    }
+
+
 class GradientGainMonitor:
     """Measure ‖∂L/∂h_i‖ at each block output and the backward gains between consecutive blocks.
 
@@ -123,6 +226,15 @@ class GradientGainMonitor:
     Hooks are registered on construction and removed by :meth:`close` or on leaving the ``with``
     block (also on an exception). A closed monitor cannot be re-opened; build a new one.
 
+    **Run the forward pass inside the monitor.** Gradients are caught by hooks that the blocks'
+    forward passes attach to their outputs, so a loss computed *before* the monitor was built has
+    no hooks, and its ``backward()`` measures nothing. Reading such a monitor (:meth:`norms`,
+    :meth:`gains`, :meth:`log_gains`, :meth:`summary_stats` or :meth:`report` while no monitored
+    block has run forward since construction) raises :class:`NoForwardPassError` rather than
+    returning all ``None``. Code that may read a monitor whose forward never happened (the forward
+    raised early, or a step was skipped) can test :attr:`saw_forward` first. Once a forward has run,
+    blocks without a gradient are reported as ``None`` as usual, also after :meth:`reset`.
+
     Example
     -------
     >>> with GradientGainMonitor(model.blocks) as mon:   # doctest: +SKIP
@@ -150,6 +262,7 @@ class GradientGainMonitor:
 
         self._records: list[_BlockRecord | None] = [None] * len(self._blocks)
         self._next_call_id = 0
+        self._saw_forward = False
         # Backward can run hooks on autograd's device threads while the training thread reads norms.
         self._lock = threading.Lock()
         # Tensor hooks live on the output tensors, which may outlive close() (a graph kept for a later
@@ -193,6 +306,9 @@ class GradientGainMonitor:
         def forward_hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not self._active:
                 return
+            # Set before the grad check: a forward of a frozen block, or under no_grad, is a real
+            # pass whose blocks legitimately have no gradient, not the ordering mistake.
+            self._saw_forward = True
             leaves = [t for t in _tensor_leaves(output) if t.requires_grad and t.numel() > 0]
             if not leaves:
                 return  # frozen block or no-grad forward: reported as missing
@@ -257,30 +373,52 @@ class GradientGainMonitor:
         # Leaves whose gradient never arrived had zero gradient, so their elements still count.
         return stacked.sum() / rec.numel
 
+    @property
+    def saw_forward(self) -> bool:
+        """True once any monitored block has run a forward pass while this monitor was attached."""
+        return self._saw_forward
+
+    def _require_forward(self) -> None:
+        if not self._saw_forward:
+            raise NoForwardPassError(
+                "GradientGainMonitor: none of the monitored blocks ran a forward pass while the monitor was "
+                "attached, so no gradient can have been measured (the gradient hooks are attached to the block "
+                "outputs during forward; a loss computed before the monitor existed has none). Run the forward "
+                "pass inside the monitor: create the monitor, then compute the loss, then call backward()."
+            )
+
     def norms(self) -> list[float | None]:
         """‖∂L/∂h_i‖ for each block, in block order; ``None`` where no gradient arrived.
 
         "No gradient" means the block's output did not require grad (frozen block fed by a tensor
         that does not require grad, or a forward under ``torch.no_grad``) or did not reach the loss.
-        This is where the device → host transfer happens.
+        This is where the device → host transfer happens: one ``tolist()`` for all blocks (per
+        device). Raises :class:`NoForwardPassError` if no monitored block has run forward yet.
         """
+        self._require_forward()
         with self._lock:
             records = list(self._records)
-        return [None if rec is None else float(self._combined(rec).item()) for rec in records]
-
-    def _gain(self, num: float | None, den: float | None) -> float | None:
-        if num is None or den is None:
-            return None
-        if not (math.isfinite(num) and math.isfinite(den)):
-            return math.nan  # the backward itself produced inf/nan: the ratio says nothing
-        if den <= self.eps:
-            return math.inf if num > self.eps else None
-        return num / den
+        values: list[float | None] = [None] * len(records)
+        # Stacking needs one device; a model split over devices gets one transfer per device.
+        by_device: dict[torch.device, list[tuple[int, Tensor]]] = {}
+        for i, rec in enumerate(records):
+            if rec is not None:
+                norm = self._combined(rec)
+                by_device.setdefault(norm.device, []).append((i, norm))
+        for entries in by_device.values():
+            dtype = entries[0][1].dtype
+            for _, norm in entries[1:]:
+                dtype = torch.promote_types(dtype, norm.dtype)
+            # Promotion only widens (float32 → float64), so every value converts exactly as .item() would.
+            floats = torch.stack([norm.to(dtype) for _, norm in entries]).tolist()
+            for (i, _), value in zip(entries, floats):
+                values[i] = value
+        return values
 
     def gains(self) -> list[float | None]:
         """Backward gains, length ``n − 1``: entry ``i − 1`` is γ_i = ‖∂L/∂h_{i−1}‖ / ‖∂L/∂h_i‖.
 
-        Special values, exactly:
+        Special values, exactly (see :func:`gain_ratio`):
 
         * ``None`` — either norm is missing (no gradient), or both norms are ``≤ eps`` (0/0: the
           ratio is undefined). Counted by ``num_missing``.
@@ -290,71 +428,28 @@ class GradientGainMonitor:
           the summary counts.
         * otherwise the plain ratio, which is 0.0 when the numerator is exactly zero.
         """
-        n = self.norms()
-        return [self._gain(n[i - 1], n[i]) for i in range(1, len(n))]
+        return chain_gains(self.norms(), self.eps)
 
     def log_gains(self) -> list[float | None]:
         """Natural log of each gain, computed as log(numerator norm) − log(denominator norm).
 
-        Subtracting logs avoids the overflow/underflow of forming the ratio first. ``None``, ``inf``
-        and ``nan`` follow :meth:`gains` (``inf`` → ``+inf``); a numerator of exactly 0 gives
-        ``-inf``.
+        Subtracting logs keeps gains that underflow to 0.0 finite in log space. ``None``, ``inf``
+        and ``nan`` follow :meth:`gains` (``inf`` → ``+inf``, also for a ratio that overflows); a
+        numerator of exactly 0 gives ``-inf``.
         """
-        n = self.norms()
-        out: list[float | None] = []
-        for i in range(1, len(n)):
-            num, den = n[i - 1], n[i]
-            gain = self._gain(num, den)
-            if gain is None or not math.isfinite(gain):
-                out.append(gain)
-                continue
-            assert num is not None and den is not None  # a finite gain has both sides
-            out.append((math.log(num) if num > 0 else -math.inf) - math.log(den))
-        return out
+        return chain_log_gains(self.norms(), self.eps)
 
     def summary_stats(self) -> dict[str, float | int | None]:
-        """Summary of :meth:`gains` (the seed's keys, exactly).
-
-        ``mean_gain``, ``min_gain``, ``max_gain`` and ``mean_log_gain`` are taken over the finite
-        gains (``None`` when there are none); ``mean_log_gain`` is ``-inf`` if one of them is exactly
-        0. Counts (thresholds are heuristic): ``num_amplifying`` γ > 2, ``num_damping`` γ < 0.5,
-        ``num_healthy`` 0.5 ≤ γ ≤ 2 (finite gains only), ``num_vanishing`` γ = inf,
-        ``num_missing`` γ is ``None``. A nan gain is in no count.
-        """
-        gains = self.gains()
-        logs = self.log_gains()
-        values: list[float] = []
-        log_values: list[float] = []
-        for g, lg in zip(gains, logs):
-            if g is not None and lg is not None and math.isfinite(g):
-                values.append(g)
-                log_values.append(lg)
-        return {
-            "mean_gain": sum(values) / len(values) if values else None,
-            "min_gain": min(values) if values else None,
-            "max_gain": max(values) if values else None,
-            "mean_log_gain": sum(log_values) / len(log_values) if log_values else None,
-            "num_amplifying": sum(1 for g in values if g > AMPLIFYING_THRESHOLD),
-            "num_damping": sum(1 for g in values if g < DAMPING_THRESHOLD),
-            "num_healthy": sum(1 for g in values if DAMPING_THRESHOLD <= g <= AMPLIFYING_THRESHOLD),
-            "num_vanishing": sum(1 for g in gains if g is not None and g == math.inf),
-            "num_missing": sum(1 for g in gains if g is None),
-        }
-
-    @staticmethod
-    def _label(gain: float) -> str:
-        if gain > AMPLIFYING_THRESHOLD:
-            return "[AMPLIFYING]"
-        if gain < DAMPING_THRESHOLD:
-            return "[DAMPING]"
-        return "[Healthy]"
+        """Summary of :meth:`gains` (the seed's keys, exactly); the rules are :func:`summarize_gains`'."""
+        norms = self.norms()
+        return summarize_gains(chain_gains(norms, self.eps), chain_log_gains(norms, self.eps))
 
     def report(self) -> str:
         """Human-readable report: norms, gains with log-gain and heuristic label, summary."""
         norms = self.norms()
-        gains = self.gains()
-        logs = self.log_gains()
-        stats = self.summary_stats()
+        gains = chain_gains(norms, self.eps)
+        logs = chain_log_gains(norms, self.eps)
+        stats = summarize_gains(gains, logs)
         lines = [f"Gradient gain report ({len(norms)} blocks, norm_type={self.norm_type!r})", "", "Gradient norms:"]
         for i, n in enumerate(norms):
             lines.append(f"  Block {i:2d}: " + ("no gradient" if n is None else f"{n:.4e}"))
@@ -367,14 +462,15 @@ class GradientGainMonitor:
             lines.append("  (one block: no transitions)")
         for i, (g, lg) in enumerate(zip(gains, logs), start=1):
             head = f"  Transition {i - 1:2d} to {i:2d}: "
-            if g is None:
+            label = gain_label(g)
+            if label == "missing":
                 lines.append(head + "gamma=None [missing: no gradient, or both norms <= eps]")
-            elif math.isnan(g):
+            elif label == "nonfinite":
                 lines.append(head + "gamma=nan [NON-FINITE norm]")
-            elif g == math.inf:
+            elif label == "vanishing":
                 lines.append(head + f"gamma=inf [VANISHING: norm[{i}] <= eps]")
             else:
-                lines.append(head + f"gamma={g:.4f}, log_gamma={lg:.4f} {self._label(g)}")
+                lines.append(head + f"gamma={g:.4f}, log_gamma={lg:.4f} {_REPORT_TAGS[label]}")
 
         def fmt(v: float | int | None) -> str:
             return "n/a" if v is None else f"{v:.4f}"

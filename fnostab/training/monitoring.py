@@ -46,8 +46,11 @@ class BlockMonitor:
         self._handles.clear()
         stats: dict[str, float] = {}
         if self._gradients is not None:
-            for index, norm in enumerate(self._gradients.norms()):
-                stats[f"block_grad_norm/{index}"] = float("nan") if norm is None else norm
+            # A forward that raised before the first block (e.g. out of memory) leaves nothing to
+            # read; reading would raise and hide the original error from the failure record.
+            if self._gradients.saw_forward:
+                for index, norm in enumerate(self._gradients.norms()):
+                    stats[f"block_grad_norm/{index}"] = float("nan") if norm is None else norm
             self._gradients.close()
             self._gradients = None
         means = [m for m in self._activation_means if m is not None]
