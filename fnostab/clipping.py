@@ -370,15 +370,16 @@ def clip_gradients_(
     For ``agc`` it defaults to the parameters of ``model.head`` when ``model`` has an ``nn.Module``
     attribute ``head`` (the paper does not clip the final layer) and to nothing otherwise; pass
     ``exclude=[]`` to clip the head too. For ``agc_tensor`` it defaults to nothing, as in
-    PtychoPINN. ``norm`` and ``value`` clip every gradient (torch semantics), so giving ``exclude``
-    with them is an :class:`~fnostab.errors.InputError`.
+    PtychoPINN. ``norm`` and ``value`` clip every gradient (torch semantics) and ``none`` clips
+    nothing, so giving ``exclude`` (even an empty one) with any of the three is an
+    :class:`~fnostab.errors.InputError` rather than an argument silently ignored.
     """
     if isinstance(spec, str):
         spec = parse_clip_spec(spec)
-    if exclude is not None and spec.algo in ("norm", "value"):
+    if exclude is not None and spec.algo in ("none", "norm", "value"):
         raise InputError(
             f"clip spec {str(spec)!r}: 'exclude' applies only to agc and agc_tensor; "
-            "norm and value clip every gradient. Drop 'exclude' or use an agc spec."
+            "norm and value clip every gradient and none clips nothing. Drop 'exclude' or use an agc spec."
         )
     params = [p for p in model.parameters() if p.grad is not None]
     pre = grad_norm(model.parameters())

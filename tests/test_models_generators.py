@@ -57,16 +57,22 @@ def test_real_imag_head_puts_real_in_channel_0_and_imag_in_channel_1() -> None:
     assert torch.equal(out.real, raw[:, 0:1]) and torch.equal(out.imag, raw[:, 1:2])
 
 
-def test_amp_phase_head_bounds_amplitude_to_0_1_and_phase_to_plus_minus_pi() -> None:
+@pytest.mark.parametrize("tanh_value", [0.5, -0.25, 0.9])
+def test_amp_phase_head_gives_sigmoid_amplitude_and_pi_tanh_phase(tanh_value: float) -> None:
+    # With the 1×1 convs' weights at zero each output is its bias everywhere: amplitude sigmoid(0) = 0.5
+    # and phase π·tanh(atanh(t)) = π·t. Three values of t, one of them negative, pin the π scale and
+    # the sign, which a missing π, a sigmoid in place of the tanh or an |·| would each get wrong.
     torch.manual_seed(0)
     model = build_generator("hybrid", N=16, head="amp_phase", **SMALL)
     assert isinstance(model.head, AmpPhaseHead)
     with torch.no_grad():
-        model.head.amp.bias.fill_(0.0)
-        model.head.amp.weight.fill_(0.0)
+        model.head.amp.weight.zero_()
+        model.head.amp.bias.zero_()
+        model.head.phase.weight.zero_()
+        model.head.phase.bias.fill_(math.atanh(tanh_value))
     out = model(torch.rand(2, 1, 16, 16))
-    torch.testing.assert_close(out.abs(), torch.full((2, 1, 16, 16), 0.5))  # sigmoid(0)
-    assert out.angle().abs().max().item() <= math.pi
+    torch.testing.assert_close(out.abs(), torch.full((2, 1, 16, 16), 0.5))
+    torch.testing.assert_close(out.angle(), torch.full((2, 1, 16, 16), math.pi * tanh_value))
     assert n_params(model.head) == 2 * (8 + 1)  # same count as the real/imag head
 
 

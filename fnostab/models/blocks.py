@@ -5,8 +5,12 @@
 * ``StablePtychoBlock``: y = x + λ ⊙ IN(GELU(Spectral(x) + Conv3×3(x))), the ``stable_hybrid`` block,
   in its two published initialisations (zero-γ, then LayerScale).
 
-Every block keeps the shape (B, C, H, W). Submodule names (``spectral``, ``local``, ``act``, ``norm``)
-are a contract: activation probes hook ``*.spectral`` and ``*.local``.
+Every block keeps the shape (B, C, H, W). The names ``spectral``, ``local``, ``norm`` and
+``layerscale`` are part of saved checkpoints' ``state_dict`` keys (``blocks.0.spectral.weight``), so
+renaming one breaks loading older checkpoints; submodule names also label the rows of activation
+reports. The activation probe does not select by name: :class:`~fnostab.hooks.ActivationMonitor`
+takes each block's ``SpectralConv2d`` child, its 3×3 ``nn.Conv2d`` child and its ``nn.GELU`` modules
+by type.
 """
 
 from __future__ import annotations
