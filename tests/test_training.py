@@ -163,6 +163,7 @@ def test_a_poisoned_batch_ends_the_run_as_diverged_at_its_step(smoke_data, tmp_p
     assert result["status"] == "diverged"
     assert result["failure"]["step"] == 0 and result["failure"]["epoch"] == 0
     assert "non-finite" in result["failure"]["reason"]
+    assert result["training"]["epochs_completed"] == 0  # the failing epoch did not complete
     assert result["metrics"] is not None  # the weights were never updated, so they are still finite
     rows = _metrics_rows(tmp_path / "run")
     assert math.isnan(_column(rows, "mae_train_loss")[0])
@@ -220,6 +221,23 @@ def test_an_unexpected_exception_is_recorded_as_error_with_its_traceback(smoke_d
     assert "RuntimeError: shape mismatch" in (tmp_path / "run" / "error.log").read_text()
 
 
+class _OutOfMemoryAtInference(_ConstantObject):
+    """Trains and validates (batches of at most 64) but runs out of memory on evaluation's larger batches."""
+
+    def forward(self, patterns: torch.Tensor) -> torch.Tensor:
+        if not self.training and patterns.shape[0] > 64:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.00 GiB")
+        return super().forward(patterns) + 0.1 * patterns.to(torch.complex64)
+
+
+def test_a_failing_evaluation_is_recorded_and_keeps_the_training_status(smoke_data, tmp_path) -> None:
+    result = run_training(prepare_run(_config(smoke_data, epochs=1)), tmp_path / "run", generator=_OutOfMemoryAtInference())
+    assert result["status"] == "ok" and result["metrics"] is None
+    assert result["evaluation_note"].startswith("evaluation failed: OutOfMemoryError")
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["evaluation_note"] == result["evaluation_note"]
+    assert "6.00 GiB" in (tmp_path / "run" / "error.log").read_text()
+
+
 def test_result_json_documents_the_run(smoke_data, tmp_path) -> None:
     result = run_training(prepare_run(_config(smoke_data, epochs=2)), tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
@@ -227,6 +245,7 @@ def test_result_json_documents_the_run(smoke_data, tmp_path) -> None:
     assert saved["training"]["epochs_completed"] == 2 and len(saved["training"]["val_losses"]) == 2
     assert saved["training"]["steps"] == 2 * math.ceil(289 / 16)
     assert saved["training"]["val_loss_name"] == "mae_val_loss"
+    assert saved["data"]["n_val"] == saved["data"]["n_test"] and saved["device"]["accelerator"] == "cpu"
     assert saved["model"]["params"] == result["model"]["params"] > 0
     for key in ("amp_ssim", "phase_ssim", "amp_mae", "phase_aligned_ssim"):
         assert key in saved["metrics"] and key in saved["metrics"]["baseline"]
@@ -258,6 +277,30 @@ def test_an_absurd_learning_rate_diverges_with_exit_1_and_a_readable_metrics_csv
     rows = _metrics_rows(out)
     assert len(rows) >= document["failure"]["step"]
     assert json.loads((out / "result.json").read_text())["failure"] == document["failure"]
+
+
+def test_out_that_is_not_a_run_dir_is_refused_even_with_force_and_left_untouched(smoke_data, tmp_path) -> None:
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.json").write_text('{"unrelated": true}')
+    result = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--out", out, "--force")
+    assert result.returncode == 2
+    assert "not an fnostab run dir" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+
+
+def test_force_replaces_a_run_only_once_the_new_one_is_written(smoke_data, tmp_path) -> None:
+    out = tmp_path / "run"
+    first = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--seed", "1", "--out", out, "--json")
+    assert first.returncode == 0, first.stderr
+    refused = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--out", out)
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    second = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--seed", "2", "--out", out,
+                     "--force", "--json")
+    assert second.returncode == 0, second.stderr
+    assert json.loads((out / "config.json").read_text())["train"]["seed"] == 2
+    assert json.loads((out / "result.json").read_text())["training"] == json.loads(second.stdout)["training"]
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging or retired dir left beside it
 
 
 def test_ctrl_c_exits_130_and_leaves_no_result_or_temp_file(tmp_path) -> None:

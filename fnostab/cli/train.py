@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -80,6 +82,22 @@ def format_result(result: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds an fnostab run (a readable result.json, or a config.json that is a RunConfig)."""
+    from fnostab.training.result import CONFIG_NAME, RESULT_NAME, read_result
+
+    try:
+        read_result(path / RESULT_NAME)
+        return True
+    except (InputError, OSError):
+        pass
+    try:
+        RunConfig.model_validate_json((path / CONFIG_NAME).read_bytes())
+        return True
+    except (ValueError, OSError):
+        return False
+
+
 def _prepare_out(out: Path | None, config: RunConfig, force: bool) -> Path:
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -87,12 +105,33 @@ def _prepare_out(out: Path | None, config: RunConfig, force: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: expected a directory for --out, found a file")
     if out.is_dir() and any(out.iterdir()):
-        is_run = (out / "config.json").exists() or (out / "result.json").exists()
-        if not is_run:
-            raise InputError(f"{out}: --out is a non-empty directory that is not a run dir; choose another")
+        if not _is_run_dir(out):
+            raise InputError(f"{out}: --out is a non-empty directory that is not an fnostab run dir; choose another")
         if not force:
             raise InputError(f"{out} already holds a run; pass --force to replace it or choose another --out")
     return out
+
+
+def _train_replacing(prepared: Any, run_dir: Path, output: Output) -> dict[str, Any]:
+    """Train into a staging dir beside ``run_dir`` and swap it in only once the new run is written,
+    so an interrupted ``--force`` rerun leaves the old run as it was."""
+    from fnostab.training.runner import run_training
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".partial", dir=run_dir.parent))
+    try:
+        result = run_training(prepared, staging, output=output)
+        retired = staging.with_suffix(".old")
+        os.replace(run_dir, retired)
+        try:
+            os.replace(staging, run_dir)
+        except BaseException:
+            os.replace(retired, run_dir)
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+    return result
 
 
 @command
@@ -156,13 +195,14 @@ def train_command(
     )
     from fnostab.training.runner import prepare_run, run_training
 
+    run_dir = _prepare_out(out, config, force)
     if config.data.train is None:
         output.log(f"no data given: using the {preset} preset's simulated data set (cached)")
     prepared = prepare_run(config)
-    run_dir = _prepare_out(out, config, force)
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    result = run_training(prepared, run_dir, output=output)
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        result = _train_replacing(prepared, run_dir, output)
+    else:
+        result = run_training(prepared, run_dir, output=output)
     output.result(format_result(result, run_dir), {"run_dir": str(run_dir), **result})
     if result["status"] != "ok":
         raise typer.Exit(EXIT_FAILED)

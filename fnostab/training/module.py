@@ -39,6 +39,8 @@ class PtychoModule(pl.LightningModule):
         self.detector = FailureDetector(config.blowup_factor, config.collapse_threshold)
         self.monitor = BlockMonitor(generator) if config.monitor_every else None
         self.steps_seen = 0
+        # Epochs whose every training step ran (a run that fails mid-epoch has not completed it).
+        self.epochs_completed = 0
         self.samples_seen = 0
         self.grad_norms: list[float] = []  # pre-clip norm of every step, for result.json statistics
         self.val_losses: list[float] = []
@@ -112,6 +114,8 @@ class PtychoModule(pl.LightningModule):
         self._write_row(metrics, step)
 
     def on_train_epoch_end(self) -> None:
+        if self._epoch_steps == self.trainer.num_training_batches:
+            self.epochs_completed += 1
         if self._epoch_steps:
             self.train_losses.append(self._epoch_loss_sum / self._epoch_steps)
         self._epoch_loss_sum, self._epoch_steps = 0.0, 0
@@ -145,7 +149,7 @@ class PtychoModule(pl.LightningModule):
         failure = self.detector.check_validation(
             val_loss,
             relative_std,
-            step=self.steps_seen,
+            step=max(self.steps_seen - 1, 0),  # the epoch's last step, as in its metrics.csv row
             epoch=self.current_epoch,
             last_epoch=self.current_epoch + 1 >= self.config.epochs,
         )

@@ -14,7 +14,7 @@ Schema ``fnostab.result/1`` (keys in order):
   same metrics for a constant prediction; null when the run could not be evaluated, with
   ``evaluation_note`` saying why;
 * ``memory_plan``: the model plan (stress runs), or null;
-* ``timing``: {wall_s, train_s, eval_s, samples_per_s}; ``device``; ``versions``; ``created``;
+* ``timing``: {wall_s, train_s, eval_s, samples_per_s}; ``device`` (null when the run never started); ``versions``; ``created``;
 * ``sweep`` (runs of a shootout or stress sweep only): {kind, arm, seed, depth, lr}.
 """
 
@@ -35,6 +35,9 @@ from fnostab.training.failure import STATUSES
 
 RESULT_SCHEMA = "fnostab.result/1"
 RESULT_NAME = "result.json"
+# The other files of a run dir (design §6).
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.csv"
 
 
 def versions() -> dict[str, str]:

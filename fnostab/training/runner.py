@@ -33,14 +33,21 @@ from fnostab.config import RunConfig
 from fnostab.data.npz import PtychoSplit, load_pair
 from fnostab.devices import resolve_device_name
 from fnostab.errors import InputError
-from fnostab.io import atomic_path, write_json_atomic
+from fnostab.io import atomic_path, write_json_atomic, write_text_atomic
 from fnostab.physics import val_loss_name
 from fnostab.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from fnostab.training.failure import Failure
-from fnostab.training.result import RESULT_NAME, RESULT_SCHEMA, best_and_final, grad_norm_stats, now_iso, versions
+from fnostab.training.result import (
+    CONFIG_NAME,
+    METRICS_NAME,
+    RESULT_NAME,
+    RESULT_SCHEMA,
+    best_and_final,
+    grad_norm_stats,
+    now_iso,
+    versions,
+)
 
-CONFIG_NAME = "config.json"
-METRICS_NAME = "metrics.csv"
 INFERENCE_BATCH = 128
 
 
@@ -214,6 +221,7 @@ def run_training(
     import lightning.pytorch as pl
 
     from fnostab.models import build_generator, channels_last_convs
+    from fnostab.training.data import validation_subset
     from fnostab.training.module import PtychoModule
 
     _quiet_lightning()
@@ -246,7 +254,7 @@ def run_training(
     if error is not None:
         status = "oom" if _is_oom(error) else "error"
         failure = Failure(status, f"{type(error).__name__}: {error}".strip()[:500], module.steps_seen, module.current_epoch)
-        (run_dir / "error.log").write_text("".join(traceback.format_exception(error)))
+        write_text_atomic(run_dir / "error.log", "".join(traceback.format_exception(error)))
     csv = log_dir / METRICS_NAME
     if csv.is_file():
         with atomic_path(run_dir / METRICS_NAME) as tmp:
@@ -264,6 +272,9 @@ def run_training(
             metrics, note = evaluate_run(generator.to(device), prepared.test, device, run_dir)
         except InputError as problem:
             metrics, note = None, f"evaluation impossible: {problem}"
+        except Exception as error:  # noqa: BLE001 - the trained run stands; its evaluation failing is recorded
+            metrics, note = None, f"evaluation failed: {type(error).__name__}: {error}".strip()[:500]
+            write_text_atomic(run_dir / "error.log", "".join(traceback.format_exception(error)))
         finally:
             generator.cpu()
     else:
@@ -271,7 +282,6 @@ def run_training(
     eval_s = time.perf_counter() - eval_started
 
     best, best_epoch, final = best_and_final(module.val_losses)
-    epochs_completed = len(module.train_losses)
     result = {
         "schema": RESULT_SCHEMA,
         "name": config.name,
@@ -281,11 +291,12 @@ def run_training(
         "model": {"arch": config.model.arch, "params": prepared.plan.params, "params_real": prepared.plan.params_real,
                   "config": config.model.model_dump(mode="json")},
         "data": {"train": str(prepared.train.path), "test": str(prepared.test.path), "N": prepared.N,
-                 "n_train": prepared.train.n, "n_test": prepared.test.n},
+                 "n_train": prepared.train.n, "n_val": len(validation_subset(prepared.test.n, config.train.val_patches)),
+                 "n_test": prepared.test.n},
         "training": {
             "config": config.train.model_dump(mode="json"),
             "epochs_requested": config.train.epochs,
-            "epochs_completed": epochs_completed,
+            "epochs_completed": module.epochs_completed,
             "steps": module.steps_seen,
             "val_loss_name": module.val_key,
             "val_losses": module.val_losses,
@@ -317,17 +328,24 @@ def run_training(
 
 
 
-def record_infeasible(
-    run_dir: Path, config: RunConfig, plan: dict[str, Any] | None, reason: str, sweep: dict[str, Any] | None = None
+def record_bare_result(
+    run_dir: Path,
+    config: RunConfig,
+    status: str,
+    reason: str,
+    *,
+    plan: dict[str, Any] | None = None,
+    sweep: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the run dir of a run that cannot start (its memory plan is over the limit), with the plan's numbers."""
+    """Write the run dir of a run with no training record: one that could not start (``infeasible``:
+    its memory plan is over the limit) or whose process died without a word (killed by the OS)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / CONFIG_NAME, config.to_json_dict())
     result = {
         "schema": RESULT_SCHEMA,
         "name": config.name,
-        "status": "infeasible",
-        "failure": Failure("infeasible", reason, 0, 0).to_dict(),
+        "status": status,
+        "failure": Failure(status, reason, 0, 0).to_dict(),
         "seed": config.train.seed,
         "model": {"arch": config.model.arch, "params": (plan or {}).get("params"),
                   "params_real": (plan or {}).get("params_real"), "config": config.model.model_dump(mode="json")},
@@ -337,9 +355,10 @@ def record_infeasible(
                      "best_val_loss": None, "best_epoch": None, "final_val_loss": None, "final_train_loss": None},
         "grad_norm": None,
         "metrics": None,
-        "evaluation_note": "not run: infeasible",
+        "evaluation_note": f"not run: {status}" if status == "infeasible" else f"not evaluated: status {status}",
         "memory_plan": plan,
         "timing": {"wall_s": 0.0, "train_s": 0.0, "eval_s": 0.0, "samples_per_s": None},
+        "device": None,
         "versions": versions(),
         "created": now_iso(),
     }
