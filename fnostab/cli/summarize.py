@@ -45,7 +45,7 @@ def summarize_command(
     for name, why in document["plots"]["skipped"].items():
         output.log(f"plot {name} skipped: {why}")
     output.result(format_terminal(document), document)
-    failed = [entry for entry in document["gates"] if not entry["passed"]]
+    failed = [entry for entry in document["gates"] if entry["passed"] is False]
     for entry in failed:
         output.warn(f"gate failed: {describe_failure(entry)}")
     if failed:

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from fnostab.errors import InputError
-from fnostab.training.result import RESULT_NAME, read_result
+from fnostab.experiments.store import lr_tag
+from fnostab.training.result import CONFIG_NAME, METRICS_NAME, RESULT_NAME, read_result
 
 SWEEP_NAME = "sweep.json"
 SWEEP_SCHEMA = "fnostab.sweep/1"
-CONFIG_NAME = "config.json"
-METRICS_NAME = "metrics.csv"
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ def group_label(arm: str, depth: int | None, lr: float | None) -> str:
     if depth is not None:
         parts.append(f"d{depth}")
     if lr is not None:
-        parts.append(f"lr{lr:g}")
+        parts.append(f"lr{lr_tag(lr)}")
     return f"{arm}@{'-'.join(parts)}"
 
 
@@ -88,6 +87,9 @@ class Collection:
     runs: list[RunRecord]
     unfinished: list[Path] = field(default_factory=list)
     sweeps: list[dict[str, Any]] = field(default_factory=list)
+    # Finished runs under a sweep dir whose sweep.json does not plan them (left by an earlier,
+    # wider command on the same dir): skipped, so a summary never pools two different sweeps.
+    outside_plan: list[Path] = field(default_factory=list)
 
     @property
     def arm_order(self) -> list[str]:
@@ -113,12 +115,23 @@ def _read_sweep(path: Path) -> dict[str, Any]:
         found = document.get("schema") if isinstance(document, dict) else type(document).__name__
         raise InputError(f"{path}: expected schema {SWEEP_SCHEMA!r}, found {found!r}")
     arms = document.get("arms") or {}
+    planned = [run.get("dir") for run in document.get("runs") or [] if isinstance(run, dict)]
     return {
         "path": str(path.parent),
         "kind": document.get("kind"),
         "arms": list(arms) if isinstance(arms, dict) else [],
         "seeds": list(document.get("seeds") or []),
+        "planned": {(path.parent / d).resolve() for d in planned if isinstance(d, str)},
     }
+
+
+def _outside_plan(run_dir: Path, sweeps: Sequence[dict[str, Any]]) -> bool:
+    resolved = run_dir.resolve()
+    for sweep in sweeps:
+        root = Path(sweep["path"]).resolve()
+        if sweep["planned"] and resolved.is_relative_to(root) and resolved not in sweep["planned"]:
+            return True
+    return False
 
 
 def _number(value: Any, kind: Callable[[Any], Any]) -> Any:
@@ -149,14 +162,16 @@ def collect(paths: Sequence[Path | str]) -> Collection:
 
     Raises InputError for a path that does not exist, a path with no finished run under it, and a
     corrupt result.json or sweep.json (the message names the file). A run reached through two
-    paths is loaded once.
+    paths is loaded once. Under a sweep dir only the runs its sweep.json plans are loaded; the
+    others are listed in ``outside_plan``.
     """
     if not paths:
         raise InputError("no paths given: pass a run dir, a sweep dir or result.json files")
     inputs = [Path(p) for p in paths]
     seen: set[Path] = set()
     runs: list[RunRecord] = []
-    unfinished: list[Path] = []
+    unfinished: dict[Path, Path] = {}
+    outside_plan: list[Path] = []
     sweeps: list[dict[str, Any]] = []
     for path in inputs:
         if not path.exists():
@@ -175,17 +190,23 @@ def collect(paths: Sequence[Path | str]) -> Collection:
             for sweep_file in sorted(path.rglob(SWEEP_NAME)):
                 if not _hidden(sweep_file, path) and str(sweep_file.parent) not in {s["path"] for s in sweeps}:
                     sweeps.append(_read_sweep(sweep_file))
+        stale = [p for p in result_files if _outside_plan(p.parent, sweeps)]
+        result_files = [p for p in result_files if p not in stale]
         if not result_files:
             detail = f"; {len(pending)} unfinished run dir(s) without {RESULT_NAME}" if pending else ""
+            detail += f"; {len(stale)} run(s) outside its sweep.json plan" if stale else ""
             raise InputError(f"{path}: no finished runs (no {RESULT_NAME} under it{detail})")
-        unfinished.extend(p for p in pending if p.resolve() not in seen)
+        outside_plan.extend(p.parent for p in stale if p.parent not in outside_plan)
+        for run_dir in pending:
+            unfinished.setdefault(run_dir.resolve(), run_dir)
         for result_file in result_files:
             key = result_file.parent.resolve()
             if key in seen:
                 continue
             seen.add(key)
             runs.append(make_record(result_file.parent, read_result(result_file)))
-    collection = Collection(inputs=inputs, runs=runs, unfinished=sorted(set(unfinished)), sweeps=sweeps)
+    collection = Collection(inputs=inputs, runs=runs, unfinished=sorted(unfinished.values()), sweeps=sweeps,
+                            outside_plan=outside_plan)
     order = {arm: i for i, arm in enumerate(collection.arm_order)}
     # Shootout and plain runs first, then stress cells; within each by declared arm order, depth, lr, seed.
     collection.runs.sort(key=lambda r: (r.kind == "stress", order[r.arm], r.depth or 0, r.lr or 0.0,

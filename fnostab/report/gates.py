@@ -6,7 +6,8 @@ Grammar (whitespace allowed between the parts)::
     OP     := "<=" | ">=" | "<" | ">"
     NUMBER := a decimal or scientific number (0.3, 1e-2, -0.5)
 
-``failure_rate<=0.3`` must hold for every arm (every stress cell, for stress runs);
+``failure_rate<=0.3`` must hold for every arm (every stress cell, for stress runs; a cell where no
+run started, all infeasible, is skipped);
 ``failure_rate[control]<=0.5`` for one arm — ``ARM`` is an arm name (every stress cell of that arm)
 or a cell label such as ``control@d4-lr0.001``. Metrics are the per-arm numbers of the summary
 (see :data:`GATE_METRICS`): ``failure_rate`` is the point estimate, the quality metrics are medians
@@ -104,7 +105,11 @@ def check_arms(gates: Sequence[Gate], groups: Sequence[Mapping[str, Any]]) -> No
 
 
 def evaluate_gates(gates: Sequence[Gate], groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (gate, arm): ``{gate, metric, arm, op, threshold, value, passed}``."""
+    """One entry per (gate, arm): ``{gate, metric, arm, op, threshold, value, passed}``.
+
+    ``passed`` is None (skipped) for a group where no run started (all infeasible): there is
+    nothing to hold a gate against, and an unstartable plan is not a failed run.
+    """
     check_arms(gates, groups)
     results = []
     for gate in gates:
@@ -112,7 +117,8 @@ def evaluate_gates(gates: Sequence[Gate], groups: Sequence[Mapping[str, Any]]) -
             value = gate_value(group, gate.metric)
             results.append({
                 "gate": gate.text, "metric": gate.metric, "arm": group["label"], "op": gate.op,
-                "threshold": gate.threshold, "value": value, "passed": gate.holds(value),
+                "threshold": gate.threshold, "value": value,
+                "passed": gate.holds(value) if group["n"] > 0 else None,
             })
     return results
 

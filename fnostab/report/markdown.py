@@ -23,6 +23,15 @@ def _ci(interval: Sequence[float]) -> str:
     return f"{_pct(interval[0])}–{_pct(interval[1])}"
 
 
+def _runs(group: Mapping[str, Any]) -> str:
+    infeasible = group.get("n_infeasible") or 0
+    return f"{group['n']} (+{infeasible} infeasible)" if infeasible else str(group["n"])
+
+
+def _gate_mark(passed: bool | None) -> str:
+    return "skipped (no run started)" if passed is None else "yes" if passed else "**no**"
+
+
 def _statuses(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{s} {counts[s]}" for s in FAILURE_STATUSES if counts.get(s)) or "—"
 
@@ -107,7 +116,7 @@ def render_markdown(document: Mapping[str, Any]) -> str:
     lines += ["## Failures", ""]
     lines += _table(
         ["arm", "runs", "failed", "failure rate", "95% Wilson CI", "by status"],
-        [[g["label"], g["n"], g["failures"], _pct(g["failure_rate"]), _ci(g["failure_ci95"]), _statuses(g["failures_by_status"])]
+        [[g["label"], _runs(g), g["failures"], _pct(g["failure_rate"]), _ci(g["failure_ci95"]), _statuses(g["failures_by_status"])]
          for g in groups],
     )
     lines += ["## Time to failure", ""]
@@ -161,7 +170,7 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         lines += ["## Gates", ""]
         lines += _table(
             ["gate", "arm", "value", "passed"],
-            [[f"`{e['gate']}`", e["arm"], _num(e["value"]), "yes" if e["passed"] else "**no**"] for e in document["gates"]],
+            [[f"`{e['gate']}`", e["arm"], _num(e["value"]), _gate_mark(e["passed"])] for e in document["gates"]],
         )
     plots = document["plots"]
     if plots["written"] or plots["skipped"]:
@@ -182,7 +191,7 @@ def format_summary_table(document: Mapping[str, Any]) -> str:
     for g in document["arms"]:
         metrics, grads = g["metrics"], g["grad_norm"]
         rows.append([
-            g["label"], str(g["n"]), str(g["failures"]), f"{_pct(g['failure_rate'])} [{_ci(g['failure_ci95'])}]",
+            g["label"], _runs(g), str(g["failures"]), f"{_pct(g['failure_rate'])} [{_ci(g['failure_ci95'])}]",
             _statuses(g["failures_by_status"]), _num(metrics["best_val_loss"]["median"]),
             f"{_num(metrics['amp_ssim']['median'], 3)} ({_num(metrics['amp_ssim']['baseline_median'], 3)})",
             f"{_num(metrics['phase_ssim']['median'], 3)} ({_num(metrics['phase_ssim']['baseline_median'], 3)})",
@@ -217,9 +226,11 @@ def format_terminal(document: Mapping[str, Any]) -> str:
     unfinished = document["runs"]["unfinished"]
     if unfinished:
         lines.append(f"skipped {len(unfinished)} unfinished run dir(s) without result.json")
-    failed = [e for e in document["gates"] if not e["passed"]]
+    checked = [e for e in document["gates"] if e["passed"] is not None]
     if document["gates"]:
-        lines.append(f"gates: {len(document['gates']) - len(failed)}/{len(document['gates'])} passed")
+        passed = sum(1 for e in checked if e["passed"])
+        skipped = len(document["gates"]) - len(checked)
+        lines.append(f"gates: {passed}/{len(checked)} passed" + (f" ({skipped} skipped: no run started)" if skipped else ""))
     if document.get("out_dir"):
         lines.append(f"summary: {document['out_dir']}/summary.md, summary.json, {len(document['plots']['written'])} plots")
     return "\n".join(lines)

@@ -9,10 +9,10 @@ is the obvious home of a summary of all.
 summary.json (schema ``fnostab.summary/1``)::
 
     {schema, created, inputs, out_dir, grad_norm_threshold,
-     runs: {finished, unfinished: [dirs]}, sweeps: [{path, kind, arms, seeds}],
+     runs: {finished, unfinished: [dirs], outside_plan: [dirs]}, sweeps: [{path, kind, arms, seeds}],
      arms: [                                  # one entry per arm; per (arm, depth, lr) for stress runs
        {label, arm, kind, depth, lr, arch, clip, val_loss_names, seeds,
-        n, n_ok, failures, failure_rate, failure_ci95: [lo, hi], failures_by_status: {status: k},
+        n, n_infeasible, n_ok, failures, failure_rate, failure_ci95: [lo, hi], failures_by_status: {status: k},
         time_to_failure: {steps, epochs, step: {median, min, max}, epoch: {median, min, max}},
         metrics: {best_val_loss | final_val_loss | amp_ssim | amp_ssim_gain | amp_mae | phase_ssim
                   | phase_aligned_ssim: {n, median, p25, p75, baseline_median}},   # successful runs only
@@ -25,11 +25,13 @@ summary.json (schema ``fnostab.summary/1``)::
                              boundary: {lr, depth}}],
                      infeasible: [{arm, depth, lr, seeds, dirs, params, total_bytes, geometry_error, reason}]},
      verdict: {outcome, decision, explanation, stage_a, stage_b, notes, next_steps},
-     gates: [{gate, metric, arm, op, threshold, value, passed}], gates_passed,
+     gates: [{gate, metric, arm, op, threshold, value, passed (null: skipped, nothing ran)}], gates_passed,
      plots: {written: [file names], skipped: {file name: reason}}, warnings: [...]}
 
-A failure is any status but ok, infeasible included (``failures_by_status`` tells them apart);
-stress cells count only feasible runs, since a plan that did not fit says nothing about stability.
+``n`` counts the runs that started; a failure is a started run that did not end ok (diverged,
+collapsed, oom or error; ``failures_by_status`` tells them apart). Infeasible runs (memory plan over
+the limit) never started and are counted apart in ``n_infeasible``: a plan that did not fit says
+nothing about stability, so a group of infeasible runs only has no failure rate.
 Every number is JSON-safe (non-finite → null). Quality metrics are conditional on successful runs
 (seed 002) and each comes with the median of the constant-prediction baseline next to it, because a
 phase SSIM of 0.88 is what a constant scores here (cpu-trial).
@@ -136,12 +138,12 @@ def _metric_values(record: RunRecord) -> dict[str, tuple[float | None, float | N
 def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, traces: Traces,
                    warnings: list[str]) -> dict[str, Any]:
     first = records[0]
-    n = len(records)
-    failed = [r for r in records if r.status != "ok"]
+    n_infeasible = sum(1 for r in records if r.status == "infeasible")
+    n = len(records) - n_infeasible
+    failed = [r for r in records if r.status not in ("ok", "infeasible")]
     ok = [r for r in records if r.status == "ok"]
-    by_status = {status: sum(1 for r in failed if r.status == status) for status in FAILURE_STATUSES}
-    # Time to failure: when training broke. An infeasible run never started, so it has no time.
-    timed = [r for r in failed if r.status != "infeasible" and r.result.get("failure")]
+    by_status = {status: sum(1 for r in failed if r.status == status) for status in FAILURE_STATUSES if status != "infeasible"}
+    timed = [r for r in failed if r.result.get("failure")]
     steps = [r.result["failure"].get("step") for r in timed]
     epochs = [r.result["failure"].get("epoch") for r in timed]
 
@@ -199,9 +201,10 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
         "val_loss_names": val_names,
         "seeds": [r.seed for r in records],
         "n": n,
+        "n_infeasible": n_infeasible,
         "n_ok": len(ok),
         "failures": len(failed),
-        "failure_rate": len(failed) / n,
+        "failure_rate": len(failed) / n if n else None,
         "failure_ci95": list(wilson_interval(len(failed), n)),
         "failures_by_status": by_status,
         "time_to_failure": {"steps": steps, "epochs": epochs, "step": spread(steps), "epoch": spread(epochs)},
@@ -265,6 +268,11 @@ def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[
             warnings.append(f"arm {group['label']} mixes validation losses {group['val_loss_names']}: its loss medians are not comparable")
     if len({name for g in groups for name in g["val_loss_names"]}) > 1:
         warnings.append("arms use different validation losses: loss comparisons between them are not meaningful")
+    if collection.outside_plan:
+        warnings.append(
+            f"{len(collection.outside_plan)} finished run(s) under a sweep dir are not in its sweep.json plan "
+            f"(left by an earlier command on the same dir) and are not summarised, e.g. {collection.outside_plan[0]}"
+        )
     stress = _stress_section(groups, collection.runs)
     document = {
         "schema": SUMMARY_SCHEMA,
@@ -272,8 +280,9 @@ def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[
         "inputs": [str(p) for p in collection.inputs],
         "out_dir": None,
         "grad_norm_threshold": threshold,
-        "runs": {"finished": len(collection.runs), "unfinished": [str(p) for p in collection.unfinished]},
-        "sweeps": collection.sweeps,
+        "runs": {"finished": len(collection.runs), "unfinished": [str(p) for p in collection.unfinished],
+                 "outside_plan": [str(p) for p in collection.outside_plan]},
+        "sweeps": [{k: v for k, v in sweep.items() if k != "planned"} for sweep in collection.sweeps],
         "arms": groups,
         "stress": stress,
         "verdict": decide(groups, stress),
@@ -330,7 +339,7 @@ def summarize(
     collection = collect(paths)
     document, traces = build_summary(collection, float(threshold))
     document["gates"] = evaluate_gates(parsed, document["arms"])  # InputError for an unknown arm: nothing written yet
-    document["gates_passed"] = all(entry["passed"] for entry in document["gates"])
+    document["gates_passed"] = all(entry["passed"] is not False for entry in document["gates"])
     document["out_dir"] = str(out)
     write_summary(document, traces, out, plots=plots)
     return to_jsonable(document)  # the same numbers as summary.json (non-finite → None)
