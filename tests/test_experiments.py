@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from conftest import REPO, assert_clean_usage_error, run_cli
 from fnostab.errors import InputError
 from fnostab.experiments.arms import DEFAULT_ARMS, parse_arm, resolve_arms
+from fnostab.experiments.store import stress_run_dir
 
 SMOKE_ARMS = ["--arm", "control:arch=hybrid,clip=none", "--arm", "opt:arch=hybrid,clip=agc:0.01"]
 
@@ -250,3 +252,69 @@ def test_interrupting_a_parallel_shootout_exits_130_and_the_rerun_completes(smok
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert len(_results(sweep)) == 4 and not list(sweep.rglob(".*.tmp"))
+
+
+def test_resuming_with_fewer_seeds_summarises_only_the_planned_runs(smoke_data, smoke_shootout, tmp_path) -> None:
+    original, _ = smoke_shootout
+    sweep = tmp_path / "sweep"
+    shutil.copytree(original, sweep)
+    result = run_cli("shootout", *smoke_data, "--preset", "smoke", *SMOKE_ARMS, "--seeds", "1", "--epochs", "1",
+                     "--out", sweep, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert [(g["label"], g["n"], g["seeds"]) for g in summary["arms"]] == [("control", 1, [0]), ("opt", 1, [0])]
+    assert sorted(Path(p).relative_to(sweep).as_posix() for p in summary["runs"]["outside_plan"]) == [
+        "runs/control/seed-1", "runs/opt/seed-1"]
+    assert any("not in its sweep.json plan" in w for w in summary["warnings"])
+
+
+def test_stress_lr_dirs_keep_distinct_learning_rates_apart() -> None:
+    assert stress_run_dir("control", 4, 1e-3, 0) == "runs/control/d4-lr0.001/seed-0"
+    assert stress_run_dir("control", 4, 1e-3, 0) != stress_run_dir("control", 4, 1.0000001e-3, 0)
+
+
+def test_infeasible_runs_are_replanned_when_the_memory_limit_grows(smoke_data, tmp_path) -> None:
+    sweep = tmp_path / "stress"
+    args = ["stress", *smoke_data, "--preset", "smoke", "--arm", "control", "--depths", "2", "--seeds", "1",
+            "--epochs", "1", "--out", sweep, "--json"]
+    tight = run_cli(*args, "--memory-limit", "1MiB")
+    assert tight.returncode == 0, tight.stderr
+    [only] = _results(sweep).values()
+    assert only["status"] == "infeasible" and "> limit 1.00 MiB" in only["failure"]["reason"]
+    cell = _arm(json.loads(tight.stdout), "control@d2-lr0.001")
+    assert (cell["n"], cell["n_infeasible"], cell["failure_rate"]) == (0, 1, None)
+    gated = run_cli("summarize", sweep, "--fail-on", "failure_rate<=0.3", "--json")
+    assert gated.returncode == 0, gated.stderr  # nothing ran, so nothing failed: the gate is skipped
+    assert [e["passed"] for e in json.loads(gated.stdout)["gates"]] == [None]
+
+    roomy = run_cli(*args, "--memory-limit", "8GiB")
+    assert roomy.returncode == 0, roomy.stderr
+    [only] = _results(sweep).values()
+    assert only["status"] == "ok" and only["memory_plan"]["memory_limit"] == 8 * 2**30
+
+
+def _kill_the_arm_named_killer(spec_document: dict, sweep_dir: str, kind: str, threads: int) -> dict:
+    """A pool worker stand-in: SIGKILLs its own process for arm 'killer' (as the OOM killer would)."""
+    import os as _os
+
+    if spec_document["arm"] == "killer":
+        time.sleep(0.3)  # let the innocent run start beside it
+        _os.kill(_os.getpid(), signal.SIGKILL)
+    time.sleep(1.0)
+    return {"dir": spec_document["dir"], "status": "ok", "failure": None}
+
+
+def test_a_killed_worker_is_recorded_as_oom_for_its_run_only_and_the_sweep_goes_on(smoke_data, tmp_path) -> None:
+    from fnostab.config import DataSource, RunConfig
+    from fnostab.experiments.executors import run_in_pool
+    from fnostab.experiments.store import RunSpec, shootout_run_dir
+
+    data = DataSource(train=smoke_data[0], test=smoke_data[1])
+    specs = [RunSpec(arm, 0, RunConfig(name=arm, data=data), shootout_run_dir(arm, 0))
+             for arm in ("innocent", "killer", "later")]
+    outcomes = {o["dir"]: o for o in run_in_pool(specs, tmp_path, "shootout", jobs=2, threads=1,
+                                                 worker=_kill_the_arm_named_killer)}
+    assert {d: o["status"] for d, o in outcomes.items()} == {
+        "runs/innocent/seed-0": "ok", "runs/killer/seed-0": "oom", "runs/later/seed-0": "ok"}
+    recorded = json.loads((tmp_path / "runs/killer/seed-0/result.json").read_text())
+    assert recorded["status"] == "oom" and "SIGKILL" in recorded["failure"]["reason"]

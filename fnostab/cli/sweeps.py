@@ -116,7 +116,7 @@ def stress_command(
     max_hidden_channels: Optional[int] = typer.Option(None, "--max-hidden-channels", help="Cap on hybrid channel doubling.", rich_help_panel=SWEEP_PANEL),
     checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing", help="Gradient checkpointing of encoder and bottleneck.", rich_help_panel=SWEEP_PANEL),
     val_patches: Optional[int] = typer.Option(None, "--val-patches", rich_help_panel=SWEEP_PANEL),
-    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="e.g. 24GiB (default: the device's free memory, or 75% of RAM on CPU).", rich_help_panel=SWEEP_PANEL),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory of the machine the runs share, e.g. 24GiB (default: the device's free memory, or 75% of RAM on CPU); with --jobs K each run's plan must fit in a K-th of it.", rich_help_panel=SWEEP_PANEL),
     plan_only: bool = typer.Option(False, "--plan-only", help="Print the memory plans and exit; nothing is built or written.", rich_help_panel=SWEEP_PANEL),
     accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=EXEC_PANEL),
     jobs: int = JOBS_OPTION,
@@ -147,6 +147,9 @@ def stress_command(
     if not plan_only and out is None:
         raise InputError("--out is required (unless --plan-only)")
     limit, limit_source = (parse_bytes(memory_limit), "--memory-limit") if memory_limit else default_memory_limit(accelerator or "auto")
+    if executor != "ray" and jobs > 1:
+        # K local runs at once share the machine (or the one GPU): each gets a K-th of the limit.
+        limit, limit_source = limit // jobs, f"{limit_source} / {jobs} runs at once"
     overrides = _overrides(epochs=epochs, batch_size=batch_size, max_hidden_channels=max_hidden_channels,
                            checkpointing=checkpointing, val_patches=val_patches, accelerator=accelerator)
     if plan_only:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+import shutil
+import signal
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +68,51 @@ def run_in_process(specs: list[RunSpec], sweep_dir: Path, kind: str, threads: in
         yield execute_run(_document(spec), str(sweep_dir), kind, threads)
 
 
-def run_in_pool(specs: list[RunSpec], sweep_dir: Path, kind: str, jobs: int, threads: int) -> Iterator[Outcome]:
-    """K runs at once in spawned worker processes (spawn: torch and fork do not mix safely)."""
+def run_in_pool(
+    specs: list[RunSpec], sweep_dir: Path, kind: str, jobs: int, threads: int, worker: Callable[..., Outcome] = execute_run
+) -> Iterator[Outcome]:
+    """K runs at once in spawned worker processes (spawn: torch and fork do not mix safely).
+
+    A worker that dies without a word (the kernel's out-of-memory killer, a segfault) breaks the
+    whole pool and takes every run in flight with it. Those runs are rerun alone, one at a time, so
+    only the run that kills its worker again is recorded (``oom`` when SIGKILL ended it, else
+    ``error``) and the others are not blamed; the rest of the sweep goes on in a fresh pool.
+    ``worker`` is :func:`execute_run`, or a stand-in with its signature (tests).
+    """
+    queue = deque(specs)
+    while queue:
+        lost = yield from _pool_pass(queue, sweep_dir, kind, jobs, threads, worker)
+        for spec, _ in lost:
+            shutil.rmtree(sweep_dir / spec.relative_dir, ignore_errors=True)  # half-written by the dead pool
+            again = yield from _pool_pass(deque([spec]), sweep_dir, kind, 1, threads, worker)
+            if again:
+                yield _record_worker_death(spec, sweep_dir, kind, again[0][1])
+
+
+def _pool_pass(
+    queue: deque[RunSpec], sweep_dir: Path, kind: str, jobs: int, threads: int, worker: Callable[..., Outcome]
+) -> Generator[Outcome, None, list[tuple[RunSpec, int | None]]]:
+    """Run ``queue`` (consumed) with at most ``jobs`` runs in flight; on a dead worker, return the
+    runs that were in flight with the exit code of the dead process, leaving the rest queued."""
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
-    pending = {pool.submit(execute_run, _document(spec), str(sweep_dir), kind, threads) for spec in specs}
+    in_flight: dict[Future, RunSpec] = {}
+    processes: dict[int, multiprocessing.Process] = {}
     try:
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        while queue or in_flight:
+            while queue and len(in_flight) < jobs:
+                spec = queue.popleft()
+                in_flight[pool.submit(worker, _document(spec), str(sweep_dir), kind, threads)] = spec
+                processes.update(getattr(pool, "_processes", None) or {})
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
-                yield future.result()
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    return [(spec, _death_code(processes.values())) for spec in in_flight.values()]
+                del in_flight[future]
+                yield outcome
+        return []
     except BaseException:
         # Ctrl-C (or an error) in the parent: stop the workers now instead of waiting for their
         # current runs, which are unfinished and restart on resume. ProcessPoolExecutor has no public
@@ -83,6 +122,30 @@ def run_in_pool(specs: list[RunSpec], sweep_dir: Path, kind: str, jobs: int, thr
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _death_code(processes: Iterable[multiprocessing.Process]) -> int | None:
+    """The exit code of the worker that broke the pool: SIGKILL if any died of it (the pool
+    SIGTERMs the survivors), else the first abnormal one."""
+    codes = []
+    for process in processes:
+        process.join(timeout=5)  # its pipe closes a moment before it can be reaped
+        if process.exitcode not in (None, 0):
+            codes.append(process.exitcode)
+    return -signal.SIGKILL if -signal.SIGKILL in codes else (codes[0] if codes else None)
+
+
+def _record_worker_death(spec: RunSpec, sweep_dir: Path, kind: str, exit_code: int | None) -> Outcome:
+    from fnostab.training.runner import record_bare_result
+
+    if exit_code == -signal.SIGKILL:
+        status, reason = "oom", "its process was killed by SIGKILL, most likely by the kernel's out-of-memory killer"
+    else:
+        status, reason = "error", f"its process died without a result (exit code {exit_code})"
+    run_dir = sweep_dir / spec.relative_dir
+    shutil.rmtree(run_dir, ignore_errors=True)  # whatever the dead process half-wrote
+    result = record_bare_result(run_dir, spec.config, status, reason, plan=spec.plan, sweep=spec.sweep_info(kind))
+    return {"dir": spec.relative_dir, "status": status, "failure": result["failure"]}
 
 
 def run_on_ray(

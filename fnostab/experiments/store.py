@@ -59,8 +59,14 @@ def shootout_run_dir(arm: str, seed: int) -> str:
     return f"runs/{arm}/seed-{seed}"
 
 
+def lr_tag(lr: float) -> str:
+    """``0.001`` for 1e-3: the shortest text that reads back as the same float, so two learning
+    rates never share a run dir (``:g`` would merge 1e-3 and 1.0000001e-3)."""
+    return repr(float(lr))
+
+
 def stress_run_dir(arm: str, depth: int, lr: float, seed: int) -> str:
-    return f"runs/{arm}/d{depth}-lr{lr:g}/seed-{seed}"
+    return f"runs/{arm}/d{depth}-lr{lr_tag(lr)}/seed-{seed}"
 
 
 class SweepLock:
@@ -99,16 +105,24 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / RESULT_NAME).is_file()
 
 
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / RESULT_NAME).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def check_resumable(sweep_dir: Path, specs: list[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:
     """Split ``specs`` into (finished, to_run); a finished run made with other options is an error.
 
     Unfinished run dirs (a killed run: config.json without result.json) are cleared so the run
-    starts again from scratch.
+    starts again from scratch, and so are infeasible ones: they never started, and whether they fit
+    depends on this command's memory limit, so they are planned again.
     """
     finished, to_run = [], []
     for spec in specs:
         run_dir = sweep_dir / spec.relative_dir
-        if is_finished(run_dir):
+        if is_finished(run_dir) and _status(run_dir) != "infeasible":
             try:
                 recorded = json.loads((run_dir / "config.json").read_text())
             except (OSError, json.JSONDecodeError):

@@ -90,7 +90,7 @@ def run_sweep(
     runs get a result of status ``infeasible`` without building anything.
     """
     from fnostab.report import summarize
-    from fnostab.training.runner import record_infeasible
+    from fnostab.training.runner import record_bare_result
 
     infeasible = infeasible or {}
     with SweepLock(sweep_dir):
@@ -101,8 +101,8 @@ def run_sweep(
         runnable = [spec for spec in to_run if spec.relative_dir not in infeasible]
         for spec in to_run:
             if spec.relative_dir in infeasible:
-                record_infeasible(sweep_dir / spec.relative_dir, spec.config, spec.plan, infeasible[spec.relative_dir],
-                                  spec.sweep_info(kind))
+                record_bare_result(sweep_dir / spec.relative_dir, spec.config, "infeasible", infeasible[spec.relative_dir],
+                                   plan=spec.plan, sweep=spec.sweep_info(kind))
         output.log(
             f"{len(specs)} runs: {len(finished)} already finished, {len(to_run) - len(runnable)} infeasible, "
             f"{len(runnable)} to run ({execution.executor}, {execution.jobs} at a time)"
