@@ -16,7 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fnostab.errors import InputError
 
 SIMULATION_SIZES = (32, 64, 128)
-ARCHITECTURES = ("fno", "hybrid", "stable_hybrid")
+# numpy's Poisson sampler refuses rates above ~9.2e18 ("lam value too large"). The brightest pixel of
+# a simulated pattern holds about 6% of the mean count per pattern at the presets, and at most the
+# whole of its pattern; this cap keeps the rate below numpy's limit even for a pattern ~9,000 times
+# brighter than the mean, and is far above any physical dose (1e9 in the study).
+MAX_NPHOTONS = 1e15
 
 
 class _Model(BaseModel):
@@ -50,6 +54,11 @@ class SimulationConfig(_Model):
     def _finite_photons(cls, value: float) -> float:
         if not math.isfinite(value):
             raise ValueError(f"expected a finite photon count, got {value}")
+        if value > MAX_NPHOTONS:
+            raise ValueError(
+                f"expected at most {MAX_NPHOTONS:.0e} photons per pattern (above that numpy's Poisson "
+                f"sampler can overflow), got {value:g}"
+            )
         return value
 
     @model_validator(mode="after")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import assert_clean_usage_error, run_cli
-from fnostab.data.npz import load_pair, load_split
+from conftest import REPO, assert_clean_usage_error, run_cli
+from fnostab.data.npz import load_pair, load_split, write_npz
 from fnostab.errors import InputError
 
 
@@ -36,6 +42,16 @@ def test_a_probe_guess_without_probe_simulated_is_normalised_like_the_simulator(
     del arrays["probe_simulated"]
     np.savez(tmp_path / "guess.npz", **arrays)
     np.testing.assert_allclose(load_split(tmp_path / "guess.npz").probe, load_split(smoke_data[0]).probe, rtol=1e-6)
+
+
+def test_a_ptychopinn_ground_truth_of_shape_l_l_1_is_one_image(smoke_data, tmp_path) -> None:
+    arrays = _arrays(smoke_data[1])
+    L = arrays["YY_ground_truth"].shape[1]
+    arrays["YY_ground_truth"] = arrays["YY_ground_truth"][0]  # (L, L, 1), as PtychoPINN's test files hold it
+    np.savez(tmp_path / "test.npz", **arrays)
+    truth = load_split(tmp_path / "test.npz").ground_truth
+    assert truth.shape == (1, L, L)
+    np.testing.assert_array_equal(truth, load_split(smoke_data[1]).ground_truth)
 
 
 def test_stride_is_inferred_from_centres_when_metadata_is_missing(smoke_data, tmp_path) -> None:
@@ -71,6 +87,33 @@ def _set(key, value_fn):
     return change
 
 
+def _poison(key, value):
+    """Put ``value`` into the first element of ``arrays[key]``."""
+
+    def change(arrays):
+        array = arrays[key].copy()
+        array.reshape(-1)[0] = value
+        arrays[key] = array
+
+    return change
+
+
+def _set_metadata(**updates):
+    def change(arrays):
+        metadata = json.loads(str(arrays["_metadata"]))
+        metadata.update(updates)
+        arrays["_metadata"] = np.array(json.dumps(metadata))
+
+    return change
+
+
+def _dark_centre(probe: np.ndarray) -> np.ndarray:
+    """A probe lit only outside the disk of radius N/4 that PtychoPINN's normalisation averages over."""
+    coords = np.arange(probe.shape[0]) - probe.shape[0] // 2
+    outside = coords[:, None] ** 2 + coords[None, :] ** 2 > (probe.shape[0] / 4) ** 2
+    return outside.astype(np.complex64)
+
+
 BAD_TRAIN_FILES = {
     "missing key": (_drop("diffraction"), ["missing key 'diffraction'", "keys present"]),
     "missing probe": (lambda a: (a.pop("probe_simulated"), a.pop("probeGuess")), ["missing key 'probe_simulated' or 'probeGuess'"]),
@@ -82,6 +125,31 @@ BAD_TRAIN_FILES = {
     "probe shape": (_set("probe_simulated", lambda p: p[:16, :16]), ["key 'probe_simulated'", "(32, 32)", "(16, 16)"]),
     "Y_I mismatch": (_set("Y_I", lambda d: d[:10]), ["key 'Y_I'", "289 patches", "(10, 32, 32, 1)"]),
     "pickled": (_set("Y_phi", lambda d: np.array([object()], dtype=object)), ["key 'Y_phi'", "pickled object array"]),
+    "probe guess dark in the centre": (
+        lambda a: (a.pop("probe_simulated"), a.update(probeGuess=_dark_centre(a["probeGuess"]))),
+        ["key 'probeGuess'", "central disk", "found mean |P| = 0"],
+    ),
+}
+
+# Keys that only a test split carries (YY_ground_truth, norm_Y_I) are checked the same way.
+BAD_TEST_FILES = {
+    "centre NaN": (_poison("coords_offsets", np.nan), ["key 'coords_offsets'", "finite centres", "NaN or inf"]),
+    "centres as text": (
+        _set("coords_offsets", lambda c: np.full(c.shape, "north")),
+        ["key 'coords_offsets'", "expected real (row, col) centres", "dtype <U5"],
+    ),
+    "ground truth NaN": (_poison("YY_ground_truth", np.nan), ["key 'YY_ground_truth'", "NaN or inf"]),
+    "full object inf": (_poison("YY_full", np.inf), ["key 'YY_full'", "NaN or inf"]),
+    "ground truth not square": (
+        _set("YY_ground_truth", lambda t: t[:, :, :-1]),
+        ["key 'YY_ground_truth'", "expected square L×L images", "found shape (1, 130, 129, 1)"],
+    ),
+    "ground truth as text": (
+        _set("YY_ground_truth", lambda t: np.full(t.shape, "x")),
+        ["key 'YY_ground_truth'", "expected a complex array", "dtype <U1"],
+    ),
+    "norm_Y_I as text": (_set("norm_Y_I", lambda v: np.array("large")), ["key 'norm_Y_I'", "dtype <U5"]),
+    "stride 0 in metadata": (_set_metadata(stride=0), ["key '_metadata'", "'stride'", "positive integer", "found 0"]),
 }
 
 
@@ -92,6 +160,29 @@ def test_bad_train_file_exits_2_names_the_problem_and_writes_nothing(case, smoke
     out = tmp_path / "run"
     result = run_cli("train", bad, smoke_data[1], "--preset", "smoke", "--out", out)
     assert_clean_usage_error(result, str(bad), *fragments)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TEST_FILES))
+def test_bad_test_file_exits_2_names_the_problem_and_writes_nothing(case, smoke_data, tmp_path) -> None:
+    change, fragments = BAD_TEST_FILES[case]
+    bad = _write_variant(tmp_path, smoke_data[1], "test.npz", change)
+    out = tmp_path / "run"
+    result = run_cli("train", smoke_data[0], bad, "--preset", "smoke", "--out", out)
+    assert_clean_usage_error(result, str(bad), *fragments)
+    assert not out.exists()
+
+
+def test_a_zip_member_that_is_not_a_npy_array_exits_2(smoke_data, tmp_path) -> None:
+    arrays = _arrays(smoke_data[0])
+    del arrays["diffraction"]
+    bad = tmp_path / "train.npz"
+    np.savez(bad, **arrays)
+    with zipfile.ZipFile(bad, "a") as archive:
+        archive.writestr("diffraction.npy", "not an array")  # np.load returns such a member as bytes
+    out = tmp_path / "run"
+    result = run_cli("train", bad, smoke_data[1], "--preset", "smoke", "--out", out)
+    assert_clean_usage_error(result, str(bad), "member 'diffraction'", "expected a .npy array", "found 12 bytes")
     assert not out.exists()
 
 
@@ -140,3 +231,40 @@ def test_n_mismatch_between_train_and_test_exits_2(smoke_data, tmp_path) -> None
 def test_only_one_data_file_is_a_usage_error(smoke_data, tmp_path) -> None:
     result = run_cli("train", smoke_data[0], "--preset", "smoke", "--out", tmp_path / "run")
     assert_clean_usage_error(result, "TRAIN.npz and TEST.npz")
+
+
+# ------------------------------------------------------------------------------- atomic writing
+def test_written_files_get_the_umask_permissions_and_the_umask_is_never_touched(tmp_path) -> None:
+    # A subprocess, so the umask and os.umask of the test process stay as they are.
+    script = (
+        "import os, sys\n"
+        "os.umask(0o027)\n"
+        "def refuse(mask):\n"
+        "    raise AssertionError('fnostab changed the process umask')\n"
+        "os.umask = refuse\n"
+        "import numpy as np\n"
+        "from fnostab.data.npz import write_npz\n"
+        "write_npz(sys.argv[1], {'x': np.zeros(3)})\n"
+        "print(oct(os.stat(sys.argv[1]).st_mode & 0o777))\n"
+    )
+    path = tmp_path / "data.npz"
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0o640"
+    assert [p.name for p in tmp_path.iterdir()] == ["data.npz"]
+
+
+def test_the_directory_is_fsynced_after_the_rename(tmp_path, monkeypatch) -> None:
+    synced_directories = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            synced_directories.append((info.st_dev, info.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    write_npz(tmp_path / "data.npz", {"x": np.zeros(3)})
+    directory = tmp_path.stat()
+    assert (directory.st_dev, directory.st_ino) in synced_directories

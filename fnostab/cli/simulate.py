@@ -16,6 +16,9 @@ def _check_destination(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: expected a directory for --out, found a file")
     existing = [out / name for name in ("train.npz", "test.npz") if (out / name).exists()]
+    for path in existing:
+        if not path.is_file():
+            raise InputError(f"{path}: expected a file to overwrite, found a directory or special file")
     if existing and not force:
         raise InputError(f"{existing[0]} already exists; pass --force to overwrite it")
 
@@ -68,7 +71,7 @@ def simulate_command(
     from fnostab.data.simulate import dataset_summary, simulate, write_dataset
 
     if config.probe is not None:
-        load_probe_guess(config.probe, config.N)  # validate before any work or output
+        load_probe_guess(config.probe, config.N)  # the full check, normalisation included, before any work
     output.log(f"simulating {preset} data set (N {config.N}, S {config.object_size}) ...")
     train, test = simulate(config)
     write_dataset(train, test, out)

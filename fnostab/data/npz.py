@@ -20,8 +20,11 @@ from fnostab.data.probe import normalise_probe
 from fnostab.errors import InputError
 from fnostab.io import atomic_path
 
-PATCH_KEYS = ("diffraction", "Y_I", "Y_phi")
 NON_NEGATIVE_KEYS = ("diffraction", "Y_I")
+# numpy dtype families each key may hold; anything else (strings, bools, records) is rejected before
+# a cast, which would otherwise parse strings or raise a bare ValueError.
+REAL_KINDS = (np.floating, np.integer)
+COMPLEX_KINDS = (np.complexfloating, np.floating, np.integer)
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,22 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
                             "array (fnostab never loads pickles)"
                         ) from None
                     raise
+                if not isinstance(arrays[key], np.ndarray):
+                    # np.load hands back the raw bytes of a zip member that is not a .npy file
+                    raise InputError(
+                        f"{path}: member {key!r}: expected a .npy array, found {len(arrays[key])} bytes "
+                        "of other data"
+                    )
             return arrays
     except InputError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as error:
         raise InputError(f"{path}: truncated or corrupt NPZ file ({type(error).__name__}: {error})") from None
+
+
+def _check_dtype(path: Path, key: str, array: np.ndarray, kinds: tuple[type, ...], expected: str) -> None:
+    if not any(np.issubdtype(array.dtype, kind) for kind in kinds):
+        raise InputError(f"{path}: key {key!r}: expected {expected}, found dtype {array.dtype}")
 
 
 def _patches(path: Path, arrays: dict[str, np.ndarray], key: str, n_N: tuple[int, int] | None) -> np.ndarray:
@@ -132,8 +146,7 @@ def _patches(path: Path, arrays: dict[str, np.ndarray], key: str, n_N: tuple[int
             f"{path}: key {key!r}: expected {n_N[0]} patches of {n_N[1]}×{n_N[1]} to match "
             f"'diffraction', found shape {stored_shape}"
         )
-    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
-        raise InputError(f"{path}: key {key!r}: expected a real float array, found dtype {array.dtype}")
+    _check_dtype(path, key, array, REAL_KINDS, "a real float array")
     array = np.asarray(array, dtype=np.float32)
     if not np.isfinite(array).all():
         raise InputError(f"{path}: key {key!r}: expected finite values, found NaN or inf")
@@ -168,7 +181,52 @@ def _metadata(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         value = json.loads(str(raw.item() if raw.ndim == 0 else raw.reshape(-1)[0]))
     except (ValueError, IndexError):
         raise InputError(f"{path}: key '_metadata': expected a JSON string, found {raw.dtype} {raw.shape}") from None
-    return value if isinstance(value, dict) else {"value": value}
+    if not isinstance(value, dict):
+        return {"value": value}
+    # PtychoSplit.stride() and n_images trust these when present; 0 would divide by zero downstream.
+    for name in ("stride", "nimgs"):
+        if name in value and (isinstance(value[name], bool) or not isinstance(value[name], int) or value[name] < 1):
+            raise InputError(
+                f"{path}: key '_metadata': expected {name!r} to be a positive integer, found {value[name]!r}"
+            )
+    return value
+
+
+def _centres(path: Path, arrays: dict[str, np.ndarray], n: int) -> np.ndarray:
+    coords = arrays["coords_offsets"]
+    _check_dtype(path, "coords_offsets", coords, REAL_KINDS, "real (row, col) centres")
+    if coords.size != 2 * n:
+        raise InputError(
+            f"{path}: key 'coords_offsets': expected {n} (row, col) centres, found shape {coords.shape}"
+        )
+    centres = coords.reshape(n, 2).astype(np.float64)
+    if not np.isfinite(centres).all():
+        raise InputError(f"{path}: key 'coords_offsets': expected finite centres, found NaN or inf")
+    return centres
+
+
+def _objects(path: Path, arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
+    """Complex (n_images, L, L) from (n_images, L, L[, 1]) or (L, L[, 1])."""
+    objects = arrays[key]
+    stored_shape = objects.shape
+    _check_dtype(path, key, objects, COMPLEX_KINDS, "a complex array")
+    if objects.ndim == 4 and objects.shape[-1] == 1:
+        objects = objects[..., 0]
+    elif objects.ndim == 3 and objects.shape[0] == objects.shape[1] and objects.shape[2] == 1:
+        # PtychoPINN test files store one image as (L, L, 1), not L images of L×1 (notes §4.7).
+        objects = objects[..., 0]
+    if objects.ndim == 2:
+        objects = objects[None]
+    if objects.ndim != 3 or objects.size == 0:
+        raise InputError(
+            f"{path}: key {key!r}: expected shape (n_images, L, L[, 1]) or (L, L[, 1]), found {stored_shape}"
+        )
+    if objects.shape[1] != objects.shape[2]:
+        raise InputError(f"{path}: key {key!r}: expected square L×L images, found shape {stored_shape}")
+    objects = objects.astype(np.complex64)
+    if not np.isfinite(objects).all():
+        raise InputError(f"{path}: key {key!r}: expected finite values, found NaN or inf")
+    return objects
 
 
 def load_split(path: Path | str, *, require: tuple[str, ...] = ("diffraction",)) -> PtychoSplit:
@@ -189,28 +247,14 @@ def load_split(path: Path | str, *, require: tuple[str, ...] = ("diffraction",))
     if "probe_simulated" in arrays:
         fields["probe"] = _probe(path, arrays, "probe_simulated", N)
     elif "probeGuess" in arrays:
-        fields["probe"] = normalise_probe(_probe(path, arrays, "probeGuess", N))
+        fields["probe"] = normalise_probe(_probe(path, arrays, "probeGuess", N), f"{path}: key 'probeGuess'")
     if "coords_offsets" in arrays:
-        coords = arrays["coords_offsets"]
-        if coords.size != 2 * n:
-            raise InputError(
-                f"{path}: key 'coords_offsets': expected {n} (row, col) centres, found shape {coords.shape}"
-            )
-        fields["centres"] = coords.reshape(n, 2).astype(np.float64)
+        fields["centres"] = _centres(path, arrays, n)
     for key, name in (("YY_ground_truth", "ground_truth"), ("YY_full", "full_objects")):
         if key in arrays:
-            objects = arrays[key]
-            if objects.ndim == 4 and objects.shape[-1] == 1:
-                objects = objects[..., 0]
-            if objects.ndim == 2:
-                objects = objects[None]
-            if objects.ndim != 3 or objects.size == 0:
-                raise InputError(
-                    f"{path}: key {key!r}: expected shape (n_images, L, L[, 1]) or (L, L[, 1]), "
-                    f"found {arrays[key].shape}"
-                )
-            fields[name] = objects.astype(np.complex64)
+            fields[name] = _objects(path, arrays, key)
     if "norm_Y_I" in arrays:
+        _check_dtype(path, "norm_Y_I", arrays["norm_Y_I"], REAL_KINDS, "one positive number")
         norm = np.asarray(arrays["norm_Y_I"], dtype=np.float64).reshape(-1)
         if norm.size != 1 or not np.isfinite(norm[0]) or norm[0] <= 0:
             raise InputError(f"{path}: key 'norm_Y_I': expected one positive number, found {arrays['norm_Y_I']!r}")
@@ -232,10 +276,14 @@ def load_pair(train_path: Path | str, test_path: Path | str) -> tuple[PtychoSpli
 
 
 def load_probe_guess(path: Path | str, N: int) -> np.ndarray:
-    """A user probe: key ``probeGuess`` of an NPZ, complex N×N."""
+    """A user probe: key ``probeGuess`` of an NPZ, complex N×N, checked to be normalisable."""
     path = Path(path)
     arrays = _read_all(path)
     if "probeGuess" not in arrays:
         present = ", ".join(sorted(arrays)) or "none"
         raise InputError(f"{path}: missing key 'probeGuess' (keys present: {present})")
-    return _probe(path, arrays, "probeGuess", N)
+    probe = _probe(path, arrays, "probeGuess", N)
+    # Normalising is the full check: a probe dark in the central disk must fail here, before any
+    # simulation work, with the file named.
+    normalise_probe(probe, f"{path}: key 'probeGuess'")
+    return probe

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fnostab.errors import InputError
+
 PROBE_SCALE = 4.0
 SYNTHETIC_RECIPE = (
     "circular pupil of radius N/8 with quadratic defocus phase pi*N/24 at its edge, "
@@ -38,10 +40,25 @@ def synthetic_probe(N: int) -> np.ndarray:
     return probe.astype(np.complex64)
 
 
-def normalise_probe(probe: np.ndarray) -> np.ndarray:
-    """P / (4 · mean |M·P|), M the disk of radius N/4 (PtychoPINN's ``set_probe``)."""
+def normalise_probe(probe: np.ndarray, source: str = "probe") -> np.ndarray:
+    """P / (4 · mean |M·P|), M the disk of radius N/4 (PtychoPINN's ``set_probe``).
+
+    ``source`` names the probe in the error (for a file: ``"PATH: key 'probeGuess'"``): a probe that
+    cannot be normalised is bad user input, reported as an :class:`InputError`.
+    """
     N = probe.shape[-1]
     mean_masked = np.abs(probe * _disk(N, N / 4)).mean()
-    if not mean_masked > 0:
-        raise ValueError("the probe has no amplitude inside the central disk of radius N/4")
-    return (probe / (PROBE_SCALE * mean_masked)).astype(np.complex64)
+    # A probe that is dark in the disk, or so bright that |P| overflows float32, has no finite
+    # normaliser; dividing anyway would put NaN or inf into every simulated pattern.
+    if not (np.isfinite(mean_masked) and mean_masked > 0):
+        raise InputError(
+            f"{source}: expected a probe with finite, non-zero amplitude inside the central disk of "
+            f"radius N/4 = {N / 4:g} px, found mean |P| = {float(mean_masked):g} there"
+        )
+    normalised = (probe / (PROBE_SCALE * mean_masked)).astype(np.complex64)
+    if not np.isfinite(normalised).all():
+        raise InputError(
+            f"{source}: expected a probe whose normalised values fit complex64, found NaN or inf after "
+            f"dividing by 4 · mean |P| = {float(PROBE_SCALE * mean_masked):g}"
+        )
+    return normalised
