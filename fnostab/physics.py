@@ -7,8 +7,9 @@ Conventions (design §4):
 * photon counts I ~ Poisson(s² A²) with intensity scale s chosen so the mean total count per
   pattern equals ``nphotons``; the stored, normalised amplitude is sqrt(I) / s.
 
-The torch functions work on batched tensors on any device (the last two dims are the image); the
-numpy functions are the simulator's entry points and use the same formulas.
+The torch functions work on batched tensors on any device (the last two dims are the image) and
+serve training. The numpy functions are what the simulator calls, with the same formulas, so data and
+loss share one definition of the forward model.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import scipy.fft
 import torch
 
 LossName = Literal["mae", "poisson"]
@@ -83,8 +85,9 @@ def train_loss_name(loss: LossName) -> str:
 # --------------------------------------------------------------------------------------------- numpy
 def far_field_amplitude_np(psi: np.ndarray) -> np.ndarray:
     """numpy twin of :func:`far_field_amplitude`; float32 output for complex64 input."""
-    spectrum = np.fft.fft2(psi, norm="ortho")
-    amp = np.abs(np.fft.fftshift(spectrum, axes=(-2, -1)))
+    # scipy.fft keeps complex64 in single precision and threads over the patches of a split.
+    spectrum = scipy.fft.fft2(psi, norm="ortho", workers=-1)
+    amp = np.abs(scipy.fft.fftshift(spectrum, axes=(-2, -1)))
     return amp.astype(np.float32 if psi.dtype == np.complex64 else np.float64, copy=False)
 
 

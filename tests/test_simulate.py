@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import assert_clean_usage_error, run_cli
-from fnostab.config import PRESETS, SimulationConfig
-from fnostab.data.npz import load_pair
+from fnostab.config import MAX_NPHOTONS, PRESETS, SimulationConfig
+from fnostab.data.cache import cached_dataset
+from fnostab.data.npz import load_pair, load_split
 from fnostab.data.probe import normalise_probe, synthetic_probe
-from fnostab.data.simulate import ScanGrid, simulate
+from fnostab.data.simulate import ScanGrid, simulate, write_dataset
 
 SMOKE = SimulationConfig(**PRESETS["smoke"]["data"])
 
@@ -117,12 +120,36 @@ def test_user_probe_replaces_the_synthetic_one_through_the_cli(tmp_path) -> None
         np.testing.assert_allclose(f["probe_simulated"], normalise_probe(probe))
 
 
+def test_a_user_probe_dark_in_the_centre_exits_2_and_writes_nothing(tmp_path) -> None:
+    coords = np.arange(32) - 16
+    ring = (coords[:, None] ** 2 + coords[None, :] ** 2 > 8**2).astype(np.complex64)  # nothing in the N/4 disk
+    np.savez(tmp_path / "off.npz", probeGuess=ring)
+    out = tmp_path / "data"
+    result = run_cli("simulate", "--preset", "smoke", "--probe", tmp_path / "off.npz", "--out", out)
+    assert_clean_usage_error(
+        result, str(tmp_path / "off.npz"), "key 'probeGuess'", "central disk", "found mean |P| = 0"
+    )
+    assert not out.exists()
+
+
+def test_the_largest_allowed_photon_count_simulates_the_smoke_preset(tmp_path) -> None:
+    out = tmp_path / "data"
+    result = run_cli("simulate", "--preset", "smoke", "--nphotons", str(MAX_NPHOTONS), "--out", out, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    # Poisson noise at 1e15 counts is ~3e-8 relative: the mean count is nphotons to float precision.
+    assert summary["train"]["mean_total_counts"] == pytest.approx(MAX_NPHOTONS, rel=1e-5)
+    train, test = load_pair(out / "train.npz", out / "test.npz")
+    assert np.isfinite(train.diffraction).all() and np.isfinite(test.diffraction).all()
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
         (["--N", "48"], ["--N", "32, 64, 128", "48"]),
         (["--nimgs-train", "0"], ["--nimgs-train", "greater than or equal to 1"]),
         (["--nphotons", "-5"], ["--nphotons", "greater than 0"]),
+        (["--nphotons", "1e30"], ["--nphotons", "at most 1e+15", "got 1e+30"]),
         (["--stride-test", "40"], ["stride_test 40", "larger than N 32"]),
         (["--object-size", "20"], ["object_size 20", "smaller than N 32"]),
         (["--preset", "huge"], ["unknown preset 'huge'", "smoke, cpu, paper"]),
@@ -143,6 +170,61 @@ def test_simulate_refuses_to_overwrite_without_force(tmp_path) -> None:
     assert (out / "train.npz").stat().st_mtime_ns == before
     assert run_cli("simulate", "--preset", "smoke", "--out", out, "--force", "--seed", "3").returncode == 0
     assert (out / "train.npz").stat().st_mtime_ns != before
+
+
+def test_force_refuses_to_replace_a_directory_named_like_a_split(tmp_path) -> None:
+    (tmp_path / "out" / "test.npz").mkdir(parents=True)
+    result = run_cli("simulate", "--preset", "smoke", "--out", tmp_path / "out", "--force")
+    assert_clean_usage_error(result, str(tmp_path / "out" / "test.npz"), "expected a file", "found a directory")
+    assert not (tmp_path / "out" / "train.npz").exists()
+
+
+def _seeds(out: Path) -> dict[str, int]:
+    seeds = {}
+    for name in ("train.npz", "test.npz"):
+        if (out / name).exists():
+            with np.load(out / name, allow_pickle=False) as f:
+                seeds[name] = json.loads(str(f["_metadata"]))["seed"]
+    return seeds
+
+
+@pytest.mark.parametrize("moment", ["while writing test.npz", "between moving train.npz and test.npz in"])
+def test_an_interrupted_rewrite_never_leaves_a_new_train_beside_an_old_test(moment, tmp_path, monkeypatch) -> None:
+    config = SimulationConfig(N=32, object_size=64, seed=1)
+    out = tmp_path / "data"
+    write_dataset(*simulate(config), out)
+    new = simulate(config.model_copy(update={"seed": 2}))
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        dst = Path(dst)
+        if dst.name == "test.npz" and (moment.startswith("while") or dst == out / "test.npz"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(*new, out)
+    monkeypatch.undo()
+    seeds = _seeds(out)
+    assert seeds in ({"train.npz": 1, "test.npz": 1}, {"train.npz": 2}), seeds  # old pair, or no pair
+    assert sorted(p.name for p in out.iterdir()) == sorted(seeds), "staging files left behind"
+    write_dataset(*new, out)
+    assert _seeds(out) == {"train.npz": 2, "test.npz": 2}
+
+
+def test_a_damaged_cache_entry_is_rebuilt_instead_of_failing_every_call(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FNOSTAB_CACHE", str(tmp_path / "cache"))
+    config = SimulationConfig(N=32, object_size=64, seed=4)
+    train, test = cached_dataset(config)
+    expected = load_split(test).diffraction
+    test.unlink()
+    assert cached_dataset(config) == (train, test)
+    np.testing.assert_array_equal(load_split(test).diffraction, expected)
+    train.write_bytes(train.read_bytes()[:1000])  # truncated
+    cached_dataset(config)
+    load_pair(train, test)
+    assert [p.name for p in train.parent.parent.iterdir()] == [train.parent.name], "damaged copies left behind"
 
 
 def test_json_output_is_one_document_on_stdout(tmp_path) -> None:

@@ -15,12 +15,14 @@ Everything is vectorised over patches; the same config and seed give byte-identi
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.fft
 
 from fnostab import __version__
 from fnostab.config import SimulationConfig
@@ -28,7 +30,8 @@ from fnostab.data.npz import load_probe_guess, write_npz
 from fnostab.data.objects import lines_objects
 from fnostab.data.probe import SYNTHETIC_RECIPE, normalise_probe, synthetic_probe
 from fnostab.evaluation.stitching import ground_truth_region
-from fnostab.physics import intensity_scale, poisson_amplitude
+from fnostab.io import fsync_directory
+from fnostab.physics import far_field_amplitude_np, intensity_scale, poisson_amplitude
 
 FORMAT_VERSION = 1
 SEED_DERIVATION = (
@@ -72,12 +75,6 @@ class SimulatedSplit:
     metadata: dict[str, Any]
 
 
-def _far_field(psi: np.ndarray) -> np.ndarray:
-    # scipy.fft keeps complex64 in single precision and threads over patches.
-    spectrum = scipy.fft.fft2(psi, norm="ortho", workers=-1)
-    return np.abs(scipy.fft.fftshift(spectrum, axes=(-2, -1))).astype(np.float32)
-
-
 def _probe_pair(config: SimulationConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     if config.probe is None:
         guess = synthetic_probe(config.N)
@@ -107,7 +104,7 @@ def _split(
     if scale is None:
         scale = intensity_scale(patches, probe, config.nphotons)
     psi = patches * probe
-    diffraction = poisson_amplitude(_far_field(psi), scale, noise_rng)
+    diffraction = poisson_amplitude(far_field_amplitude_np(psi), scale, noise_rng)
 
     n = patches.shape[0]
     channel = (n, config.N, config.N, 1)
@@ -168,16 +165,30 @@ def simulate(config: SimulationConfig) -> tuple[SimulatedSplit, SimulatedSplit]:
 
 
 def write_dataset(train: SimulatedSplit, test: SimulatedSplit, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``train.npz`` and ``test.npz`` into ``out_dir`` (each atomically)."""
+    """Write ``train.npz`` and ``test.npz`` into ``out_dir`` so that they never mix two simulations.
+
+    Both files are written whole into a hidden staging dir inside ``out_dir`` (same file system, so
+    the moves are renames) before either is moved in. An old ``test.npz`` is removed first, then
+    ``train.npz`` and ``test.npz`` are renamed into place: whenever the process stops, ``out_dir``
+    holds the old pair, the new pair, or a ``train.npz`` without ``test.npz`` (an interrupted
+    rewrite that loaders reject as a missing file), never a new train beside an old test, whose
+    intensity scale and objects would not match.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, split in (("train", train), ("test", test)):
-        arrays = dict(split.arrays)
-        arrays["_metadata"] = np.array(json.dumps(split.metadata, sort_keys=True))
-        path = out_dir / f"{name}.npz"
-        write_npz(path, arrays)
-        paths.append(path)
-    return paths[0], paths[1]
+    train_path, test_path = out_dir / "train.npz", out_dir / "test.npz"
+    staging = Path(tempfile.mkdtemp(prefix=".simulate.", suffix=".tmp", dir=out_dir))
+    try:
+        for name, split in (("train", train), ("test", test)):
+            arrays = dict(split.arrays)
+            arrays["_metadata"] = np.array(json.dumps(split.metadata, sort_keys=True))
+            write_npz(staging / f"{name}.npz", arrays)
+        test_path.unlink(missing_ok=True)
+        os.replace(staging / "train.npz", train_path)
+        os.replace(staging / "test.npz", test_path)
+        fsync_directory(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return train_path, test_path
 
 
 def dataset_summary(train: SimulatedSplit, test: SimulatedSplit) -> dict[str, Any]:
