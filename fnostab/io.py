@@ -2,7 +2,8 @@
 
 Writers create a temp file in the destination directory, fsync it and ``os.replace`` it onto the
 final name, so a crash, Ctrl-C or SIGKILL leaves either the old file or the new one, never a torn
-one. Temp names start with a dot and end in ``.tmp`` so readers and resumers can ignore them.
+one; the directory is then fsynced too (where the platform allows) so the rename survives a power
+cut. Temp names start with a dot and end in ``.tmp`` so readers and resumers can ignore them.
 """
 
 from __future__ import annotations
@@ -10,13 +11,42 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def _create_temp(directory: Path, name: str) -> Path:
+    """A new empty file ``.NAME.RANDOM.tmp`` in ``directory`` with the permissions of a plain open().
+
+    Not tempfile.mkstemp: it creates mode 0600, and widening that needs the umask, which can only be
+    read by setting it, a process-wide change that races with other threads creating files.
+    Creating with mode 0666 lets the kernel apply the umask (and any default ACL) itself.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{directory}: could not create a unique temp file for {name}")
+
+
+def fsync_directory(directory: Path | str) -> None:
+    """Make renames inside ``directory`` durable; best effort (some platforms cannot open a dir)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -24,18 +54,16 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temp(path.parent, path.name)
     try:
         yield tmp
         with tmp.open("rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
 
 
 def write_bytes_atomic(path: Path | str, data: bytes) -> None:

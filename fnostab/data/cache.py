@@ -3,7 +3,9 @@
 Commands given no data files call :func:`cached_dataset`. The cache key is a hash of the validated
 simulation config (and of a user probe file's bytes), so any change of option gives a new entry.
 An entry is built in a temp directory and renamed into place, so concurrent callers (a shootout's
-workers, two shells) never see a half-written data set; the loser of a race discards its copy.
+workers, two shells) never see a half-written data set; the loser of a race discards its copy. An
+entry found damaged (a file deleted or truncated by hand, a full disk in an older version) is moved
+aside and rebuilt rather than blocking every later call.
 The cache lives in ``$FNOSTAB_CACHE`` or ``~/.cache/fnostab``.
 """
 
@@ -12,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 from fnostab.config import SimulationConfig
@@ -32,22 +36,46 @@ def dataset_key(config: SimulationConfig) -> str:
     return f"N{config.N}-S{config.object_size}-{digest}"
 
 
+def _complete(entry: Path) -> bool:
+    # is_zipfile reads only the zip's end record: cheap, and it catches a truncated file.
+    return all((entry / name).is_file() and zipfile.is_zipfile(entry / name) for name in ("train.npz", "test.npz"))
+
+
+def _discard(entry: Path) -> None:
+    """Move ``entry`` aside in one rename, so no caller sees it half deleted, then delete it."""
+    trash = entry.with_name(f".{entry.name}.damaged.{secrets.token_hex(6)}")
+    try:
+        os.rename(entry, trash)
+    except FileNotFoundError:
+        return  # another caller discarded it first
+    if trash.is_dir():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        trash.unlink(missing_ok=True)
+
+
 def cached_dataset(config: SimulationConfig) -> tuple[Path, Path]:
     """Paths of ``train.npz`` and ``test.npz`` for ``config``, simulating them on first use."""
     entry = cache_root() / "datasets" / dataset_key(config)
     train, test = entry / "train.npz", entry / "test.npz"
-    if train.is_file() and test.is_file():
+    if _complete(entry):
         return train, test
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         write_dataset(*simulate(config), staging)
         (staging / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
-        try:
-            os.rename(staging, entry)
-        except OSError:
-            if not (train.is_file() and test.is_file()):
-                raise
+        for _ in range(3):
+            try:
+                os.rename(staging, entry)
+                break
+            except OSError:
+                if _complete(entry):
+                    break  # another caller finished the same (deterministic) data set first
+                # The entry in the way is damaged; left there it would fail every later call.
+                _discard(entry)
+        else:
+            raise OSError(f"{entry}: could not replace a damaged cache entry")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return train, test
