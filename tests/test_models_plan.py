@@ -8,8 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from fnostab.config import TrainConfig
 from fnostab.errors import ConfigError
 from fnostab.models import build_generator, measure_step, plan
+from fnostab.models.plan import optimizer_buffers
+from fnostab.training.schedules import build_optimizer
 
 
 @pytest.mark.parametrize(
@@ -68,11 +71,24 @@ def test_fno_plan_matches_the_ptychopinn_default_count() -> None:
     assert plan("fno", batch_size=16, N=64).params == 656_002
 
 
-def test_optimizer_state_is_two_buffers_for_adam_and_adamw_and_one_for_sgd() -> None:
+@pytest.mark.parametrize(("optimizer", "weight_decay", "momentum"), [
+    ("adam", 0.0, 0.9), ("adam", 1e-4, 0.9), ("adamw", 1e-2, 0.9), ("sgd", 0.0, 0.9), ("sgd", 1e-4, 0.0),
+])
+def test_planned_optimizer_state_is_what_torch_keeps_after_a_step(optimizer, weight_decay, momentum) -> None:
     options = dict(batch_size=2, N=32, width=8, modes=4, fno_blocks=2)
-    sizes = {o: plan("hybrid", optimizer=o, **options) for o in ("adam", "adamw", "sgd")}
-    w = sizes["adam"].weight_bytes
-    assert [sizes[o].optimizer_bytes for o in ("adam", "adamw", "sgd")] == [2 * w, 2 * w, w]
+    p = plan("hybrid", optimizer=optimizer, weight_decay=weight_decay, momentum=momentum, **options)
+    model = build_generator("hybrid", N=32, width=8, modes=4, fno_blocks=2)
+    config = TrainConfig(optimizer=optimizer, weight_decay=weight_decay, momentum=momentum)
+    torch_optimizer = build_optimizer(model.parameters(), config)
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    torch_optimizer.step()
+    kept = sum(v.numel() * v.element_size() for state in torch_optimizer.state.values() for v in state.values()
+               if isinstance(v, torch.Tensor) and v.dim() > 0)  # not Adam's scalar step count
+    assert p.optimizer_bytes == kept
+    # The step's temporaries: sqrt(exp_avg_sq) for Adam(W), and grad + wd·param for L2 decay (Adam, SGD).
+    expected = {("adam", 0.0): 1, ("adam", 1e-4): 2, ("adamw", 1e-2): 1, ("sgd", 0.0): 0, ("sgd", 1e-4): 1}
+    assert optimizer_buffers(optimizer, weight_decay=weight_decay, momentum=momentum)[1] == expected[(optimizer, weight_decay)]
 
 
 def test_measured_step_memory_of_a_hand_countable_model() -> None:

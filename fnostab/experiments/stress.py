@@ -67,7 +67,7 @@ def plan_stress(
     memory_limit: int,
 ) -> tuple[list[RunSpec], dict[str, str]]:
     """The sweep's runs with their memory plans, and {run dir: reason} for the infeasible ones."""
-    from fnostab.models import plan
+    from fnostab.training.runner import plan_run
 
     specs: list[RunSpec] = []
     infeasible: dict[str, str] = {}
@@ -78,7 +78,7 @@ def plan_stress(
                 arm_with_point = Arm(arm.name, {**arm.model, **extra_model}, {**arm.train, **({"lr": lr} if lr is not None else {})})
                 for seed in seeds:
                     config = arm_run_config(arm_with_point, seed, preset, data, overrides)
-                    model_plan = plan(config.model.arch, batch_size=config.train.batch_size, **config.model.generator_kwargs(N))
+                    model_plan = plan_run(config, N)
                     plan_doc = {**model_plan.to_dict(), "memory_limit": memory_limit}
                     run_depth = config.model.fno_blocks
                     run_lr = config.train.lr

@@ -61,7 +61,7 @@ def arm_run_config(
 
 def validate_specs(specs: Iterable[RunSpec], N: int) -> None:
     """Every model must be buildable at N (geometry), checked before the sweep writes anything."""
-    from fnostab.models import plan
+    from fnostab.training.runner import plan_run
 
     seen: set[tuple] = set()
     for spec in specs:
@@ -69,7 +69,7 @@ def validate_specs(specs: Iterable[RunSpec], N: int) -> None:
         if key in seen:
             continue
         seen.add(key)
-        model_plan = plan(spec.config.model.arch, batch_size=spec.config.train.batch_size, **spec.config.model.generator_kwargs(N))
+        model_plan = plan_run(spec.config, N)
         if model_plan.geometry_error:
             raise InputError(f"arm {spec.arm!r}: invalid model for N={N}: {model_plan.geometry_error}")
 

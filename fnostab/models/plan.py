@@ -22,16 +22,26 @@ from torch.utils._python_dispatch import TorchDispatchMode  # the supported hook
 from fnostab.errors import ConfigError
 from fnostab.models.registry import check_options, geometry_error, instantiate
 
-# Optimizer state kept per parameter, in weight-sized buffers.
-OPTIMIZER_STATES: dict[str, int] = {
-    "adam": 2,  # exp_avg, exp_avg_sq
-    "adamw": 2,
-    "sgd": 1,  # momentum buffer
-}
-# Weight-sized temporaries the foreach implementations create inside ``step()`` (torch 2.x) without
-# weight decay: Adam and AdamW allocate sqrt(exp_avg_sq) (AdamW decays in place); SGD updates in
-# place. Adam with L2 weight decay and SGD with weight decay allocate one more (grad + wd·param).
-OPTIMIZER_STEP_TEMPORARIES: dict[str, int] = {"adam": 1, "adamw": 1, "sgd": 0}
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+def optimizer_buffers(optimizer: str, *, weight_decay: float = 0.0, momentum: float = 0.9) -> tuple[int, int]:
+    """(state, step temporaries): weight-sized buffers an optimizer keeps per parameter, and those
+    its foreach ``step()`` allocates on top of the gradients (torch 2.x).
+
+    Adam and AdamW keep exp_avg and exp_avg_sq and allocate sqrt(exp_avg_sq); Adam's L2 weight
+    decay allocates grad + wd·param (AdamW decays the weights in place). SGD keeps a momentum
+    buffer only when momentum > 0, updates in place (Nesterov too), and allocates grad + wd·param
+    with weight decay.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    decays = weight_decay > 0
+    if optimizer == "adam":
+        return 2, 1 + decays
+    if optimizer == "adamw":
+        return 2, 1
+    return int(momentum > 0), int(decays)
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class ModelPlan:
     * ``params`` counts a complex entry once (what ``numel`` gives, and what the PtychoPINN documents
       report); ``params_real`` counts it twice; ``complex_params`` is the number of complex entries.
     * ``weight_bytes``: the real dtypes, complex64 8 B and float32 4 B. ``grad_bytes`` is the same;
-      ``optimizer_bytes`` holds ``OPTIMIZER_STATES[optimizer]`` weight-sized buffers.
+      ``optimizer_bytes`` holds the state buffers of :func:`optimizer_buffers`.
     * ``activation_bytes``: the peak, over forward and backward of one step at ``batch_size`` N×N
       inputs, of every tensor other than parameters and gradients, measured on the meta device (with
       checkpointing when ``gradient_checkpointing``: the recomputation in backward is measured too).
@@ -63,7 +73,7 @@ class ModelPlan:
     * ``total_bytes``: weights + optimizer state + the larger of the two phases of a step: forward and
       backward (activations and the gradients as they appear, the measured joint peak, as with
       ``zero_grad(set_to_none=True)``), and the optimizer step (all gradients plus
-      ``OPTIMIZER_STEP_TEMPORARIES`` weight-sized buffers). It is at most
+      step temporaries of :func:`optimizer_buffers`). It is at most
       weight + grad + optimizer + activation + the step temporaries.
     * ``geometry_error``: why the architecture cannot run at N, or None. Then the activation figures
       are 0 and ``total_bytes`` covers the optimizer step only; the parameter figures stand, as the
@@ -110,6 +120,8 @@ def plan(
     in_channels: int = 1,
     gradient_checkpointing: bool = False,
     optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
 ) -> ModelPlan:
     """Plan generator ``name`` (same options as :func:`~fnostab.models.build_generator`) without
     allocating it: parameter counts and the memory of one training step at ``batch_size`` and N.
@@ -127,8 +139,7 @@ def plan(
     cls = check_options(name, **options)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer ≥ 1, found {batch_size!r}")
-    if optimizer not in OPTIMIZER_STATES:
-        raise ConfigError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZER_STATES)}")
+    states, temporaries = optimizer_buffers(optimizer, weight_decay=weight_decay, momentum=momentum)
     problem = geometry_error(name, N=N, fno_blocks=fno_blocks)
 
     with torch.device("meta"):
@@ -137,8 +148,8 @@ def plan(
     complex_params = sum(p.numel() for p in model.parameters() if p.is_complex())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     grad_bytes = weight_bytes
-    optimizer_bytes = OPTIMIZER_STATES[optimizer] * weight_bytes
-    step_phase = grad_bytes + OPTIMIZER_STEP_TEMPORARIES[optimizer] * weight_bytes
+    optimizer_bytes = states * weight_bytes
+    step_phase = grad_bytes + temporaries * weight_bytes
 
     memory = StepMemory(0, 0, 0, 0)
     if problem is None:

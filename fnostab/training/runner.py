@@ -80,17 +80,24 @@ def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
     return load_pair(*cached_dataset(config.data.simulation))
 
 
-def prepare_run(config: RunConfig, data: tuple[PtychoSplit, PtychoSplit] | None = None) -> PreparedRun:
-    """Validate everything a run needs; raises InputError (nothing written) on bad input."""
+def plan_run(config: RunConfig, N: int) -> Any:
+    """The memory plan of one training step of ``config`` at N: its model, batch and optimizer."""
     from fnostab.models import plan
 
+    train = config.train
+    return plan(config.model.arch, batch_size=train.batch_size, optimizer=train.optimizer,
+                weight_decay=train.weight_decay, momentum=train.momentum, **config.model.generator_kwargs(N))
+
+
+def prepare_run(config: RunConfig, data: tuple[PtychoSplit, PtychoSplit] | None = None) -> PreparedRun:
+    """Validate everything a run needs; raises InputError (nothing written) on bad input."""
     train, test = data if data is not None else load_data(config)
     if config.train.devices > 1:
         raise InputError(
             f"invalid --devices: {config.train.devices} devices per run is not supported; run several "
             "runs in parallel instead (fnostab shootout --jobs K, or --executor ray)"
         )
-    model_plan = plan(config.model.arch, batch_size=config.train.batch_size, **config.model.generator_kwargs(train.N))
+    model_plan = plan_run(config, train.N)
     if model_plan.geometry_error:
         raise InputError(f"invalid model for N={train.N}: {model_plan.geometry_error}")
     return PreparedRun(config, train, test, model_plan, resolve_device_name(config.train.accelerator, "--accelerator"))
