@@ -203,7 +203,7 @@ def test_summary_of_a_hand_made_sweep_matches_its_runs(shootout: Path) -> None:
 
     control = arm_of(document, "control")
     assert (control["n"], control["n_ok"], control["failures"], control["failure_rate"]) == (4, 2, 2, 0.5)
-    assert control["failures_by_status"] == {"diverged": 1, "collapsed": 1, "oom": 0, "infeasible": 0, "error": 0}
+    assert control["failures_by_status"] == {"diverged": 1, "collapsed": 1, "oom": 0, "error": 0}
     assert control["failure_ci95"] == pytest.approx(list(wilson_interval(2, 4)))
     ttf = control["time_to_failure"]
     assert (ttf["steps"], ttf["epochs"]) == ([120, 200], [3, 5])
@@ -310,6 +310,16 @@ def test_verdict_silver_when_arch_loses_on_loss_and_agc_cuts_failures_within_10_
     assert verdict["stage_a"]["opt"]["loss_ratio"] == pytest.approx(1.08)
     # An 11% regression is too much for the opt fix.
     assert decide([groups[0], groups[1], arm("opt", 10, 1, 0.0555)])["stage_a"]["opt"]["passes"] is False
+
+
+def test_stage_a_does_not_compare_losses_of_arms_validated_with_different_losses() -> None:
+    mae, poisson = {"val_loss_names": ["mae_val_loss"]}, {"val_loss_names": ["poisson_val_loss"]}
+    groups = [arm("control", 10, 4, 0.050, **mae), arm("arch", 10, 0, 0.040, **poisson), arm("opt", 10, 1, 0.052, **mae)]
+    stage_a = decide(groups)["stage_a"]
+    assert stage_a["arch"]["checks"] == {"lower_failure_rate": True, "beats_control_loss": None}
+    assert stage_a["arch"]["passes"] is None and stage_a["arch"]["loss_ratio"] is None
+    assert any("cannot be compared" in reason for reason in stage_a["arch"]["reasons"])
+    assert stage_a["opt"]["passes"] is True  # same loss as the control: compared as usual
 
 
 def test_verdict_pivot_when_both_fixes_fail_the_stress_test() -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from fnostab.errors import InputError
+from fnostab.io import atomic_path
 
 __all__ = ["save_reconstruction_png"]
 
@@ -84,14 +84,5 @@ def save_reconstruction_png(
         ax.set_yticks([])
         fig.colorbar(im, ax=ax, shrink=0.8)
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=100)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)

@@ -63,12 +63,6 @@ def _finite(values: Iterable[Any]) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def median(values: Iterable[Any]) -> float | None:
-    """Median of the finite values, None when there are none."""
-    finite = _finite(values)
-    return float(np.median(finite)) if finite.size else None
-
-
 def quartiles(values: Iterable[Any]) -> dict[str, Any]:
     """``{n, median, p25, p75}`` over the finite values (None entries and NaN are left out)."""
     finite = _finite(values)

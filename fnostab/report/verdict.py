@@ -105,6 +105,7 @@ def _arm_numbers(group: Mapping[str, Any]) -> dict[str, Any]:
         "failure_ci95": list(group["failure_ci95"]),
         "median_best_val_loss": best.get("median"),
         "n_ok": best.get("n", group["n"] - group["failures"]),
+        "val_loss_names": list(group.get("val_loss_names") or []),
     }
 
 
@@ -124,8 +125,13 @@ def stage_a_check(role: str, control: Mapping[str, Any], fix: Mapping[str, Any] 
         lower_rate = None
         reasons.append(f"control never failed ({control['failures']}/{control['n']}): a lower failure rate is impossible")
     c_loss, f_loss = control["median_best_val_loss"], fix["median_best_val_loss"]
-    if f_loss is None:
-        loss_ok: bool | None = False
+    c_names, f_names = control.get("val_loss_names") or [], fix.get("val_loss_names") or []
+    if c_names and f_names and c_names != f_names:
+        loss_ok: bool | None = None
+        reasons.append(f"{role} validates with {'/'.join(f_names)} and the control with {'/'.join(c_names)}: "
+                       "their losses cannot be compared")
+    elif f_loss is None:
+        loss_ok = False
         reasons.append(f"{role} has no successful run, so no median val loss")
     elif c_loss is None:
         loss_ok = True  # the control never succeeded: any successful fix run is better
@@ -141,13 +147,13 @@ def stage_a_check(role: str, control: Mapping[str, Any], fix: Mapping[str, Any] 
             f"median best val loss {_loss(f_loss)} does not beat the control's {_loss(c_loss)}" if role == "arch" else
             f"median best val loss {_loss(f_loss)} is more than {OPT_LOSS_TOLERANCE:.0%} above the control's {_loss(c_loss)}"
         )
-    passes = False if (lower_rate is False or loss_ok is False) else (None if lower_rate is None else True)
+    passes = False if (lower_rate is False or loss_ok is False) else (None if None in (lower_rate, loss_ok) else True)
     return {
         "present": True,
         "passes": passes,
         "checks": {"lower_failure_rate": lower_rate,
                    ("beats_control_loss" if role == "arch" else "loss_within_10pct"): loss_ok},
-        "loss_ratio": (f_loss / c_loss) if (f_loss is not None and c_loss) else None,
+        "loss_ratio": (f_loss / c_loss) if (f_loss is not None and c_loss and loss_ok is not None) else None,
         "intervals_overlap": intervals_overlap(fix["failure_ci95"], control["failure_ci95"]),
         "numbers": dict(fix),
         "reasons": reasons,
