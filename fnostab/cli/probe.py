@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from fnostab.cli.common import JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
+from fnostab.cli.common import JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command, model_option
 
 MODEL_PANEL = "Model (a trained checkpoint, or options for a fresh generator)"
 RUN_PANEL = "Run"
@@ -21,13 +21,13 @@ CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="A trained generator
 RUN_OPTION = typer.Option(None, "--run", help="A run dir: its checkpoint.pt is used.", rich_help_panel=MODEL_PANEL)
 PRESET_OPTION = typer.Option(None, "--preset", help=PRESET_HELP + " Fresh generator only; N comes from the NPZ.", rich_help_panel=MODEL_PANEL)
 SEED_OPTION = typer.Option(None, "--seed", help="Seed of a fresh generator's weights (default 42, as fnostab train).", rich_help_panel=MODEL_PANEL)
-ARCH_OPTION = typer.Option(None, "--arch", help="Generator: fno, hybrid or stable_hybrid.", rich_help_panel=MODEL_PANEL)
-FNO_BLOCKS_OPTION = typer.Option(None, "--fno-blocks", help="Spectral blocks (hybrid: encoder levels).", rich_help_panel=MODEL_PANEL)
-WIDTH_OPTION = typer.Option(None, "--width", help="Hidden channels h of the first level.", rich_help_panel=MODEL_PANEL)
-MODES_OPTION = typer.Option(None, "--modes", help="Fourier modes kept per dimension.", rich_help_panel=MODEL_PANEL)
-MAX_HIDDEN_OPTION = typer.Option(None, "--max-hidden-channels", help="Cap on hybrid channel doubling.", rich_help_panel=MODEL_PANEL)
-BANDS_OPTION = typer.Option(None, "--bands", help="Spectral row bands: positive (PtychoPINN) or both.", rich_help_panel=MODEL_PANEL)
-BLOCK_INIT_OPTION = typer.Option(None, "--block-init", help="stable_hybrid blocks: zero_gamma or layerscale.", rich_help_panel=MODEL_PANEL)
+ARCH_OPTION = model_option("--arch", MODEL_PANEL)
+FNO_BLOCKS_OPTION = model_option("--fno-blocks", MODEL_PANEL)
+WIDTH_OPTION = model_option("--width", MODEL_PANEL)
+MODES_OPTION = model_option("--modes", MODEL_PANEL)
+MAX_HIDDEN_OPTION = model_option("--max-hidden-channels", MODEL_PANEL)
+BANDS_OPTION = model_option("--bands", MODEL_PANEL)
+BLOCK_INIT_OPTION = model_option("--block-init", MODEL_PANEL)
 DEVICE_OPTION = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when available).", rich_help_panel=RUN_PANEL)
 BATCH_SIZE_OPTION = typer.Option(16, "--batch-size", help="Patterns per forward pass.", rich_help_panel=RUN_PANEL)
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from fnostab.cli.common import EXIT_FAILED, JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
+from fnostab.cli.common import EXIT_FAILED, JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command, model_option
 from fnostab.config import (
     DEFAULT_PRESET,
     DataSource,
@@ -140,14 +140,14 @@ def train_command(
     test_npz: Optional[Path] = typer.Argument(None, metavar="[TEST.npz]", help="Test split (validation and evaluation)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run dir to write (default runs/train-<time>-<arch>-s<seed>).", rich_help_panel=RUN_PANEL),
     preset: str = typer.Option(DEFAULT_PRESET, "--preset", help=PRESET_HELP, rich_help_panel=RUN_PANEL),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Generator: fno, hybrid or stable_hybrid.", rich_help_panel=MODEL_PANEL),
-    fno_blocks: Optional[int] = typer.Option(None, "--fno-blocks", help="Spectral blocks (hybrid: encoder levels).", rich_help_panel=MODEL_PANEL),
-    width: Optional[int] = typer.Option(None, "--width", help="Hidden channels h of the first level.", rich_help_panel=MODEL_PANEL),
-    modes: Optional[int] = typer.Option(None, "--modes", help="Fourier modes kept per dimension.", rich_help_panel=MODEL_PANEL),
-    max_hidden_channels: Optional[int] = typer.Option(None, "--max-hidden-channels", help="Cap on hybrid channel doubling.", rich_help_panel=MODEL_PANEL),
-    bands: Optional[str] = typer.Option(None, "--bands", help="Spectral row bands: positive (PtychoPINN) or both.", rich_help_panel=MODEL_PANEL),
+    arch: Optional[str] = model_option("--arch", MODEL_PANEL),
+    fno_blocks: Optional[int] = model_option("--fno-blocks", MODEL_PANEL),
+    width: Optional[int] = model_option("--width", MODEL_PANEL),
+    modes: Optional[int] = model_option("--modes", MODEL_PANEL),
+    max_hidden_channels: Optional[int] = model_option("--max-hidden-channels", MODEL_PANEL),
+    bands: Optional[str] = model_option("--bands", MODEL_PANEL),
     checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing", help="Gradient checkpointing of encoder and bottleneck blocks.", rich_help_panel=MODEL_PANEL),
-    block_init: Optional[str] = typer.Option(None, "--block-init", help="stable_hybrid blocks: zero_gamma or layerscale.", rich_help_panel=MODEL_PANEL),
+    block_init: Optional[str] = model_option("--block-init", MODEL_PANEL),
     head: Optional[str] = typer.Option(None, "--head", help="Output head: real_imag or amp_phase.", rich_help_panel=MODEL_PANEL),
     clip: Optional[str] = typer.Option(None, "--clip", help="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ.", rich_help_panel=TRAIN_PANEL),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam, adamw or sgd.", rich_help_panel=TRAIN_PANEL),
