@@ -28,9 +28,12 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+# The quick benchmarks (minutes); scripts/bench_shootout.py (whole shootouts, about an hour) is run by hand.
 bench: install
+	$(PY) scripts/bench_simulate.py
 	$(PY) scripts/bench_models.py
-	$(PY) scripts/bench_train.py
+	$(PY) scripts/bench_train.py --repeats 7 --epochs 2 --threads 1
+	$(PY) scripts/bench_monitors.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

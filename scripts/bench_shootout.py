@@ -1,0 +1,61 @@
+"""Wall time of whole shootouts at the `cpu` preset (issue 5's targets).
+
+Runs each command in a fresh output directory, one after the other, and prints a markdown table:
+
+* the `make demo` shootout (3 arms × 2 seeds × 15 epochs, --jobs 2; target under 5 minutes);
+* `--seeds 10` (3 arms × 10 seeds × 20 epochs) with --jobs 1 and with --jobs 2 (target under
+  30 minutes on 2 cores), and the parallel speed-up.
+
+    python scripts/bench_shootout.py [--only demo,jobs1,jobs2] [--out /tmp/bench-shootout]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CASES = {
+    "demo": ["--seeds", "2", "--epochs", "15", "--jobs", "2"],
+    "jobs1": ["--seeds", "10", "--jobs", "1"],
+    "jobs2": ["--seeds", "10", "--jobs", "2"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default=",".join(CASES))
+    parser.add_argument("--out", type=Path, default=Path("/tmp/bench-shootout"))
+    args = parser.parse_args()
+    rows = []
+    for name in args.only.split(","):
+        sweep = args.out / name
+        shutil.rmtree(sweep, ignore_errors=True)
+        command = [sys.executable, "-m", "fnostab", "shootout", "--preset", "cpu", *CASES[name], "--out", str(sweep), "--quiet", "--json"]
+        started = time.perf_counter()
+        proc = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr}")
+        summary = json.loads(proc.stdout)
+        runs = sum(arm["n"] for arm in summary["arms"])
+        ok = sum(arm["n_ok"] for arm in summary["arms"])
+        ssim = {arm["label"]: arm["metrics"]["amp_ssim"]["median"] for arm in summary["arms"]}
+        rows.append((name, " ".join(CASES[name]), runs, ok, wall, ssim))
+        print(f"{name}: {wall / 60:.1f} min", file=sys.stderr, flush=True)
+    print("| case | options | runs (ok) | wall | per run | median amp SSIM per arm |")
+    print("|---|---|---:|---:|---:|---|")
+    for name, options, runs, ok, wall, ssim in rows:
+        arms = ", ".join(f"{k} {v:.3f}" for k, v in ssim.items() if v is not None)
+        print(f"| {name} | `{options}` | {runs} ({ok}) | {wall / 60:.1f} min | {wall / runs:.0f} s | {arms} |")
+    walls = {name: wall for name, _, _, _, wall, _ in rows}
+    if "jobs1" in walls and "jobs2" in walls:
+        print(f"\nparallel speed-up of --jobs 2 over --jobs 1: {walls['jobs1'] / walls['jobs2']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
