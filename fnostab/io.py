@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fnostab.errors import InputError
+
 
 def _create_temp(directory: Path, name: str) -> Path:
     """A new empty file ``.NAME.RANDOM.tmp`` in ``directory`` with the permissions of a plain open().
@@ -97,3 +99,16 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def read_json_document(path: Path | str, schema: str) -> dict[str, Any]:
+    """A JSON object file carrying ``"schema": schema``; a corrupt or foreign file is an InputError naming it."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: corrupt {path.name} ({type(error).__name__}: {error})") from None
+    if not isinstance(document, dict) or document.get("schema") != schema:
+        found = document.get("schema") if isinstance(document, dict) else type(document).__name__
+        raise InputError(f"{path}: expected schema {schema!r}, found {found!r}")
+    return document

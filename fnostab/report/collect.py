@@ -14,18 +14,15 @@ empty cells.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fnostab.errors import InputError
-from fnostab.experiments.store import lr_tag
+from fnostab.experiments.store import SWEEP_NAME, SWEEP_SCHEMA, lr_tag
+from fnostab.io import read_json_document
 from fnostab.training.result import CONFIG_NAME, METRICS_NAME, RESULT_NAME, read_result
-
-SWEEP_NAME = "sweep.json"
-SWEEP_SCHEMA = "fnostab.sweep/1"
 
 
 @dataclass(frozen=True)
@@ -107,13 +104,7 @@ def _hidden(path: Path, root: Path) -> bool:
 
 
 def _read_sweep(path: Path) -> dict[str, Any]:
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: corrupt sweep.json ({type(error).__name__}: {error})") from None
-    if not isinstance(document, dict) or document.get("schema") != SWEEP_SCHEMA:
-        found = document.get("schema") if isinstance(document, dict) else type(document).__name__
-        raise InputError(f"{path}: expected schema {SWEEP_SCHEMA!r}, found {found!r}")
+    document = read_json_document(path, SWEEP_SCHEMA)
     arms = document.get("arms") or {}
     planned = [run.get("dir") for run in document.get("runs") or [] if isinstance(run, dict)]
     return {

@@ -20,7 +20,6 @@ Schema ``fnostab.result/1`` (keys in order):
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ import numpy as np
 
 from fnostab import __version__
 from fnostab.errors import InputError
+from fnostab.io import read_json_document
 from fnostab.training.failure import STATUSES
 
 RESULT_SCHEMA = "fnostab.result/1"
@@ -77,13 +77,7 @@ def grad_norm_stats(norms: list[float], threshold: float = 1.0) -> dict[str, Any
 def read_result(path: Path | str) -> dict[str, Any]:
     """Load and check a result.json; a corrupt or foreign file is an InputError naming it."""
     path = Path(path)
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: corrupt result.json ({type(error).__name__}: {error})") from None
-    if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA:
-        found = result.get("schema") if isinstance(result, dict) else type(result).__name__
-        raise InputError(f"{path}: expected schema {RESULT_SCHEMA!r}, found {found!r}")
+    result = read_json_document(path, RESULT_SCHEMA)
     if result.get("status") not in STATUSES:
         raise InputError(f"{path}: unknown status {result.get('status')!r}; expected one of {', '.join(STATUSES)}")
     return result
