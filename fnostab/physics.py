@@ -91,9 +91,10 @@ def far_field_amplitude_np(psi: np.ndarray) -> np.ndarray:
     return amp.astype(np.float32 if psi.dtype == np.complex64 else np.float64, copy=False)
 
 
-def intensity_scale(patches: np.ndarray, probe: np.ndarray, nphotons: float) -> float:
-    """s = sqrt(nphotons / mean_patches Σ |O·P|²): the factor that makes the mean count nphotons."""
-    energy = (np.abs(patches * probe) ** 2).sum(axis=(-2, -1), dtype=np.float64).mean()
+def intensity_scale(psi: np.ndarray, nphotons: float) -> float:
+    """s = sqrt(nphotons / mean_patches Σ |ψ|²) for exit waves ψ = O·P: the factor that makes the
+    mean count nphotons (the far field is unitary, so Σ|ψ|² is each pattern's total intensity)."""
+    energy = (np.abs(psi) ** 2).sum(axis=(-2, -1), dtype=np.float64).mean()
     if not energy > 0:
         raise ValueError("the illuminated patches carry no energy; cannot set an intensity scale")
     return float(np.sqrt(nphotons / energy))

@@ -10,6 +10,7 @@ import typer
 from fnostab.cli.common import JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
 from fnostab.config import DEFAULT_PRESET
 from fnostab.errors import InputError
+from fnostab.io import check_out_dir
 
 SWEEP_PANEL = "Sweep"
 EXEC_PANEL = "Execution"
@@ -80,11 +81,9 @@ def shootout_command(
     overrides = _overrides(epochs=epochs, batch_size=batch_size, fno_blocks=fno_blocks, val_patches=val_patches,
                            monitor_every=monitor_every, accelerator=accelerator)
     _check_out(out)
-    data = shared_data(train_npz, test_npz, preset)
+    data, size = shared_data(train_npz, test_npz, preset)
     specs = plan_shootout(arms, seed_values, preset, data, overrides)
-    from fnostab.data.npz import load_split
-
-    validate_specs(specs, load_split(data.train).N)
+    validate_specs(specs, size)
     plan_document = {"preset": preset, "data": {"train": str(data.train), "test": str(data.test)},
                      "arms": {a.name: a.to_dict() for a in arms}, "seeds": seed_values}
     summary = run_sweep(out, "shootout", specs, plan_document, execution, output)
@@ -92,8 +91,7 @@ def shootout_command(
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: expected a directory for --out, found a file")
+    check_out_dir(out)
     if out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").exists() and not (out / ".lock").exists():
         raise InputError(f"{out}: --out is a non-empty directory that is not a sweep dir; choose another")
 
@@ -155,11 +153,13 @@ def stress_command(
     if plan_only:
         from fnostab.config import DataSource
 
-        size = N if N is not None else (build(SimulationConfig, merge(preset, "data", {})).N if train_npz is None else None)
-        if size is None:
+        size = N
+        if size is None and train_npz is not None:
             from fnostab.data.npz import load_split
 
             size = load_split(train_npz).N
+        elif size is None:
+            size = build(SimulationConfig, merge(preset, "data", {})).N
         placeholder = DataSource(train=Path("train.npz"), test=Path("test.npz"))
         specs, infeasible = plan_stress(arms, seed_values, depth_values, lr_values, preset, placeholder, overrides, size, limit)
         table, rows = plan_table(specs, infeasible)
@@ -170,10 +170,7 @@ def stress_command(
         raise InputError("--N only applies to --plan-only; a sweep uses the data's N")
     assert out is not None
     _check_out(out)
-    data = shared_data(train_npz, test_npz, preset)
-    from fnostab.data.npz import load_split
-
-    size = load_split(data.train).N
+    data, size = shared_data(train_npz, test_npz, preset)
     specs, infeasible = plan_stress(arms, seed_values, depth_values, lr_values, preset, data, overrides, size, limit)
     table, _ = plan_table(specs, infeasible)
     output.log(f"memory plans (limit {format_bytes(limit)}, {limit_source}):\n{table}")

@@ -101,9 +101,9 @@ def _split(
     patches = grid.patches(objects)
     norm_Y_I = float(np.abs(patches).max(axis=(1, 2)).mean(dtype=np.float64))
     patches = (patches / np.float32(norm_Y_I)).astype(np.complex64)
-    if scale is None:
-        scale = intensity_scale(patches, probe, config.nphotons)
     psi = patches * probe
+    if scale is None:
+        scale = intensity_scale(psi, config.nphotons)
     diffraction = poisson_amplitude(far_field_amplitude_np(psi), scale, noise_rng)
 
     n = patches.shape[0]

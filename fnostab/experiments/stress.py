@@ -71,6 +71,9 @@ def plan_stress(
 
     specs: list[RunSpec] = []
     infeasible: dict[str, str] = {}
+    # A plan depends on the model, the batch and the optimizer, not on the seed or the lr: plan each
+    # configuration once (a plan runs a meta-device training step, tens of milliseconds).
+    plans: dict[tuple[Any, ...], Any] = {}
     for arm in arms:
         for depth in depths:
             for lr in lrs:
@@ -78,7 +81,9 @@ def plan_stress(
                 arm_with_point = Arm(arm.name, {**arm.model, **extra_model}, {**arm.train, **({"lr": lr} if lr is not None else {})})
                 for seed in seeds:
                     config = arm_run_config(arm_with_point, seed, preset, data, overrides)
-                    model_plan = plan_run(config, N)
+                    t = config.train
+                    key = (config.model, t.batch_size, t.optimizer, t.weight_decay, t.momentum)
+                    model_plan = plans[key] if key in plans else plans.setdefault(key, plan_run(config, N))
                     plan_doc = {**model_plan.to_dict(), "memory_limit": memory_limit}
                     run_depth = config.model.fno_blocks
                     run_lr = config.train.lr
@@ -112,18 +117,17 @@ def plan_table(specs: list[RunSpec], infeasible: dict[str, str]) -> tuple[str, l
             "params": p.get("params"), "weight_bytes": p.get("weight_bytes"), "grad_bytes": p.get("grad_bytes"),
             "optimizer_bytes": p.get("optimizer_bytes"), "activation_bytes": p.get("activation_bytes"),
             "total_bytes": p.get("total_bytes"), "memory_limit": p.get("memory_limit"),
-            "feasible": spec.relative_dir not in infeasible, "reason": infeasible.get(spec.relative_dir),
+            "geometry_error": p.get("geometry_error"), "feasible": spec.relative_dir not in infeasible, "reason": infeasible.get(spec.relative_dir),
         })
     lines = [
         "| arm | arch | depth | cap | ckpt | params | weights | grads | optimizer | activations | total | feasible |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        geometry = r["reason"] if r["reason"] and r["reason"].startswith("geometry") else None
         lines.append(
             f"| {r['arm']} | {r['arch']} | {r['depth']} | {r['max_hidden_channels'] or '—'} | {'yes' if r['checkpointing'] else 'no'} "
             f"| {r['params']:,} | {format_bytes(r['weight_bytes'])} | {format_bytes(r['grad_bytes'])} "
-            f"| {format_bytes(r['optimizer_bytes'])} | {format_bytes(r['activation_bytes']) if not geometry else '—'} "
+            f"| {format_bytes(r['optimizer_bytes'])} | {format_bytes(r['activation_bytes']) if not r['geometry_error'] else '—'} "
             f"| {format_bytes(r['total_bytes'])} | {'yes' if r['feasible'] else 'NO: ' + r['reason']} |"
         )
     return "\n".join(lines), rows

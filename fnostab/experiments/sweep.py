@@ -31,20 +31,20 @@ class ExecutionOptions:
             raise InputError("--ray-address needs --executor ray")
 
 
-def shared_data(train: Path | None, test: Path | None, preset: str) -> DataSource:
-    """One data set for every run: the given files, or the preset's simulated set (cached once)."""
+def shared_data(train: Path | None, test: Path | None, preset: str) -> tuple[DataSource, int]:
+    """One data set for every run: the given files, or the preset's simulated set (cached once); and its N."""
     if (train is None) != (test is None):
         raise InputError("give both TRAIN.npz and TEST.npz, or neither to simulate the preset's data")
     if train is not None:
         from fnostab.data.npz import load_pair
 
-        load_pair(train, test)  # validate once, before anything is written
-        return DataSource(train=train.resolve(), test=test.resolve())
+        loaded, _ = load_pair(train, test)  # validate once, before anything is written
+        return DataSource(train=train.resolve(), test=test.resolve()), loaded.N
     from fnostab.data.cache import cached_dataset
 
     simulation = build(SimulationConfig, merge(preset, "data", {}))
     cached = cached_dataset(simulation)
-    return DataSource(train=cached[0], test=cached[1])
+    return DataSource(train=cached[0], test=cached[1]), simulation.N
 
 
 def arm_run_config(
