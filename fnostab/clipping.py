@@ -359,12 +359,15 @@ def clip_gradients_(
     spec: ClipSpec | str,
     *,
     exclude: Iterable[nn.Parameter] | None = None,
-) -> tuple[Tensor, Tensor]:
+    post_norm: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Clip the gradients of ``model`` in place by ``spec``; return (pre, post) global L2 norms.
 
     ``pre`` and ``post`` are :func:`grad_norm` over every parameter with a gradient, excluded ones
     included, before and after clipping: 0-d tensors on the gradients' device (``post is pre`` for
     ``none``). Non-finite gradients never raise; they show up as a non-finite ``pre``.
+    ``post_norm=False`` skips the second pass over the gradients and returns ``post`` as None (a
+    training step that does not log it).
 
     ``exclude`` is for the AGC algorithms only: the parameters whose gradients AGC leaves alone.
     For ``agc`` it defaults to the parameters of ``model.head`` when ``model`` has an ``nn.Module``
@@ -408,4 +411,4 @@ def clip_gradients_(
         if clipped:
             _agc_(clipped, output_dims, spec.value)
 
-    return pre, grad_norm(params)
+    return pre, grad_norm(params) if post_norm else None

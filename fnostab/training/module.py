@@ -80,8 +80,11 @@ class PtychoModule(pl.LightningModule):
             self.manual_backward(loss)
         finally:
             block_stats = self.monitor.detach() if monitored else {}
-        pre, post = clip_gradients_(self.generator, self.clip_spec)
-        loss_value, pre_value, post_value = torch.stack([loss.detach(), pre, post]).double().tolist()
+        logs_norms = self.config.log_grad_norm and step % self.config.grad_norm_log_freq == 0
+        # The post-clip norm is another pass over every gradient: only on the steps that log it.
+        pre, post = clip_gradients_(self.generator, self.clip_spec, post_norm=logs_norms and self.clipping)
+        values = torch.stack([loss.detach(), pre] + ([post] if post is not None else [])).double().tolist()
+        loss_value, pre_value, post_value = values[0], values[1], (values[2] if post is not None else None)
         self.steps_seen += 1
         self.samples_seen += batch.shape[0]
         self.grad_norms.append(pre_value)
@@ -89,12 +92,12 @@ class PtychoModule(pl.LightningModule):
         failure = self.detector.check_step(loss_value, pre_value, step=step, epoch=self.current_epoch)
         if failure is not None:
             self.trainer.should_stop = True
-            self._log_step(loss_value, pre_value, post_value, step, block_stats)
+            self._log_step(loss_value, pre_value, post_value, logs_norms, step, block_stats)
             return
         optimizer.step()
         self._epoch_loss_sum += loss_value
         self._epoch_steps += 1
-        self._log_step(loss_value, pre_value, post_value, step, block_stats)
+        self._log_step(loss_value, pre_value, post_value, logs_norms, step, block_stats)
 
     def _write_row(self, metrics: dict[str, float], step: int) -> None:
         # Rows go straight to the logger (CSVLogger layout: one row per call, `epoch` and `step`
@@ -104,11 +107,13 @@ class PtychoModule(pl.LightningModule):
         if self.logger is not None:
             self.logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=step)
 
-    def _log_step(self, loss: float, pre: float, post: float, step: int, block_stats: dict[str, float]) -> None:
+    def _log_step(
+        self, loss: float, pre: float, post: float | None, logs_norms: bool, step: int, block_stats: dict[str, float]
+    ) -> None:
         metrics = {self.train_key: loss, "lr": self.optimizers().param_groups[0]["lr"]}
-        if self.config.log_grad_norm and step % self.config.grad_norm_log_freq == 0:
+        if logs_norms:
             metrics["grad_norm_preclip"] = pre
-            if self.clipping:
+            if post is not None:
                 metrics["grad_norm_postclip"] = post
         metrics.update(block_stats)
         self._write_row(metrics, step)
