@@ -112,3 +112,9 @@ def read_json_document(path: Path | str, schema: str) -> dict[str, Any]:
         found = document.get("schema") if isinstance(document, dict) else type(document).__name__
         raise InputError(f"{path}: expected schema {schema!r}, found {found!r}")
     return document
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` must be a directory or not exist yet (commands create it when they write)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: expected a directory for --out, found a file")

@@ -23,6 +23,7 @@ from fnostab.cli.probe import (
     RUN_PANEL,
     SEED_OPTION,
     WIDTH_OPTION,
+    load_diagnostic_inputs,
 )
 
 
@@ -55,31 +56,22 @@ def grad_gain_command(
     grad_gain.json and grad_gain.png. Exit 0 done, 2 bad input (nothing written).
     """
     from fnostab.config import build
-    from fnostab.data.npz import load_split
     from fnostab.diagnostics import (
         GradGainSettings,
-        check_out_dir,
         format_grad_gain_report,
-        load_model,
         measure_grad_gain,
         probe_for,
-        resolve_device,
-        resolve_model_source,
         write_grad_gain_report,
     )
 
     output = Output(json_mode=json_output, quiet=quiet)
     settings = build(GradGainSettings, dict(batches=batches, batch_size=batch_size, norm=norm, loss=loss, device=device))
-    source = resolve_model_source(
-        checkpoint=checkpoint, run=run, preset=preset, seed=seed,
+    target, split, generator, model_info = load_diagnostic_inputs(
+        train_npz, out, settings.device, checkpoint=checkpoint, run=run, preset=preset, seed=seed,
         options=dict(arch=arch, fno_blocks=fno_blocks, width=width, modes=modes,
                      max_hidden_channels=max_hidden_channels, bands=bands, block_init=block_init),
     )  # fmt: skip
-    target = resolve_device(settings.device)
-    check_out_dir(out)
-    split = load_split(train_npz)
     probe, warning = probe_for(split)
-    generator, model_info = load_model(source, split.N)
 
     if warning:
         output.warn(warning)

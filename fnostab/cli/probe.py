@@ -6,7 +6,7 @@ The model options here are shared with ``fnostab grad-gain`` (:mod:`fnostab.cli.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -30,6 +30,24 @@ BANDS_OPTION = model_option("--bands", MODEL_PANEL)
 BLOCK_INIT_OPTION = model_option("--block-init", MODEL_PANEL)
 DEVICE_OPTION = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when available).", rich_help_panel=RUN_PANEL)
 BATCH_SIZE_OPTION = typer.Option(16, "--batch-size", help="Patterns per forward pass.", rich_help_panel=RUN_PANEL)
+
+
+def load_diagnostic_inputs(
+    train_npz: Path, out: Path, device: str, *, checkpoint: Path | None, run: Path | None, preset: str | None,
+    seed: int | None, options: dict[str, Any],
+) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """What both diagnostics commands need, checked in this order before any work: the model source,
+    the device, ``--out``, the NPZ; then the generator. Returns (device, split, generator, model info)."""
+    from fnostab.data.npz import load_split
+    from fnostab.diagnostics import load_model, resolve_device, resolve_model_source
+    from fnostab.io import check_out_dir
+
+    source = resolve_model_source(checkpoint=checkpoint, run=run, preset=preset, seed=seed, options=options)
+    target = resolve_device(device)
+    check_out_dir(out)
+    split = load_split(train_npz)
+    generator, model_info = load_model(source, split.N)
+    return target, split, generator, model_info
 
 
 @command
@@ -59,29 +77,20 @@ def probe_activations_command(
     |x| and its drift flag) and activations.png. Exit 0 done, 2 bad input (nothing written).
     """
     from fnostab.config import build
-    from fnostab.data.npz import load_split
     from fnostab.diagnostics import (
         ActivationProbeSettings,
-        check_out_dir,
         format_activation_report,
-        load_model,
         probe_activations,
-        resolve_device,
-        resolve_model_source,
         write_activation_report,
     )
 
     output = Output(json_mode=json_output, quiet=quiet)
     settings = build(ActivationProbeSettings, dict(batch_size=batch_size, max_samples=max_samples, device=device))
-    source = resolve_model_source(
-        checkpoint=checkpoint, run=run, preset=preset, seed=seed,
+    target, split, generator, model_info = load_diagnostic_inputs(
+        train_npz, out, settings.device, checkpoint=checkpoint, run=run, preset=preset, seed=seed,
         options=dict(arch=arch, fno_blocks=fno_blocks, width=width, modes=modes,
                      max_hidden_channels=max_hidden_channels, bands=bands, block_init=block_init),
     )  # fmt: skip
-    target = resolve_device(settings.device)
-    check_out_dir(out)
-    split = load_split(train_npz)
-    generator, model_info = load_model(source, split.N)
 
     output.log(f"probing {model_info['architecture']} ({model_info['source']}) on {min(settings.max_samples, split.n)} patterns of {train_npz} ...")
     report = probe_activations(

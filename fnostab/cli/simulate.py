@@ -10,11 +10,11 @@ import typer
 from fnostab.cli.common import JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
 from fnostab.config import DEFAULT_PRESET, SimulationConfig, build, merge
 from fnostab.errors import InputError
+from fnostab.io import check_out_dir
 
 
 def _check_destination(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: expected a directory for --out, found a file")
+    check_out_dir(out)
     existing = [out / name for name in ("train.npz", "test.npz") if (out / name).exists()]
     for path in existing:
         if not path.is_file():

@@ -24,6 +24,7 @@ from fnostab.config import (
     preset_values,
 )
 from fnostab.errors import InputError
+from fnostab.io import check_out_dir
 
 MODEL_PANEL = "Model"
 TRAIN_PANEL = "Optimisation"
@@ -98,18 +99,19 @@ def _is_run_dir(path: Path) -> bool:
         return False
 
 
-def _prepare_out(out: Path | None, config: RunConfig, force: bool) -> Path:
+def _prepare_out(out: Path | None, config: RunConfig, force: bool) -> tuple[Path, bool]:
+    """The run dir, and whether it holds a run that ``--force`` replaces."""
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"train-{stamp}-{config.model.arch}-s{config.train.seed}"
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: expected a directory for --out, found a file")
-    if out.is_dir() and any(out.iterdir()):
+    check_out_dir(out)
+    replacing = out.is_dir() and any(out.iterdir())
+    if replacing:
         if not _is_run_dir(out):
             raise InputError(f"{out}: --out is a non-empty directory that is not an fnostab run dir; choose another")
         if not force:
             raise InputError(f"{out} already holds a run; pass --force to replace it or choose another --out")
-    return out
+    return out, replacing
 
 
 def _train_replacing(prepared: Any, run_dir: Path, output: Output) -> dict[str, Any]:
@@ -195,11 +197,11 @@ def train_command(
     )
     from fnostab.training.runner import prepare_run, run_training
 
-    run_dir = _prepare_out(out, config, force)
+    run_dir, replacing = _prepare_out(out, config, force)
     if config.data.train is None:
         output.log(f"no data given: using the {preset} preset's simulated data set (cached)")
     prepared = prepare_run(config)
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if replacing:
         result = _train_replacing(prepared, run_dir, output)
     else:
         result = run_training(prepared, run_dir, output=output)

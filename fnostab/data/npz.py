@@ -163,8 +163,7 @@ def _probe(path: Path, arrays: dict[str, np.ndarray], key: str, N: int) -> np.nd
         probe = probe[..., 0]
     if probe.shape != (N, N):
         raise InputError(f"{path}: key {key!r}: expected probe shape ({N}, {N}), found {probe.shape}")
-    if not (np.issubdtype(probe.dtype, np.complexfloating) or np.issubdtype(probe.dtype, np.floating)):
-        raise InputError(f"{path}: key {key!r}: expected a complex array, found dtype {probe.dtype}")
+    _check_dtype(path, key, probe, (np.complexfloating, np.floating), "a complex array")
     probe = probe.astype(np.complex64)
     if not np.isfinite(probe).all():
         raise InputError(f"{path}: key {key!r}: expected finite values, found NaN or inf")

@@ -160,9 +160,3 @@ def load_model(source: ModelSource, N: int) -> tuple[torch.nn.Module, dict[str, 
         generator = build_generator(source.model.arch, **source.model.generator_kwargs(N))
     info = {"source": "fresh", "preset": source.preset, "seed": source.seed, "config": source.model.model_dump(mode="json")}
     return generator, {"architecture": source.model.arch, **info}
-
-
-def check_out_dir(out: Path) -> None:
-    """``out`` must be a directory or not exist yet (it is created when the report is written)."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: expected a directory for --out, found a file")

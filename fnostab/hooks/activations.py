@@ -421,9 +421,6 @@ class ActivationMonitor:
         }
         return {"layers": layers, "summary": summary}
 
-    #: The same dict as :meth:`report` (both names are in use).
-    summary = report
-
     @property
     def names(self) -> list[str]:
         """Names of the hooked modules, in hook order (lifter, then each block and its branches)."""

@@ -4,7 +4,7 @@
 back from block ``i`` to block ``i−1``; a chain of γ ≫ 1 is how a deep FNO stack turns a small loss
 gradient into a blow-up at the lifter, and γ ≪ 1 is the opposite (vanishing) failure.
 
-Mechanism, and why (see the shared hook notes):
+Mechanism, and why:
 
 * A forward hook on each block registers a *tensor* hook (``Tensor.register_hook``) on every output
   tensor that requires grad. ``register_full_backward_hook`` would be simpler but refuses blocks whose
