@@ -132,7 +132,9 @@ def shootout(tmp_path: Path) -> Path:
     write_run(runs / "opt/seed-0", make_result("opt", 0, best=0.03))
     write_run(runs / "opt/seed-1", make_result("opt", 1, best=0.035))
     write_run(runs / "opt/seed-2", make_result("opt", 2, status="diverged", step=50, epoch=1, best=None, amp_ssim=None))
-    (runs / "opt/seed-2/.result.json.abc.tmp").write_text("{torn")  # a temp file is not a run
+    # Lightning's scratch dir and train --force's staging dir are dot-dirs: a result.json there is no run.
+    (runs / "opt/seed-2/.logs").mkdir()
+    (runs / "opt/seed-2/.logs/result.json").write_text("{torn")
     return root
 
 

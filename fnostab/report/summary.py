@@ -222,16 +222,14 @@ def _stress_section(groups: Sequence[dict[str, Any]], records: Sequence[RunRecor
     cells = []
     for group in stress_groups:
         statuses = [run["status"] for run in group["runs"]]
-        feasible = [s for s in statuses if s != "infeasible"]
-        n_infeasible = len(statuses) - len(feasible)
+        n, failures = group["n"], group["failures"]
         cells.append({
             "label": group["label"], "arm": group["arm"], "depth": group["depth"], "lr": group["lr"],
             "arch": group["arch"], "clip": group["clip"],
-            "n": len(feasible), "n_infeasible": n_infeasible,
-            "failures": sum(1 for s in feasible if s != "ok"),
+            "n": n, "n_infeasible": group["n_infeasible"], "failures": failures,
             "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
-            "stable": bool(feasible) and all(s == "ok" for s in feasible),
-            "infeasible": not feasible and n_infeasible > 0,
+            "stable": n > 0 and failures == 0,
+            "infeasible": n == 0 and group["n_infeasible"] > 0,
         })
     arms = []
     for arm in dict.fromkeys(c["arm"] for c in cells):
