@@ -128,7 +128,8 @@ class TrainConfig(_Model):
     seed: int = Field(42, ge=0)
     accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["32", "bf16-mixed"] = "32"
-    devices: int = Field(1, ge=1)
+    devices: int = Field(1, ge=1, description="processes of one run (DDP when more than 1)")
+    strategy: Literal["auto", "ddp"] = Field("auto", description="auto: one process, or DDP when devices > 1")
     log_grad_norm: bool = False
     grad_norm_log_freq: int = Field(1, ge=1)
     blowup_factor: float = Field(1e3, gt=1, description="loss above this × best so far → diverged")

@@ -73,6 +73,16 @@ def physics_loss(name: LossName, pred_amp: torch.Tensor, obs_amp: torch.Tensor) 
     raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
 
 
+def loss_denominator(name: LossName, obs_amp: torch.Tensor) -> torch.Tensor:
+    """The detached batch mean that :func:`physics_loss` divides by (mean A_obs for ``mae``, mean A_obs²
+    for ``poisson``): a batch split into parts has the loss Σ_parts loss_part·n_part·den_part / Σ n·den."""
+    if name == "mae":
+        return obs_amp.detach().mean()
+    if name == "poisson":
+        return obs_amp.detach().square().mean()
+    raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
+
+
 def val_loss_name(loss: LossName) -> str:
     """Name under which the validation loss is logged (PtychoPINN's convention)."""
     return f"{loss}_val_loss"

@@ -104,6 +104,12 @@ def command(fn: F) -> F:
 # Option declarations shared by several subcommands, so that they read the same everywhere.
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout; logs go to stderr.")
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars or log lines on stderr.")
+LOGGER_OPTION = typer.Option(
+    None, "--logger", help="Also log to tensorboard or mlflow (repeatable; metrics.csv is always written).", rich_help_panel="Logging"
+)
+MLFLOW_URI_OPTION = typer.Option(
+    None, "--mlflow-uri", help="MLflow tracking URI (default: a file store mlruns/ in the run or sweep dir).", rich_help_panel="Logging"
+)
 PRESET_HELP = "Size preset: smoke (tests, seconds), cpu (default, minutes on 2 cores), paper (Stage A, GPU)."
 
 # The generator options of `train`, `probe-activations` and `grad-gain`, one help text each. They

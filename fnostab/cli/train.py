@@ -11,7 +11,17 @@ from typing import Any, Optional
 
 import typer
 
-from fnostab.cli.common import EXIT_FAILED, JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command, model_option
+from fnostab.cli.common import (
+    EXIT_FAILED,
+    JSON_OPTION,
+    LOGGER_OPTION,
+    MLFLOW_URI_OPTION,
+    PRESET_HELP,
+    QUIET_OPTION,
+    Output,
+    command,
+    model_option,
+)
 from fnostab.config import (
     DEFAULT_PRESET,
     DataSource,
@@ -114,14 +124,14 @@ def _prepare_out(out: Path | None, config: RunConfig, force: bool) -> tuple[Path
     return out, replacing
 
 
-def _train_replacing(prepared: Any, run_dir: Path, output: Output) -> dict[str, Any]:
+def _train_replacing(prepared: Any, run_dir: Path, output: Output, logging: Any) -> dict[str, Any]:
     """Train into a staging dir beside ``run_dir`` and swap it in only once the new run is written,
     so an interrupted ``--force`` rerun leaves the old run as it was."""
     from fnostab.training.runner import run_training
 
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".partial", dir=run_dir.parent))
     try:
-        result = run_training(prepared, staging, output=output)
+        result = run_training(prepared, staging, output=output, logging=logging)
         retired = staging.with_suffix(".old")
         os.replace(run_dir, retired)
         try:
@@ -166,13 +176,16 @@ def train_command(
     collapse_threshold: Optional[float] = typer.Option(None, "--collapse-threshold", help="Predicted amplitude std/mean below this on validation → collapsed (default 0.01).", rich_help_panel=TRAIN_PANEL),
     accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=RUN_PANEL),
     precision: Optional[str] = typer.Option(None, "--precision", help="32 or bf16-mixed.", rich_help_panel=RUN_PANEL),
-    devices: Optional[int] = typer.Option(None, "--devices", help="Devices per run (1).", rich_help_panel=RUN_PANEL),
+    devices: Optional[int] = typer.Option(None, "--devices", help="Processes (CPU) or GPUs of this one run: K > 1 trains with DDP, the global --batch-size split across them.", rich_help_panel=RUN_PANEL),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="auto or ddp (the strategy of --devices > 1).", rich_help_panel=RUN_PANEL),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads.", rich_help_panel=RUN_PANEL),
     log_grad_norm: Optional[bool] = typer.Option(None, "--log-grad-norm/--no-log-grad-norm", help="Log grad_norm_preclip/postclip to metrics.csv.", rich_help_panel=RUN_PANEL),
     grad_norm_log_freq: Optional[int] = typer.Option(None, "--grad-norm-log-freq", help="Log grad norms every N steps.", rich_help_panel=RUN_PANEL),
     monitor_every: Optional[int] = typer.Option(None, "--monitor-every", help="Log per-block gradient norm and activation mean every N steps.", rich_help_panel=RUN_PANEL),
     val_patches: Optional[int] = typer.Option(None, "--val-patches", help="Validate each epoch on a fixed subset of this many test patterns.", rich_help_panel=RUN_PANEL),
     force: bool = typer.Option(False, "--force", help="Replace an existing run dir.", rich_help_panel=RUN_PANEL),
+    logger: Optional[list[str]] = LOGGER_OPTION,
+    mlflow_uri: Optional[str] = MLFLOW_URI_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -192,19 +205,21 @@ def train_command(
                    warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, loss=loss, epochs=epochs,
                    batch_size=batch_size, seed=seed, blowup_factor=blowup_factor, collapse_threshold=collapse_threshold,
                    accelerator=accelerator,
-                   precision=precision, devices=devices, threads=threads, log_grad_norm=log_grad_norm,
+                   precision=precision, devices=devices, strategy=strategy, threads=threads, log_grad_norm=log_grad_norm,
                    grad_norm_log_freq=grad_norm_log_freq, monitor_every=monitor_every, val_patches=val_patches),
     )
+    from fnostab.training.loggers import parse_logging
     from fnostab.training.runner import prepare_run, run_training
 
+    logging = parse_logging(logger, mlflow_uri, experiment="fnostab-train")
     run_dir, replacing = _prepare_out(out, config, force)
     if config.data.train is None:
         output.log(f"no data given: using the {preset} preset's simulated data set (cached)")
     prepared = prepare_run(config)
     if replacing:
-        result = _train_replacing(prepared, run_dir, output)
+        result = _train_replacing(prepared, run_dir, output, logging)
     else:
-        result = run_training(prepared, run_dir, output=output)
+        result = run_training(prepared, run_dir, output=output, logging=logging)
     output.result(format_result(result, run_dir), {"run_dir": str(run_dir), **result})
     if result["status"] != "ok":
         raise typer.Exit(EXIT_FAILED)

@@ -35,8 +35,10 @@ from fnostab.devices import resolve_device_name
 from fnostab.errors import InputError
 from fnostab.io import atomic_path, write_json_atomic, write_text_atomic
 from fnostab.physics import val_loss_name
+from fnostab.training import distributed
 from fnostab.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from fnostab.training.failure import Failure
+from fnostab.training.loggers import LoggingOptions, build_loggers, record_status
 from fnostab.training.result import (
     CONFIG_NAME,
     METRICS_NAME,
@@ -81,22 +83,21 @@ def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
 
 
 def plan_run(config: RunConfig, N: int) -> Any:
-    """The memory plan of one training step of ``config`` at N: its model, batch and optimizer."""
+    """The memory plan of one training step of ``config`` at N on one device: its model, its part of
+    the batch (the global batch split over ``devices`` processes) and optimizer."""
     from fnostab.models import plan
 
     train = config.train
-    return plan(config.model.arch, batch_size=train.batch_size, optimizer=train.optimizer,
+    return plan(config.model.arch, batch_size=math.ceil(train.batch_size / train.devices), optimizer=train.optimizer,
                 weight_decay=train.weight_decay, momentum=train.momentum, **config.model.generator_kwargs(N))
 
 
 def prepare_run(config: RunConfig, data: tuple[PtychoSplit, PtychoSplit] | None = None) -> PreparedRun:
     """Validate everything a run needs; raises InputError (nothing written) on bad input."""
+    from fnostab.training.data import validation_subset
+
     train, test = data if data is not None else load_data(config)
-    if config.train.devices > 1:
-        raise InputError(
-            f"invalid --devices: {config.train.devices} devices per run is not supported; run several "
-            "runs in parallel instead (fnostab shootout --jobs K, or --executor ray)"
-        )
+    distributed.check_split(config.train.devices, len(validation_subset(test.n, config.train.val_patches)))
     model_plan = plan_run(config, train.N)
     if model_plan.geometry_error:
         raise InputError(f"invalid model for N={train.N}: {model_plan.geometry_error}")
@@ -169,22 +170,28 @@ def _progress_callback(advance: Callable[[int], None]) -> Any:
 
 
 def _fit(
-    module: Any, prepared: PreparedRun, log_dir: Path, advance: Callable[[int], None] | None = None
+    module: Any, prepared: PreparedRun, log_dir: Path, advance: Callable[[int], None] | None = None,
+    loggers: list[Any] | None = None,
 ) -> BaseException | None:
-    """Run Lightning's fit; returns the exception that ended it abnormally (never KeyboardInterrupt)."""
+    """Run Lightning's fit; returns the exception that ended it abnormally (never KeyboardInterrupt).
+
+    ``loggers`` come after the CSVLogger of ``log_dir`` (which metrics.csv is copied from)."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
-    from fnostab.training.data import eval_loader, train_loader, validation_subset
+    from fnostab.training.data import eval_loader, rank_part, train_loader, validation_subset
 
     config = prepared.config.train
-    val_idx = validation_subset(prepared.test.n, config.val_patches)
+    rank, world = (distributed.global_rank(), config.devices) if config.devices > 1 else (0, 1)
+    val_idx = rank_part(validation_subset(prepared.test.n, config.val_patches), rank, world)
     trainer = pl.Trainer(
         accelerator=prepared.accelerator,
-        devices=1,
+        devices=config.devices,
+        strategy=distributed.strategy(config.devices),
+        use_distributed_sampler=False,  # each rank takes its own part of the seeded global batches
         precision="32-true" if config.precision == "32" else "bf16-mixed",
         max_epochs=config.epochs,
-        logger=CSVLogger(save_dir=log_dir, name="", version=""),
+        logger=[CSVLogger(save_dir=log_dir, name="", version=""), *(loggers or [])],
         log_every_n_steps=1,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -194,7 +201,7 @@ def _fit(
         callbacks=[_progress_callback(advance)] if advance is not None else [],
     )
     loaders = (
-        train_loader(prepared.train.diffraction, config.batch_size, config.seed),
+        train_loader(prepared.train.diffraction, config.batch_size, config.seed, rank, world),
         eval_loader(prepared.test.diffraction[val_idx], max(config.batch_size, 64)),
     )
     try:
@@ -219,12 +226,18 @@ def run_training(
     output: Any = None,
     extra: dict[str, Any] | None = None,
     generator: torch.nn.Module | None = None,
+    logging: LoggingOptions | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and write ``run_dir``; returns the result document (also in result.json).
 
     ``generator`` replaces the one the config describes (any module mapping (B, 1, N, N)
     patterns to a complex (B, 1, N, N) object); it is built from the config by default.
+    ``logging`` adds TensorBoard / MLflow loggers to metrics.csv. With ``devices`` > 1 the run is
+    launched on that many processes (:mod:`fnostab.training.distributed`); rank 0 writes ``run_dir``.
     """
+    if prepared.config.train.devices > 1 and not distributed.launched():
+        _log(output, f"launching {prepared.config.train.devices} processes (DDP) ...")
+        return distributed.launch(prepared, run_dir, extra=extra, generator=generator, logging=logging)
     import lightning.pytorch as pl
 
     from fnostab.models import build_generator, channels_last_convs
@@ -234,8 +247,10 @@ def run_training(
     _quiet_lightning()
     config = prepared.config
     started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / CONFIG_NAME, config.to_json_dict())
+    writer = distributed.is_rank_zero()
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / CONFIG_NAME, config.to_json_dict())
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
 
@@ -246,16 +261,20 @@ def run_training(
             channels_last_convs(generator)
     module = PtychoModule(generator, prepared.train.probe, config.train)
     log_dir = run_dir / ".logs"
+    sweep = (extra or {}).get("sweep")
+    loggers = build_loggers(logging, run_dir, {**config.to_json_dict(), **({"sweep": sweep} if sweep else {})})
     _log(output, f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...")
 
     train_started = time.perf_counter()
     if output is not None and output.show_progress:
         total = config.train.epochs * math.ceil(prepared.train.n / config.train.batch_size)
         with output.progress("training steps", total) as advance:
-            error = _fit(module, prepared, log_dir, advance)
+            error = _fit(module, prepared, log_dir, advance, loggers)
     else:
-        error = _fit(module, prepared, log_dir)
+        error = _fit(module, prepared, log_dir, loggers=loggers)
     train_s = time.perf_counter() - train_started
+    if not writer:
+        return distributed.finish_other_rank(error)
 
     failure: Failure | None = module.failure
     if error is not None:
@@ -323,13 +342,14 @@ def run_training(
             "eval_s": eval_s,
             "samples_per_s": (module.samples_seen / train_s) if train_s > 0 else None,
         },
-        "device": {"accelerator": prepared.accelerator, "threads": torch.get_num_threads(),
+        "device": {"accelerator": prepared.accelerator, "threads": torch.get_num_threads(), "devices": config.train.devices,
                    "name": torch.cuda.get_device_name() if prepared.accelerator == "cuda" else "cpu"},
         "versions": versions(),
         "created": now_iso(),
     }
     if extra:
         result.update(extra)
+    record_status(loggers, result["status"])
     write_json_atomic(run_dir / RESULT_NAME, result)
     return result
 
