@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	    sed "s/^torch==.*/torch==$$pin/" constraints.txt > $(VENV)/constraints.txt; \
 	  else cp constraints.txt $(VENV)/constraints.txt; fi
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[test,ray]"
+	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[test,ray,tensorboard,mlflow]"
 	@touch $(STAMP)
 
 demo: install

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from fnostab.cli.common import JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
+from fnostab.cli.common import JSON_OPTION, LOGGER_OPTION, MLFLOW_URI_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
 from fnostab.config import DEFAULT_PRESET
 from fnostab.errors import InputError
 from fnostab.io import check_out_dir
@@ -61,6 +61,8 @@ def shootout_command(
     jobs: int = JOBS_OPTION,
     executor: str = EXECUTOR_OPTION,
     ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    logger: Optional[list[str]] = LOGGER_OPTION,
+    mlflow_uri: Optional[str] = MLFLOW_URI_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -81,13 +83,21 @@ def shootout_command(
     overrides = _overrides(epochs=epochs, batch_size=batch_size, fno_blocks=fno_blocks, val_patches=val_patches,
                            monitor_every=monitor_every, accelerator=accelerator)
     _check_out(out)
+    logging = _logging(logger, mlflow_uri, out)
     data, size = shared_data(train_npz, test_npz, preset)
     specs = plan_shootout(arms, seed_values, preset, data, overrides)
     validate_specs(specs, size)
     plan_document = {"preset": preset, "data": {"train": str(data.train), "test": str(data.test)},
                      "arms": {a.name: a.to_dict() for a in arms}, "seeds": seed_values}
-    summary = run_sweep(out, "shootout", specs, plan_document, execution, output)
+    summary = run_sweep(out, "shootout", specs, plan_document, execution, output, logging=logging)
     _finish(output, summary, out)
+
+
+def _logging(logger: list[str] | None, mlflow_uri: str | None, out: Path) -> Any:
+    """The sweep's loggers; MLflow's experiment is named after the sweep dir."""
+    from fnostab.training.loggers import parse_logging
+
+    return parse_logging(logger, mlflow_uri, out, experiment=out.resolve().name)
 
 
 def _check_out(out: Path) -> None:
@@ -120,6 +130,8 @@ def stress_command(
     jobs: int = JOBS_OPTION,
     executor: str = EXECUTOR_OPTION,
     ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    logger: Optional[list[str]] = LOGGER_OPTION,
+    mlflow_uri: Optional[str] = MLFLOW_URI_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -170,6 +182,7 @@ def stress_command(
         raise InputError("--N only applies to --plan-only; a sweep uses the data's N")
     assert out is not None
     _check_out(out)
+    logging = _logging(logger, mlflow_uri, out)
     data, size = shared_data(train_npz, test_npz, preset)
     specs, infeasible = plan_stress(arms, seed_values, depth_values, lr_values, preset, data, overrides, size, limit)
     table, _ = plan_table(specs, infeasible)
@@ -177,5 +190,5 @@ def stress_command(
     plan_document = {"preset": preset, "data": {"train": str(data.train), "test": str(data.test)},
                      "arms": {a.name: a.to_dict() for a in arms}, "seeds": seed_values,
                      "depths": depth_values, "lrs": lr_values, "memory_limit": limit}
-    summary = run_sweep(out, "stress", specs, plan_document, execution, output, infeasible=infeasible)
+    summary = run_sweep(out, "stress", specs, plan_document, execution, output, infeasible=infeasible, logging=logging)
     _finish(output, summary, out)

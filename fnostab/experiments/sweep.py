@@ -83,13 +83,18 @@ def run_sweep(
     output: Any,
     *,
     infeasible: dict[str, str] | None = None,
+    logging: Any = None,
 ) -> dict[str, Any]:
     """Run (or resume) the sweep under its lock and return the summary document.
+
+    ``logging`` (:class:`fnostab.training.loggers.LoggingOptions`) sends every run to TensorBoard
+    and/or MLflow too, each run as its own MLflow run in the sweep's experiment.
 
     ``infeasible`` maps a run's relative dir to the reason it cannot run (its memory plan): such
     runs get a result of status ``infeasible`` without building anything.
     """
     from fnostab.report import summarize
+    from fnostab.training.loggers import prepare_store
     from fnostab.training.runner import record_bare_result
 
     infeasible = infeasible or {}
@@ -98,6 +103,7 @@ def run_sweep(
         document = {"kind": kind, "created": now_iso(), "command": sys.argv[1:], **plan_document,
                     "runs": [spec.to_dict() for spec in specs]}
         write_sweep_plan(sweep_dir, document)
+        prepare_store(logging)
         runnable = [spec for spec in to_run if spec.relative_dir not in infeasible]
         for spec in to_run:
             if spec.relative_dir in infeasible:
@@ -118,5 +124,5 @@ def run_sweep(
 
             gpus = 1.0 if any(spec.config.train.accelerator == "cuda" for spec in runnable) else 0.0
             execute(runnable, sweep_dir, kind, jobs=execution.jobs, executor=execution.executor,
-                    ray_address=execution.ray_address, gpus_per_run=gpus, on_outcome=report)
+                    ray_address=execution.ray_address, gpus_per_run=gpus, on_outcome=report, logging=logging)
         return summarize([sweep_dir], out_dir=sweep_dir)

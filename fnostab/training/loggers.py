@@ -54,6 +54,18 @@ class LoggingOptions:
             raise ValueError("an MLflow file store needs store_dir or a run dir")
         return (store.resolve() / MLFLOW_DIR).as_uri()
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types, for a worker process."""
+        return {"loggers": list(self.loggers), "mlflow_uri": self.mlflow_uri,
+                "store_dir": None if self.store_dir is None else str(self.store_dir), "experiment": self.experiment,
+                "run_name": self.run_name, "tags": dict(self.tags)}
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> "LoggingOptions":
+        store = document.get("store_dir")
+        return cls(tuple(document["loggers"]), document.get("mlflow_uri"), None if store is None else Path(store),
+                   document["experiment"], document.get("run_name"), dict(document.get("tags") or {}))
+
     def for_run(self, run_name: str, tags: dict[str, Any]) -> "LoggingOptions":
         """These options for one run of a sweep (its MLflow run name and tags)."""
         return LoggingOptions(self.loggers, self.mlflow_uri, self.store_dir, self.experiment, run_name,
