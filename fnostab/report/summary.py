@@ -75,6 +75,7 @@ METRIC_NAMES = TRAINING_METRICS + EVAL_METRICS[:1] + DERIVED_METRICS + EVAL_METR
 
 GRAD_COLUMNS = ("grad_norm_preclip", "grad_norm_preclip_step")  # ours; Lightning's on_step+on_epoch name
 BLOCK_GRAD_PREFIX = "block_grad_norm/"
+TRAIN_LOSS_SUFFIX = "_train_loss"
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Traces:
 
     val_losses: dict[str, list[list[float]]] = field(default_factory=dict)
     grad_norms: dict[str, list[tuple[list[int], list[float]]]] = field(default_factory=dict)
+    train_losses: dict[str, list[tuple[list[int], list[float]]]] = field(default_factory=dict)  # per logged step
 
 
 def _run_grad_norm(record: RunRecord, columns: dict[str, tuple[list[int], list[float]]] | None,
@@ -118,7 +120,15 @@ def _first_block(columns: dict[str, tuple[list[int], list[float]]] | None) -> di
 
 
 def _wanted_column(name: str) -> bool:
-    return name in GRAD_COLUMNS or name.startswith(BLOCK_GRAD_PREFIX)
+    return name in GRAD_COLUMNS or name.startswith(BLOCK_GRAD_PREFIX) or name.endswith(TRAIN_LOSS_SUFFIX)
+
+
+def _train_loss_trace(columns: dict[str, tuple[list[int], list[float]]] | None) -> tuple[list[int], list[float]] | None:
+    """The per-step training loss of a run (``mae_train_loss`` or ``poisson_train_loss``), if logged."""
+    for name, series in sorted((columns or {}).items()):
+        if name.endswith(TRAIN_LOSS_SUFFIX) and series[1]:
+            return series
+    return None
 
 
 def _metric_values(record: RunRecord) -> dict[str, tuple[float | None, float | None]]:
@@ -162,6 +172,7 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
     runs, series = [], {}
     traces.val_losses[label] = []
     traces.grad_norms[label] = []
+    traces.train_losses[label] = []
     for record in records:
         columns = read_metric_columns(record.metrics_csv, _wanted_column)
         if columns is None and record.metrics_csv.exists():
@@ -170,6 +181,9 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
         if trace is not None:
             series[str(record.dir)] = trace
             traces.grad_norms[label].append(trace)
+        loss_trace = _train_loss_trace(columns)
+        if loss_trace is not None:
+            traces.train_losses[label].append(loss_trace)
         training = record.result.get("training") or {}
         traces.val_losses[label].append([v if isinstance(v, (int, float)) else math.nan for v in training.get("val_losses") or []])
         failure = record.result.get("failure")

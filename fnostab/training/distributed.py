@@ -3,7 +3,7 @@
 :func:`launch` starts K spawned processes and sets the variables of Lightning's own cluster
 environment in each (``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), so every process is one rank
 of the same Trainer with a :class:`~lightning.pytorch.strategies.DDPStrategy` (gloo on CPU, nccl on
-CUDA). The same code therefore also runs under ``torchrun``.
+CUDA).
 
 How the numbers stay those of one process with the same global batch:
 
@@ -71,10 +71,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def check_split(devices: int, n_val: int) -> None:
-    """Every rank must validate at least one pattern: a rank with no validation batch would skip the
-    validation loop and leave the others waiting in its all-reduce."""
-    if devices > 1 and n_val < devices:
+def check_devices(devices: int, accelerator: str, n_val: int) -> None:
+    """K processes need K GPUs on CUDA, and every rank must validate at least one pattern (a rank with
+    no validation batch would skip the validation loop and leave the others waiting in its all-reduce)."""
+    if devices <= 1:
+        return
+    if accelerator == "cuda" and torch.cuda.device_count() < devices:
+        raise InputError(f"invalid --devices: {devices} CUDA processes need {devices} GPUs, found {torch.cuda.device_count()}")
+    if n_val < devices:
         raise InputError(f"invalid --devices: {n_val} validation patterns cannot be split across {devices} processes")
 
 
@@ -117,8 +121,6 @@ def launch(prepared: Any, run_dir: Path, **arguments: Any) -> dict[str, Any]:
 
     devices = prepared.config.train.devices
     threads = prepared.config.train.threads or max(1, (os.cpu_count() or 1) // devices)
-    if prepared.accelerator == "cuda" and torch.cuda.device_count() < devices:
-        raise InputError(f"invalid --devices: {devices} CUDA processes need {devices} GPUs, found {torch.cuda.device_count()}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RESULT_NAME).unlink(missing_ok=True)
     context = mp.start_processes(

@@ -97,11 +97,12 @@ def prepare_run(config: RunConfig, data: tuple[PtychoSplit, PtychoSplit] | None 
     from fnostab.training.data import validation_subset
 
     train, test = data if data is not None else load_data(config)
-    distributed.check_split(config.train.devices, len(validation_subset(test.n, config.train.val_patches)))
+    accelerator = resolve_device_name(config.train.accelerator, "--accelerator")
+    distributed.check_devices(config.train.devices, accelerator, len(validation_subset(test.n, config.train.val_patches)))
     model_plan = plan_run(config, train.N)
     if model_plan.geometry_error:
         raise InputError(f"invalid model for N={train.N}: {model_plan.geometry_error}")
-    return PreparedRun(config, train, test, model_plan, resolve_device_name(config.train.accelerator, "--accelerator"))
+    return PreparedRun(config, train, test, model_plan, accelerator)
 
 
 @functools.cache
