@@ -120,7 +120,9 @@ def launch(prepared: Any, run_dir: Path, **arguments: Any) -> dict[str, Any]:
     from fnostab.training.runner import record_bare_result
 
     devices = prepared.config.train.devices
-    threads = prepared.config.train.threads or max(1, (os.cpu_count() or 1) // devices)
+    from fnostab.experiments.executors import threads_per_run
+
+    threads = prepared.config.train.threads or threads_per_run(devices)  # the cores split between the ranks
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RESULT_NAME).unlink(missing_ok=True)
     context = mp.start_processes(
@@ -131,6 +133,8 @@ def launch(prepared: Any, run_dir: Path, **arguments: Any) -> dict[str, Any]:
         failure = _wait(context)
     finally:
         _stop(context.processes)
+    if failure is not None and context.processes[0].exitcode == 0 and (run_dir / RESULT_NAME).is_file():
+        failure = None  # rank 0 finished and recorded the run; another rank failed only while winding down
     if failure is not None:
         status = "oom" if ("OutOfMemoryError" in failure or "SIGKILL" in failure) else "error"
         return record_bare_result(run_dir, prepared.config, status, failure[:500], plan=None)
