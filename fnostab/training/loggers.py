@@ -139,8 +139,15 @@ def build_loggers(options: LoggingOptions | None, run_dir: Path, hyperparameters
     return loggers
 
 
-def record_status(loggers: Iterable[Any], status: str) -> None:
-    """Tag the MLflow run with the run's final status (``ok``, ``diverged``, ...) for filtering."""
+def record_status(loggers: Iterable[Any], status: str) -> str | None:
+    """Tag the MLflow run with the run's final status (``ok``, ``diverged``, ...) for filtering.
+
+    Returns why that failed (a tracking server gone meanwhile), or None: the run's own record,
+    result.json, is written whatever happens here."""
     for logger in loggers:
         if type(logger).__name__ == "MLFlowLogger":
-            logger.experiment.set_tag(logger.run_id, "fnostab.status", status)
+            try:
+                logger.experiment.set_tag(logger.run_id, "fnostab.status", status)
+            except Exception as error:  # noqa: BLE001 - the tag is a convenience, the run stands
+                return f"MLflow status tag not written: {type(error).__name__}: {error}"[:300]
+    return None

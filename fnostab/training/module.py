@@ -79,7 +79,7 @@ class PtychoModule(pl.LightningModule):
         batch, count = batch if isinstance(batch, (tuple, list)) else (batch, batch.shape[0])
         try:
             loss, _ = self._loss(batch)
-            reported, samples = loss.detach(), torch.tensor(float(count), device=loss.device)
+            reported, samples = loss.detach(), None
             if self.trainer.world_size > 1:
                 loss, reported, samples = self._global_batch_loss(batch, count, loss)
             self.manual_backward(loss)
@@ -88,10 +88,11 @@ class PtychoModule(pl.LightningModule):
         logs_norms = self.config.log_grad_norm and step % self.config.grad_norm_log_freq == 0
         # The post-clip norm is another pass over every gradient: only on the steps that log it.
         pre, post = clip_gradients_(self.generator, self.clip_spec, post_norm=logs_norms and self.clipping)
-        values = torch.stack([reported.double(), pre.double(), samples.double()] + ([post.double()] if post is not None else [])).tolist()
-        loss_value, pre_value, post_value = values[0], values[1], (values[3] if post is not None else None)
+        extra = [t for t in (post, samples) if t is not None]
+        values = torch.stack([reported.double(), pre.double()] + [t.double() for t in extra]).tolist()
+        loss_value, pre_value, post_value = values[0], values[1], (values[2] if post is not None else None)
         self.steps_seen += 1
-        self.samples_seen += int(values[2])
+        self.samples_seen += count if samples is None else int(values[-1])
         self.grad_norms.append(pre_value)
 
         failure = self.detector.check_step(loss_value, pre_value, step=step, epoch=self.current_epoch)

@@ -350,7 +350,9 @@ def run_training(
     }
     if extra:
         result.update(extra)
-    record_status(loggers, result["status"])
+    logger_note = record_status(loggers, result["status"])
+    if logger_note:
+        _log(output, f"warning: {logger_note}")
     write_json_atomic(run_dir / RESULT_NAME, result)
     return result
 
