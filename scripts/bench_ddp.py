@@ -3,8 +3,10 @@
 Variants, all on the same data, model and global batch:
 
 * ``1 process × 1 thread``: the single-process baseline with one core's worth of compute;
-* ``2 processes × 1 thread``: ``--devices 2 --strategy ddp`` (gloo), each rank half of every batch;
-* ``1 process × 2 threads``: the same two cores used by intra-op threads instead.
+* ``2 processes × 1 thread``: ``--devices 2 --strategy ddp`` (gloo), each rank half of every batch.
+
+(``--with-threads`` adds ``1 process × 2 threads``, the two cores used by intra-op threads instead; on
+a shared VM whose cores are busy, intra-op threads oversubscribe and that variant can take 10× longer.)
 
 Each repeat runs the variants one after another, in a rotated order, so a noisy neighbour on a shared
 machine hits all of them alike. The figure is ``timing.train_s / steps`` from result.json: Lightning's
@@ -33,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fnostab.cli.train import build_run_config  # noqa: E402
 from fnostab.training.runner import prepare_run, run_training  # noqa: E402
 
-VARIANTS = {"1 process × 1 thread": (1, 1), "2 processes × 1 thread": (2, 1), "1 process × 2 threads": (1, 2)}
+VARIANTS = {"1 process × 1 thread": (1, 1), "2 processes × 1 thread": (2, 1)}
+THREADS_VARIANT = {"1 process × 2 threads": (1, 2)}
 
 
 def step_time(preset: str, devices: int, threads: int, epochs: int, val_patches: int, out: Path) -> tuple[float, int]:
@@ -52,16 +55,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--val-patches", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--with-threads", action="store_true", help="also 1 process × 2 threads")
     args = parser.parse_args()
 
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    variants = VARIANTS | (THREADS_VARIANT if args.with_threads else {})
+    times: dict[str, list[float]] = {name: [] for name in variants}
     steps = 0
-    names = list(VARIANTS)
+    names = list(variants)
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
             for offset in range(len(names)):
                 name = names[(repeat + offset) % len(names)]
-                devices, threads = VARIANTS[name]
+                devices, threads = variants[name]
                 seconds, steps = step_time(args.preset, devices, threads, args.epochs, args.val_patches,
                                            Path(scratch) / f"{repeat}-{devices}-{threads}")
                 times[name].append(seconds)
