@@ -73,8 +73,50 @@ def _boundary(boundary: Mapping[str, Any], axis: str) -> str:
     return _num(boundary[axis])
 
 
+def _interval(interval: Sequence[float] | None) -> str:
+    return "one seed: no interval" if interval is None else f"[{_num(interval[0], 3)}, {_num(interval[1], 3)}]"
+
+
+def _sensitivity_header() -> list[str]:
+    return ["arm", "depth", "learning rates", "seeds", "stable-LR boundary", "LR sensitivity [95% CI]", "ℓ* (own)",
+            "LR sensitivity, common ℓ* [95% CI]", "ℓ* (common)"]
+
+
+def _sensitivity_rows(stress: Mapping[str, Any]) -> list[list[str]]:
+    """One row per arm and depth: its LR sensitivity (both ℓ*) beside its stable-LR boundary."""
+    boundaries = {(e["arm"], e["depth"]): e["lr"] for a in stress["arms"] for e in
+                  [{"arm": a["arm"], **d} for d in a["lr_by_depth"]]}
+    rows = []
+    for entry in stress.get("lr_sensitivity") or []:
+        common = entry.get("common") or {}
+        grid = entry["grid"]
+        rows.append([
+            entry["arm"], str(entry["depth"]), f"{_num(grid[0])} … {_num(grid[-1])} ({len(grid)})",
+            str(entry["n_seeds"]) + (f" (+{len(entry['excluded_seeds'])} left out)" if entry["excluded_seeds"] else ""),
+            _num(boundaries.get((entry["arm"], entry["depth"]))),
+            f"{_num(entry['mean'], 3)} {_interval(entry['ci95'])}", _num(entry["best_loss"]),
+            f"{_num(common.get('mean'), 3)} {_interval(common.get('ci95'))}", _num(common.get("best_loss")),
+        ])
+    return rows
+
+
+SENSITIVITY_NOTE = (
+    "LR sensitivity = mean over the grid of min(final val loss, ℓ0) − ℓ*, per seed, then the mean over seeds "
+    "(Wortsman et al. 2023): a run that diverged or collapsed scores ℓ0, its loss before training. Lower is more "
+    "stable. ℓ* (own) is the arm's best score on the grid; ℓ* (common) the best of all arms, which puts the arms on "
+    "one scale. Read it beside the loss-vs-LR curves (lr_curves.png): an arm that never learns also scores 0."
+)
+
+
 def _stress_lines(stress: Mapping[str, Any]) -> list[str]:
-    lines = ["## Stress (depth × learning rate)", ""]
+    lines = ["## Learning-rate and depth grid", ""]
+    if stress.get("lr_sensitivity"):
+        lines += ["### LR sensitivity and stable-LR boundary", "", SENSITIVITY_NOTE, ""]
+        lines += _table(_sensitivity_header(), _sensitivity_rows(stress))
+        excluded = [(e["arm"], x) for e in stress["lr_sensitivity"] for x in e["excluded_seeds"]]
+        lines += [f"- {arm} seed {x['seed']} left out: {'; '.join(x['reasons'])}" for arm, x in excluded]
+        lines += [""] if excluded else []
+    lines += ["### Cells", ""]
     lines += _table(
         ["arm", "depth", "lr", "runs", "failed", "statuses", "stable"],
         [[c["arm"], c["depth"], _num(c["lr"]), c["n"] + c["n_infeasible"], c["failures"],
@@ -197,10 +239,15 @@ def format_summary_table(document: Mapping[str, Any]) -> str:
             f"{_num(metrics['phase_ssim']['median'], 3)} ({_num(metrics['phase_ssim']['baseline_median'], 3)})",
             _pct(grads["frac_above"]), _num(grads["max"], 3),
         ])
+    return _aligned(header, rows, left=(0, 3, 4))
+
+
+def _aligned(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> str:
+    """A plain-text table: columns padded to their widest cell, numbers right-aligned."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i in (0, 3, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return "\n".join([line(header), *(line(r) for r in rows)])
 
@@ -215,12 +262,15 @@ def format_terminal(document: Mapping[str, Any]) -> str:
         for entry in stress["arms"]:
             infeasible = [str(e["depth"]) for e in entry["lr_by_depth"] if e["infeasible"]]
             lines.append(
-                f"stress {entry['arm']}: boundary lr {_boundary(entry['boundary'], 'lr')}, "
+                f"grid {entry['arm']}: stable boundary lr {_boundary(entry['boundary'], 'lr')}, "
                 f"depth {_boundary(entry['boundary'], 'depth')}"
                 + (f"; infeasible at depth {', '.join(infeasible)}" if infeasible else "")
             )
         lines.append("(boundary: largest value with every seed ok there and below, at every value of the other axis; "
                      "— = unstable already at the smallest tested)")
+        if stress.get("lr_sensitivity"):
+            lines += ["", "LR sensitivity (mean over seeds [95% CI]; lower is more stable; failed runs score ℓ0):",
+                      _aligned(_sensitivity_header(), _sensitivity_rows(stress))]
     lines += ["", f"verdict: {verdict['outcome']}: {verdict['decision']}", verdict["explanation"]]
     lines += [f"next: {step}" for step in verdict["next_steps"]]
     unfinished = document["runs"]["unfinished"]

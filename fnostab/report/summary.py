@@ -49,6 +49,7 @@ from fnostab.errors import InputError
 from fnostab.io import to_jsonable, write_json_atomic, write_text_atomic
 from fnostab.report.collect import Collection, RunRecord, collect, group_label, read_metric_columns
 from fnostab.report.gates import Gate, evaluate_gates, parse_gate
+from fnostab.report.lr_sensitivity import add_common_sensitivity, arm_lr_sensitivity, points_from_runs
 from fnostab.report.stats import (
     first_block_to_blow_up,
     pooled_series_stats,
@@ -67,7 +68,7 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 
 # Quality metrics summarised per arm: from result.json's training block, and from its metrics block.
-TRAINING_METRICS = ("best_val_loss", "final_val_loss")
+TRAINING_METRICS = ("best_val_loss", "final_val_loss", "best_val_loss_over_floor", "final_val_loss_over_floor")
 EVAL_METRICS = ("amp_ssim", "amp_mae", "phase_ssim", "phase_aligned_ssim")
 # amp_ssim minus the constant baseline's, per run: the quality check cpu-trial recommends.
 DERIVED_METRICS = ("amp_ssim_gain",)
@@ -178,8 +179,10 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
             "seed": record.seed,
             "status": record.status,
             "failure": failure,
+            "initial_val_loss": training.get("initial_val_loss"),
             "best_val_loss": training.get("best_val_loss"),
             "final_val_loss": training.get("final_val_loss"),
+            "noise_floor": training.get("noise_floor"),
             "metrics": {name: (record.result.get("metrics") or {}).get(name) for name in EVAL_METRICS}
             if record.result.get("metrics") else None,
             "grad_norm": grad,
@@ -194,11 +197,13 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
         "label": label,
         "arm": first.arm,
         "kind": first.kind,
+        "grid_cell": first.is_grid_cell,
         "depth": first.depth,
         "lr": first.lr,
         "arch": first.arch,
         "clip": first.clip,
         "val_loss_names": val_names,
+        "noise_floor": quartiles((r.result.get("training") or {}).get("noise_floor") for r in records)["median"],
         "seeds": [r.seed for r in records],
         "n": n,
         "n_infeasible": n_infeasible,
@@ -214,9 +219,25 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
     }
 
 
+def _lr_sensitivities(stress_groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One LR-sensitivity entry per (arm, depth) whose grid has at least two learning rates."""
+    by_depth: dict[Any, list[dict[str, Any]]] = {}
+    for arm in dict.fromkeys(g["arm"] for g in stress_groups):
+        for depth in dict.fromkeys(g["depth"] for g in stress_groups if g["arm"] == arm):
+            cells = [g for g in stress_groups if g["arm"] == arm and g["depth"] == depth and g["lr"] is not None]
+            points = [point for g in cells for point in points_from_runs(g["runs"], g["lr"])]
+            entry = arm_lr_sensitivity(points)
+            if entry is not None:
+                by_depth.setdefault(depth, []).append({"arm": arm, "depth": depth, **entry})
+    for entries in by_depth.values():
+        add_common_sensitivity(entries)
+    return [entry for entries in by_depth.values() for entry in entries]
+
+
 def _stress_section(groups: Sequence[dict[str, Any]], records: Sequence[RunRecord]) -> dict[str, Any] | None:
-    """Stress cells (feasible runs only count toward n/failures), boundaries per arm, infeasible plans."""
-    stress_groups = [g for g in groups if g["kind"] == "stress"]
+    """Grid cells (feasible runs only count toward n/failures), boundaries and LR sensitivity per arm,
+    infeasible plans. Cells come from stress sweeps and from shootouts over a learning-rate grid."""
+    stress_groups = [g for g in groups if g["grid_cell"]]
     if not stress_groups:
         return None
     cells = []
@@ -231,13 +252,18 @@ def _stress_section(groups: Sequence[dict[str, Any]], records: Sequence[RunRecor
             "stable": n > 0 and failures == 0,
             "infeasible": n == 0 and group["n_infeasible"] > 0,
         })
+    sensitivities = _lr_sensitivities(stress_groups)
     arms = []
     for arm in dict.fromkeys(c["arm"] for c in cells):
-        arms.append({"arm": arm, **stress_boundaries([c for c in cells if c["arm"] == arm])})
+        by_depth = [e for e in sensitivities if e["arm"] == arm]
+        # The deepest depth stands for the arm, as in Stage B's comparison at the deep setting.
+        deepest = max(by_depth, key=lambda e: e["depth"] if e["depth"] is not None else -1) if by_depth else None
+        arms.append({"arm": arm, **stress_boundaries([c for c in cells if c["arm"] == arm]),
+                     "lr_sensitivity": deepest, "lr_sensitivity_by_depth": by_depth})
     # One entry per infeasible cell: the plan depends on the model, not on the seed.
     infeasible: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in records:
-        if record.kind == "stress" and record.status == "infeasible":
+        if record.is_grid_cell and record.status == "infeasible":
             entry = infeasible.get(record.group_key)
             if entry is None:
                 plan = record.result.get("memory_plan") or {}
@@ -250,7 +276,7 @@ def _stress_section(groups: Sequence[dict[str, Any]], records: Sequence[RunRecor
                 }
             entry["seeds"].append(record.seed)
             entry["dirs"].append(str(record.dir))
-    return {"cells": cells, "arms": arms, "infeasible": list(infeasible.values())}
+    return {"cells": cells, "arms": arms, "lr_sensitivity": sensitivities, "infeasible": list(infeasible.values())}
 
 
 def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[str, Any], Traces]:
