@@ -177,15 +177,25 @@ def render_markdown(document: Mapping[str, Any]) -> str:
     lines += ["## Quality of successful runs vs the constant baseline", "",
               "Median [p25–p75] over runs with status ok; (const …) is the median score of a constant prediction "
               "on the same test data. Phase SSIM is close to its constant baseline by construction (small phase range, "
-              "per-tile offsets at gridsize 1): read it only next to that baseline, never as a pass criterion.", ""]
+              "per-tile offsets at gridsize 1): read it only next to that baseline, never as a pass criterion. "
+              "× floor is the best validation loss as a multiple of the noise floor, the loss of the true object "
+              "on the same data (1 would be a perfect reconstruction).", ""]
     lines += _table(
-        ["arm", "ok runs", "best val loss", "final val loss", "amp SSIM", "amp SSIM − const", "amp MAE", "phase SSIM", "phase SSIM (tile-aligned)"],
-        [[g["label"], g["n_ok"]] + [_metric(g["metrics"][k]) for k in
-          ("best_val_loss", "final_val_loss", "amp_ssim")] + [_metric(g["metrics"]["amp_ssim_gain"], baseline=False)]
+        ["arm", "ok runs", "best val loss", "× floor", "final val loss", "amp SSIM", "amp SSIM − const", "amp MAE", "phase SSIM", "phase SSIM (tile-aligned)"],
+        [[g["label"], g["n_ok"], _metric(g["metrics"]["best_val_loss"]),
+          _metric(g["metrics"]["best_val_loss_over_floor"], iqr=False)] + [_metric(g["metrics"][k]) for k in
+          ("final_val_loss", "amp_ssim")] + [_metric(g["metrics"]["amp_ssim_gain"], baseline=False)]
          + [_metric(g["metrics"][k]) for k in ("amp_mae", "phase_ssim", "phase_aligned_ssim")]
          for g in groups],
     )
 
+    within = [e for e in document.get("seed_spread") or [] if e["within_spread"]]
+    if within:
+        lines += ["Differences within seed spread (the interquartile ranges over seeds overlap, so the medians do "
+                  "not separate the arms at this number of seeds):", ""]
+        lines += [f"- {e['metric']}: {e['label']} {_num(e['median'])} [{_num(e['iqr'][0])}–{_num(e['iqr'][1])}] vs "
+                  f"{e['control']} {_num(e['control_median'])} [{_num(e['control_iqr'][0])}–{_num(e['control_iqr'][1])}]"
+                  for e in within] + [""]
     lines += [f"## Gradient norms (pre-clip global L2, logged steps in metrics.csv; threshold {threshold:g})", ""]
     lines += _table(
         ["arm", "runs logged", "logged steps", "median", "p99", "max", "largest spike at", f"steps > {threshold:g}", "non-finite"],
@@ -224,17 +234,23 @@ def render_markdown(document: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _loss_with_floor(metrics: Mapping[str, Any]) -> str:
+    text = _num(metrics["best_val_loss"]["median"])
+    floor = metrics.get("best_val_loss_over_floor", {}).get("median")
+    return text + (f" ({floor:.0f}×)" if floor is not None else "")
+
+
 def format_summary_table(document: Mapping[str, Any]) -> str:
     """The compact per-arm table for a terminal: failures with CI, loss, SSIM vs constant, grad norms."""
     threshold = document["grad_norm_threshold"]
-    header = ["arm", "n", "failed", "rate [95% CI]", "statuses", "best val loss", "amp SSIM (const)",
+    header = ["arm", "n", "failed", "rate [95% CI]", "statuses", "best val loss (× floor)", "amp SSIM (const)",
               "phase SSIM (const)", f"grad>{threshold:g}", "max grad"]
     rows = []
     for g in document["arms"]:
         metrics, grads = g["metrics"], g["grad_norm"]
         rows.append([
             g["label"], _runs(g), str(g["failures"]), f"{_pct(g['failure_rate'])} [{_ci(g['failure_ci95'])}]",
-            _statuses(g["failures_by_status"]), _num(metrics["best_val_loss"]["median"]),
+            _statuses(g["failures_by_status"]), _loss_with_floor(metrics),
             f"{_num(metrics['amp_ssim']['median'], 3)} ({_num(metrics['amp_ssim']['baseline_median'], 3)})",
             f"{_num(metrics['phase_ssim']['median'], 3)} ({_num(metrics['phase_ssim']['baseline_median'], 3)})",
             _pct(grads["frac_above"]), _num(grads["max"], 3),
