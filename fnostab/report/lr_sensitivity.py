@@ -118,9 +118,7 @@ def sensitivity(curves: Sequence[SeedCurve], grid: Sequence[float], best: float)
     }
 
 
-def arm_lr_sensitivity(points: Iterable[LrPoint]) -> dict[str, Any] | None:
-    """One arm's LR sensitivity with the per-arm ℓ*; None when its grid has fewer than two rates."""
-    points = list(points)
+def _arm(points: Sequence[LrPoint]) -> tuple[dict[str, Any], list[SeedCurve]] | None:
     grid = sorted({float(p.lr) for p in points})
     if len(grid) < 2:
         return None
@@ -128,23 +126,32 @@ def arm_lr_sensitivity(points: Iterable[LrPoint]) -> dict[str, Any] | None:
     entry: dict[str, Any] = {"grid": grid, "n_seeds": len(curves), "excluded_seeds": excluded, "definition": "per_arm"}
     if not curves:
         entry.update(best_loss=None, mean=None, ci95=None, per_seed=[])
-        return entry
-    best = min(min(c.scores.values()) for c in curves)
-    entry.update(sensitivity(curves, grid, best))
-    entry["_curves"] = curves  # for the common ℓ*; removed by add_common_sensitivity
-    return entry
+    else:
+        entry.update(sensitivity(curves, grid, min(min(c.scores.values()) for c in curves)))
+    return entry, curves
 
 
-def add_common_sensitivity(entries: Sequence[dict[str, Any]]) -> None:
-    """Give every entry (arms at one depth) a ``common`` block scored against the best ℓ* of all of them."""
-    bests = [e["best_loss"] for e in entries if e.get("best_loss") is not None]
+def arm_lr_sensitivity(points: Iterable[LrPoint]) -> dict[str, Any] | None:
+    """One arm's LR sensitivity with the per-arm ℓ*; None when its grid has fewer than two rates."""
+    found = _arm(list(points))
+    return None if found is None else found[0]
+
+
+def lr_sensitivities(points_by_arm: Mapping[str, Iterable[LrPoint]]) -> dict[str, dict[str, Any]]:
+    """Every arm's LR sensitivity (per-arm ℓ*), each with a ``common`` block scored against the best ℓ*
+    of all of them; arms whose grid has fewer than two rates are left out."""
+    found = {arm: _arm(list(points)) for arm, points in points_by_arm.items()}
+    found = {arm: value for arm, value in found.items() if value is not None}
+    bests = [entry["best_loss"] for entry, _ in found.values() if entry["best_loss"] is not None]
     common_best = min(bests) if bests else None
-    for entry in entries:
-        curves = entry.pop("_curves", [])
+    out = {}
+    for arm, (entry, curves) in found.items():
         if common_best is None or not curves:
             entry["common"] = {"best_loss": common_best, "mean": None, "ci95": None, "per_seed": []}
         else:
             entry["common"] = sensitivity(curves, entry["grid"], common_best)
+        out[arm] = entry
+    return out
 
 
 def points_from_runs(runs: Iterable[Mapping[str, Any]], lr: float) -> list[LrPoint]:

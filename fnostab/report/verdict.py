@@ -386,7 +386,7 @@ def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None
                 if not check["present"] and stage_a.get(role, {}).get("passes") is not False:
                     next_steps.append(f"Stress the {role} arm on the control's grid: `{STRESS_HINT}`.")
     elif arch_a["passes"] is not False:
-        next_steps.append(f"Stage B was not measured: `{STRESS_HINT}` on the control and the fixes.")
+        next_steps.append(f"Stage B was not measured: run the arms over a learning-rate grid, `{LR_GRID_HINT}`.")
     stage_b["arch"], stage_b["opt"] = arch_b, opt_b
 
     arch_fails = arch_a["passes"] is False or arch_b["passes"] is False
@@ -419,7 +419,7 @@ def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None
         )
         next_steps.append("Add seeds to separate the failure-rate intervals before acting on this verdict.")
     if outcome == "inconclusive" and not next_steps:
-        next_steps.append("No rule of seed 002 §5 applies to these results; add seeds, or stress the arms "
+        next_steps.append("No decision rule applies to these results; add seeds, or stress the arms "
                           f"(`{STRESS_HINT}`), until Stage A and Stage B give a pass or a fail.")
     return {
         "outcome": outcome,
