@@ -75,7 +75,7 @@ def test_mlflow_run_holds_the_metrics_the_parameters_and_the_status(logged_run) 
 
 def test_a_shootout_logs_each_run_as_its_own_tagged_mlflow_run(smoke_data, tmp_path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_cli("shootout", *smoke_data, "--preset", "smoke", "--seeds", "1", "--epochs", "1", "--val-patches", "16",
+    result = run_cli("shootout", *smoke_data, "--preset", "smoke", "--seeds", "1", "--epochs", "1", "--batch-size", "64", "--val-patches", "16",
                      "--arm", "plain:clip=none", "--arm", "clipped:clip=norm:1", "--logger", "mlflow",
                      "--logger", "tensorboard", "--out", sweep, "--json")
     assert result.returncode == 0, result.stderr

@@ -42,7 +42,7 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=5)
 
 
 def launched() -> bool:
-    """Whether this process is one rank of a multi-process run (started by :func:`launch` or torchrun)."""
+    """Whether this process is one rank of a multi-process run (started by :func:`launch`)."""
     return "LOCAL_RANK" in os.environ
 
 
@@ -116,12 +116,11 @@ def launch(prepared: Any, run_dir: Path, **arguments: Any) -> dict[str, Any]:
     """
     import torch.multiprocessing as mp
 
+    from fnostab.experiments.executors import threads_per_run
     from fnostab.training.result import RESULT_NAME, read_result
     from fnostab.training.runner import record_bare_result
 
     devices = prepared.config.train.devices
-    from fnostab.experiments.executors import threads_per_run
-
     threads = prepared.config.train.threads or threads_per_run(devices)  # the cores split between the ranks
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RESULT_NAME).unlink(missing_ok=True)

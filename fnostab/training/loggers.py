@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from fnostab.errors import InputError
-from fnostab.training import distributed
 
 LOGGER_CHOICES: tuple[str, ...] = ("csv", "tensorboard", "mlflow")
 TENSORBOARD_DIR = "tensorboard"
@@ -116,8 +115,13 @@ def _ensure_experiment(uri: str, name: str) -> None:
                 raise
 
 
-def build_loggers(options: LoggingOptions | None, run_dir: Path, hyperparameters: dict[str, Any]) -> list[Any]:
-    """The loggers after the CSVLogger: one per chosen kind, the run config logged as hyperparameters."""
+def build_loggers(
+    options: LoggingOptions | None, run_dir: Path, hyperparameters: dict[str, Any], *, writer: bool = True
+) -> list[Any]:
+    """The loggers after the CSVLogger: one per chosen kind, the run config logged as hyperparameters.
+
+    ``writer`` is False on DDP ranks other than 0: their loggers exist (Lightning expects the same
+    loggers on every rank) but Lightning lets only rank 0 write."""
     if options is None:
         return []
     loggers: list[Any] = []
@@ -130,7 +134,7 @@ def build_loggers(options: LoggingOptions | None, run_dir: Path, hyperparameters
             from lightning.pytorch.loggers import MLFlowLogger
 
             uri = options.tracking_uri(run_dir)
-            if distributed.is_rank_zero():
+            if writer:
                 _ensure_experiment(uri, options.experiment)  # Lightning would announce creating it on stderr
             logger = MLFlowLogger(experiment_name=options.experiment, run_name=options.run_name or run_dir.name,
                                   tracking_uri=uri, tags=options.tags or None)

@@ -250,7 +250,7 @@ def run_training(
     _quiet_lightning()
     config = prepared.config
     started = time.perf_counter()
-    writer = distributed.is_rank_zero()
+    writer = config.train.devices == 1 or distributed.is_rank_zero()  # rank 0 alone writes the run dir
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / CONFIG_NAME, config.to_json_dict())
@@ -265,7 +265,8 @@ def run_training(
     module = PtychoModule(generator, prepared.train.probe, config.train)
     log_dir = run_dir / ".logs"
     sweep = (extra or {}).get("sweep")
-    loggers = build_loggers(logging, run_dir, {**config.to_json_dict(), **({"sweep": sweep} if sweep else {})})
+    loggers = build_loggers(logging, run_dir, {**config.to_json_dict(), **({"sweep": sweep} if sweep else {})},
+                            writer=writer)
     _log(output, f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...")
 
     train_started = time.perf_counter()
