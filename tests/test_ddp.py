@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import multiprocessing
 from pathlib import Path
@@ -14,10 +15,12 @@ from conftest import assert_clean_usage_error, run_cli
 from fnostab.config import DataSource, ModelConfig, RunConfig, TrainConfig
 from fnostab.models import build_generator
 from fnostab.training.data import train_loader
+from fnostab.training.loggers import LoggingOptions
 from fnostab.training.runner import prepare_run, run_training
 
 SMOKE_MODEL = ModelConfig(arch="hybrid", width=8, modes=8, fno_blocks=2)
 FIRST_STEPS = 5
+HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None  # the mlflow extra (make test installs it)
 
 
 def _config(smoke_data, **train) -> RunConfig:
@@ -53,13 +56,23 @@ def test_rank_parts_of_a_global_batch_are_the_one_process_batch() -> None:
     assert (last_a, last_b) == (1, 0) and stand_in.shape[0] == 1
 
 
-def test_two_process_ddp_run_matches_one_process_with_the_same_global_batch(smoke_data, tmp_path) -> None:
+def test_two_process_ddp_run_matches_one_process_with_the_same_global_batch(smoke_data, tmp_path, monkeypatch) -> None:
     single = run_training(prepare_run(_config(smoke_data)), tmp_path / "one")
-    double = run_training(prepare_run(_config(smoke_data, devices=2, strategy="ddp")), tmp_path / "two")
+    # With MLflow on: every rank builds the logger, rank 0 alone writes one MLflow run.
+    logging = LoggingOptions(("mlflow",), mlflow_uri=(tmp_path / "mlruns").as_uri()) if HAS_MLFLOW else None
+    double = run_training(prepare_run(_config(smoke_data, devices=2, strategy="ddp")), tmp_path / "two", logging=logging)
     _no_child_left()
-    assert single["status"] == double["status"] == "ok"
+    assert single["status"] == double["status"] == "ok", double["failure"]
     assert sorted(p.relative_to(tmp_path / "two").as_posix() for p in (tmp_path / "two").rglob("*")) == [
         "checkpoint.pt", "config.json", "metrics.csv", "reconstruction.npz", "reconstruction.png", "result.json"]
+    if HAS_MLFLOW:
+        from mlflow.tracking import MlflowClient
+
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        client = MlflowClient((tmp_path / "mlruns").as_uri())
+        (run,) = client.search_runs([client.get_experiment_by_name("fnostab").experiment_id])
+        history = client.get_metric_history(run.info.run_id, "grad_norm_preclip")
+        assert len(history) == double["training"]["steps"] and run.data.tags["fnostab.status"] == "ok"
     assert double["device"]["devices"] == 2
     # The same steps over the same samples: the ranks' parts add up to the global batches.
     assert double["training"]["steps"] == single["training"]["steps"] == math.ceil(single["data"]["n_train"] / 16)

@@ -10,7 +10,7 @@ under the same metric names, with the run config as hyperparameters.
   ``arm``, ``seed`` (and ``depth``, ``lr`` in stress sweeps) and, once finished, ``fnostab.status``.
   The tracking store defaults to a local file store ``mlruns/`` inside the sweep or run dir;
   ``--mlflow-uri`` names another store or a tracking server. MLflow 3 keeps its file store in
-  maintenance mode behind ``MLFLOW_ALLOW_FILE_STORE``, which is set for that default store only.
+  maintenance mode behind ``MLFLOW_ALLOW_FILE_STORE``, which is set whenever the store is a file store.
 """
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ def build_loggers(
             from lightning.pytorch.loggers import MLFlowLogger
 
             uri = options.tracking_uri(run_dir)
+            _allow_file_store(uri)  # every rank: Lightning opens the store on each
             if writer:
                 _ensure_experiment(uri, options.experiment)  # Lightning would announce creating it on stderr
             logger = MLFlowLogger(experiment_name=options.experiment, run_name=options.run_name or run_dir.name,
