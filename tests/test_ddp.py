@@ -60,7 +60,8 @@ def test_two_process_ddp_run_matches_one_process_with_the_same_global_batch(smok
     single = run_training(prepare_run(_config(smoke_data)), tmp_path / "one")
     # With MLflow on: every rank builds the logger, rank 0 alone writes one MLflow run.
     logging = LoggingOptions(("mlflow",), mlflow_uri=(tmp_path / "mlruns").as_uri()) if HAS_MLFLOW else None
-    double = run_training(prepare_run(_config(smoke_data, devices=2, strategy="ddp")), tmp_path / "two", logging=logging)
+    prepared = prepare_run(_config(smoke_data, devices=2, strategy="ddp"))
+    double = run_training(prepared, tmp_path / "two", logging=logging)
     _no_child_left()
     assert single["status"] == double["status"] == "ok", double["failure"]
     assert sorted(p.relative_to(tmp_path / "two").as_posix() for p in (tmp_path / "two").rglob("*")) == [

@@ -18,8 +18,8 @@ from fnostab.training.runner import prepare_run, run_training
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
 
-from mlflow.tracking import MlflowClient  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from mlflow.tracking import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 LOGGED = ("grad_norm_preclip", "mae_train_loss", "mae_val_loss", "lr")
 
@@ -32,7 +32,8 @@ def _file_store_allowed(monkeypatch) -> None:
 
 def _csv_series(run_dir: Path, name: str) -> list[tuple[int, float]]:
     with (run_dir / "metrics.csv").open() as handle:
-        return [(int(row["step"]), float(row[name])) for row in csv.DictReader(handle) if row.get(name) not in (None, "")]
+        rows = csv.DictReader(handle)
+        return [(int(row["step"]), float(row[name])) for row in rows if row.get(name) not in (None, "")]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,8 @@ def logged_run(smoke_data, tmp_path_factory) -> tuple[Path, dict]:
     train_path, test_path = smoke_data
     config = RunConfig(data=DataSource(train=train_path, test=test_path),
                        model=ModelConfig(arch="hybrid", width=8, modes=8, fno_blocks=2),
-                       train=TrainConfig(epochs=2, batch_size=32, seed=1, log_grad_norm=True, threads=1, val_patches=32))
+                       train=TrainConfig(epochs=2, batch_size=32, seed=1, log_grad_norm=True, threads=1,
+                                         val_patches=32))
     run_dir = tmp_path_factory.mktemp("logged") / "run"
     result = run_training(prepare_run(config), run_dir, logging=LoggingOptions(("tensorboard", "mlflow")))
     return run_dir, result
@@ -75,7 +77,8 @@ def test_mlflow_run_holds_the_metrics_the_parameters_and_the_status(logged_run) 
 
 def test_a_shootout_logs_each_run_as_its_own_tagged_mlflow_run(smoke_data, tmp_path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_cli("shootout", *smoke_data, "--preset", "smoke", "--seeds", "1", "--epochs", "1", "--batch-size", "64", "--val-patches", "16",
+    result = run_cli("shootout", *smoke_data, "--preset", "smoke", "--seeds", "1", "--epochs", "1",
+                     "--batch-size", "64", "--val-patches", "16",
                      "--arm", "plain:clip=none", "--arm", "clipped:clip=norm:1", "--logger", "mlflow",
                      "--logger", "tensorboard", "--out", sweep, "--json")
     assert result.returncode == 0, result.stderr
@@ -96,12 +99,14 @@ def test_a_shootout_logs_each_run_as_its_own_tagged_mlflow_run(smoke_data, tmp_p
 
 def test_missing_extra_or_unknown_logger_is_one_clear_line(monkeypatch, tmp_path) -> None:
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a))
     with pytest.raises(InputError, match=r"--logger mlflow needs the mlflow extra: pip install 'fnostab\[mlflow\]'"):
         parse_logging(["csv", "mlflow"], None)
     assert parse_logging(["csv", "tensorboard", "tensorboard"], None).loggers == ("tensorboard",)
     result = run_cli("train", "--preset", "smoke", "--logger", "wandb", "--out", tmp_path / "run")
     assert_clean_usage_error(result, "--logger", "wandb")
-    result = run_cli("shootout", "--preset", "smoke", "--mlflow-uri", "http://localhost:5000", "--out", tmp_path / "sweep")
+    result = run_cli("shootout", "--preset", "smoke", "--mlflow-uri", "http://localhost:5000",
+                     "--out", tmp_path / "sweep")
     assert_clean_usage_error(result, "--mlflow-uri needs --logger mlflow")
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()

@@ -75,14 +75,16 @@ def _document(spec: RunSpec, logging: Any = None) -> dict[str, Any]:
     return document
 
 
-def run_in_process(specs: list[RunSpec], sweep_dir: Path, kind: str, threads: int, logging: Any = None) -> Iterator[Outcome]:
+def run_in_process(
+    specs: list[RunSpec], sweep_dir: Path, kind: str, threads: int, logging: Any = None
+) -> Iterator[Outcome]:
     for spec in specs:
         yield execute_run(_document(spec, logging), str(sweep_dir), kind, threads)
 
 
 def run_in_pool(
-    specs: list[RunSpec], sweep_dir: Path, kind: str, jobs: int, threads: int, worker: Callable[..., Outcome] = execute_run,
-    logging: Any = None,
+    specs: list[RunSpec], sweep_dir: Path, kind: str, jobs: int, threads: int,
+    worker: Callable[..., Outcome] = execute_run, logging: Any = None,
 ) -> Iterator[Outcome]:
     """K runs at once in spawned worker processes (spawn: torch and fork do not mix safely).
 

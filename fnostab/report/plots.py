@@ -192,9 +192,11 @@ def _trace_figure(document: Mapping[str, Any], per_label: Mapping[str, list[tupl
                 spike = spike_mask(row, window, threshold)
                 if spike.any():
                     spikes_seen = True
-                    axes.scatter(steps[spike], row[spike], s=16, color=colour, edgecolors="black", linewidths=0.5, zorder=3)
+                    axes.scatter(steps[spike], row[spike], s=16, color=colour, edgecolors="black", linewidths=0.5,
+                                 zorder=3)
         failures = [(run["failure"]["step"], run["status"]) for run in group["runs"]
-                    if run["status"] not in ("ok", "infeasible") and isinstance((run.get("failure") or {}).get("step"), (int, float))]
+                    if run["status"] not in ("ok", "infeasible")
+                    and isinstance((run.get("failure") or {}).get("step"), (int, float))]
         for step, status in failures:
             statuses.add(status)
             axes.axvline(step, color=colour, linestyle=":", linewidth=0.9, alpha=0.6)
@@ -217,7 +219,8 @@ def _trace_figure(document: Mapping[str, Any], per_label: Mapping[str, list[tupl
                               linestyle="", label=f"{status} (step)"))
     if log_axis:
         axes.set_yscale("log")
-    axes.set(xlabel="step", ylabel=ylabel, title=f"{title}\nline: rolling median per arm; band: min–max over its runs")
+    axes.set(xlabel="step", ylabel=ylabel,
+             title=f"{title}\nline: rolling median per arm; band: min–max over its runs")
     axes.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return figure
 

@@ -49,7 +49,7 @@ def launched() -> bool:
 def global_rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
 def is_rank_zero() -> bool:
@@ -77,7 +77,8 @@ def check_devices(devices: int, accelerator: str, n_val: int) -> None:
     if devices <= 1:
         return
     if accelerator == "cuda" and torch.cuda.device_count() < devices:
-        raise InputError(f"invalid --devices: {devices} CUDA processes need {devices} GPUs, found {torch.cuda.device_count()}")
+        found = torch.cuda.device_count()
+        raise InputError(f"invalid --devices: {devices} CUDA processes need {devices} GPUs, found {found}")
     if n_val < devices:
         raise InputError(f"invalid --devices: {n_val} validation patterns cannot be split across {devices} processes")
 

@@ -60,12 +60,12 @@ class LoggingOptions:
                 "run_name": self.run_name, "tags": dict(self.tags)}
 
     @classmethod
-    def from_dict(cls, document: dict[str, Any]) -> "LoggingOptions":
+    def from_dict(cls, document: dict[str, Any]) -> LoggingOptions:
         store = document.get("store_dir")
         return cls(tuple(document["loggers"]), document.get("mlflow_uri"), None if store is None else Path(store),
                    document["experiment"], document.get("run_name"), dict(document.get("tags") or {}))
 
-    def for_run(self, run_name: str, tags: dict[str, Any]) -> "LoggingOptions":
+    def for_run(self, run_name: str, tags: dict[str, Any]) -> LoggingOptions:
         """These options for one run of a sweep (its MLflow run name and tags)."""
         return LoggingOptions(self.loggers, self.mlflow_uri, self.store_dir, self.experiment, run_name,
                               {k: str(v) for k, v in tags.items() if v is not None})
@@ -153,6 +153,6 @@ def record_status(loggers: Iterable[Any], status: str) -> str | None:
         if type(logger).__name__ == "MLFlowLogger":
             try:
                 logger.experiment.set_tag(logger.run_id, "fnostab.status", status)
-            except Exception as error:  # noqa: BLE001 - the tag is a convenience, the run stands
+            except Exception as error:
                 return f"MLflow status tag not written: {type(error).__name__}: {error}"[:300]
     return None

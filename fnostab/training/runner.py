@@ -99,7 +99,8 @@ def prepare_run(config: RunConfig, data: tuple[PtychoSplit, PtychoSplit] | None 
 
     train, test = data if data is not None else load_data(config)
     accelerator = resolve_device_name(config.train.accelerator, "--accelerator")
-    distributed.check_devices(config.train.devices, accelerator, len(validation_subset(test.n, config.train.val_patches)))
+    n_val = len(validation_subset(test.n, config.train.val_patches))
+    distributed.check_devices(config.train.devices, accelerator, n_val)
     model_plan = plan_run(config, train.N)
     if model_plan.geometry_error:
         raise InputError(f"invalid model for N={train.N}: {model_plan.geometry_error}")
@@ -347,7 +348,8 @@ def run_training(
             "eval_s": eval_s,
             "samples_per_s": (module.samples_seen / train_s) if train_s > 0 else None,
         },
-        "device": {"accelerator": prepared.accelerator, "threads": torch.get_num_threads(), "devices": config.train.devices,
+        "device": {"accelerator": prepared.accelerator, "threads": torch.get_num_threads(),
+                   "devices": config.train.devices,
                    "name": torch.cuda.get_device_name() if prepared.accelerator == "cuda" else "cpu"},
         "versions": versions(),
         "created": now_iso(),
