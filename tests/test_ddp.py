@@ -124,3 +124,12 @@ def test_validation_smaller_than_the_processes_is_a_usage_error(tmp_path) -> Non
                      "--out", tmp_path / "run")
     assert_clean_usage_error(result, "--devices", "validation patterns")
     assert not (tmp_path / "run").exists()
+
+
+def test_memory_plan_is_per_device_a_share_of_the_global_batch(smoke_data) -> None:
+    from fnostab.training.runner import plan_run
+
+    split = plan_run(_config(smoke_data, batch_size=15, devices=2), 32)
+    alone = plan_run(_config(smoke_data, batch_size=8), 32)  # ⌈15 / 2⌉ patterns on each device
+    assert split.total_bytes == alone.total_bytes
+    assert split.total_bytes < plan_run(_config(smoke_data, batch_size=15), 32).total_bytes
