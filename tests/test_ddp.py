@@ -133,3 +133,20 @@ def test_memory_plan_is_per_device_a_share_of_the_global_batch(smoke_data) -> No
     alone = plan_run(_config(smoke_data, batch_size=8), 32)  # ⌈15 / 2⌉ patterns on each device
     assert split.total_bytes == alone.total_bytes
     assert split.total_bytes < plan_run(_config(smoke_data, batch_size=15), 32).total_bytes
+
+
+@pytest.mark.parametrize("loss", ["mae", "poisson"])
+def test_parts_of_a_batch_weighted_by_their_loss_denominator_give_the_batch_loss(loss) -> None:
+    """The identity the DDP loss weights rest on, for both losses: uneven parts (5 + 2 patterns)."""
+    from fnostab.physics import loss_denominator, physics_loss
+
+    generator = torch.Generator().manual_seed(0)
+    observed = torch.rand(7, 1, 8, 8, generator=generator) * 3
+    predicted = torch.rand(7, 1, 8, 8, generator=generator) * 3
+    parts = [(predicted[:5], observed[:5]), (predicted[5:], observed[5:])]
+    weights = [loss_denominator(loss, obs) * obs.shape[0] for _, obs in parts]
+    combined = sum(physics_loss(loss, pred, obs) * w for (pred, obs), w in zip(parts, weights)) / sum(weights)
+    assert combined.item() == pytest.approx(physics_loss(loss, predicted, observed).item(), rel=1e-6)
+    # Plain sample-count weights would not do: the parts' denominators differ.
+    by_count = sum(physics_loss(loss, pred, obs) * obs.shape[0] for pred, obs in parts) / 7
+    assert by_count.item() != pytest.approx(combined.item(), rel=1e-6)
