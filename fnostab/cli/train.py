@@ -11,7 +11,16 @@ from typing import Any, Optional
 
 import typer
 
-from fnostab.cli.common import EXIT_FAILED, JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command, model_option
+from fnostab.cli.common import (
+    EXIT_FAILED,
+    JSON_OPTION,
+    PRESET_HELP,
+    QUIET_OPTION,
+    Output,
+    command,
+    gridsize_option,
+    model_option,
+)
 from fnostab.config import (
     DEFAULT_PRESET,
     DataSource,
@@ -39,12 +48,19 @@ def build_run_config(
     model: dict[str, Any],
     train: dict[str, Any],
     name: str | None = None,
+    gridsize: int | None = None,
 ) -> RunConfig:
-    """Preset values, explicit options on top, validated; data from files or the preset's simulation."""
+    """Preset values, explicit options on top, validated; data from files or the preset's simulation.
+
+    ``gridsize`` picks the simulated data set's gridsize, or (with files) the gridsize they must hold.
+    """
     model_config = build(ModelConfig, merge(preset, "model", model))
     train_config = build(TrainConfig, merge(preset, "train", train))
-    simulation = None if train_npz is not None else build(SimulationConfig, preset_values(preset, "data"))
-    data = build(DataSource, {"train": train_npz, "test": test_npz, "simulation": simulation}, source="TRAIN.npz TEST.npz")
+    simulation = None if train_npz is not None else build(SimulationConfig, merge(preset, "data", {"gridsize": gridsize}))
+    data = build(
+        DataSource, {"train": train_npz, "test": test_npz, "simulation": simulation, "gridsize": gridsize},
+        source="TRAIN.npz TEST.npz",
+    )  # fmt: skip
     return RunConfig(name=name, preset=preset, data=data, model=model_config, train=train_config)
 
 
@@ -151,6 +167,7 @@ def train_command(
     checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing", help="Gradient checkpointing of encoder and bottleneck blocks.", rich_help_panel=MODEL_PANEL),
     block_init: Optional[str] = model_option("--block-init", MODEL_PANEL),
     head: Optional[str] = typer.Option(None, "--head", help="Output head: real_imag or amp_phase.", rich_help_panel=MODEL_PANEL),
+    gridsize: Optional[int] = gridsize_option(MODEL_PANEL),
     clip: Optional[str] = typer.Option(None, "--clip", help="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ.", rich_help_panel=TRAIN_PANEL),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam, adamw or sgd.", rich_help_panel=TRAIN_PANEL),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate.", rich_help_panel=TRAIN_PANEL),
@@ -186,6 +203,7 @@ def train_command(
         train_npz=train_npz,
         test_npz=test_npz,
         preset=preset,
+        gridsize=gridsize,
         model=dict(arch=arch, fno_blocks=fno_blocks, width=width, modes=modes, max_hidden_channels=max_hidden_channels,
                    bands=bands, checkpointing=checkpointing, block_init=block_init, head=head),
         train=dict(clip=clip, optimizer=optimizer, lr=lr, weight_decay=weight_decay, scheduler=scheduler,

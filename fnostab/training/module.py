@@ -17,6 +17,7 @@ import torch
 
 from fnostab.clipping import clip_gradients_, parse_clip_spec
 from fnostab.config import TrainConfig
+from fnostab.groups import GroupGeometry
 from fnostab.physics import physics_loss, predicted_amplitude, train_loss_name, val_loss_name
 from fnostab.training.failure import Failure, FailureDetector
 from fnostab.training.monitoring import BlockMonitor
@@ -26,8 +27,13 @@ from fnostab.training.schedules import build_optimizer, build_scheduler
 class PtychoModule(pl.LightningModule):
     """Trains ``generator`` so that the far field of generator(diffraction)·probe matches the data."""
 
-    def __init__(self, generator: torch.nn.Module, probe: np.ndarray, config: TrainConfig) -> None:
+    def __init__(
+        self, generator: torch.nn.Module, probe: np.ndarray, config: TrainConfig, groups: GroupGeometry | None = None
+    ) -> None:
         super().__init__()
+        # At gridsize > 1 the C patches of a sample are reassembled into one object region before
+        # the far field is taken (docs/gridsize.md); None or gridsize 1: every patch on its own.
+        self.groups = groups if groups is not None and groups.gridsize > 1 else None
         self.automatic_optimization = False
         self.generator = generator
         self.register_buffer("probe", torch.from_numpy(np.asarray(probe, dtype=np.complex64)))
@@ -65,7 +71,7 @@ class PtychoModule(pl.LightningModule):
 
     def _loss(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obj = self.generator(patterns)
-        return physics_loss(self.config.loss, predicted_amplitude(obj, self.probe), patterns), obj
+        return physics_loss(self.config.loss, predicted_amplitude(obj, self.probe, self.groups), patterns), obj
 
     # ---------------------------------------------------------------------------------- training
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:

@@ -70,6 +70,10 @@ class PreparedRun:
     def N(self) -> int:
         return self.train.N
 
+    @property
+    def channels(self) -> int:
+        return self.train.channels
+
 
 def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
     """The run's data: its two NPZ files, or the preset's simulated data set (cached)."""
@@ -80,24 +84,38 @@ def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
     return load_pair(*cached_dataset(config.data.simulation))
 
 
-def plan_run(config: RunConfig, N: int) -> Any:
-    """The memory plan of one training step of ``config`` at N: its model, batch and optimizer."""
+def plan_run(config: RunConfig, N: int, channels: int = 1) -> Any:
+    """The memory plan of one training step of ``config`` at N with C = ``channels`` patterns per
+    sample (gridsize²): its model, batch and optimizer."""
     from fnostab.models import plan
 
     train = config.train
     return plan(config.model.arch, batch_size=train.batch_size, optimizer=train.optimizer,
-                weight_decay=train.weight_decay, momentum=train.momentum, **config.model.generator_kwargs(N))
+                weight_decay=train.weight_decay, momentum=train.momentum, **config.model.generator_kwargs(N, channels))
+
+
+def check_gridsize(config: RunConfig, train: PtychoSplit) -> None:
+    """InputError when the data do not have the gridsize the run asks for (``--gridsize``)."""
+    wanted = config.data.gridsize
+    if wanted is None and config.data.simulation is not None:
+        wanted = config.data.simulation.gridsize
+    if wanted is not None and wanted != train.gridsize:
+        raise InputError(
+            f"gridsize mismatch: the run asks for gridsize {wanted}, {train.path} holds gridsize {train.gridsize} "
+            f"({train.channels} channel(s) per sample); simulate the data with --gridsize {wanted} or drop --gridsize"
+        )
 
 
 def prepare_run(config: RunConfig, data: tuple[PtychoSplit, PtychoSplit] | None = None) -> PreparedRun:
     """Validate everything a run needs; raises InputError (nothing written) on bad input."""
     train, test = data if data is not None else load_data(config)
+    check_gridsize(config, train)
     if config.train.devices > 1:
         raise InputError(
             f"invalid --devices: {config.train.devices} devices per run is not supported; run several "
             "runs in parallel instead (fnostab shootout --jobs K, or --executor ray)"
         )
-    model_plan = plan_run(config, train.N)
+    model_plan = plan_run(config, train.N, train.channels)
     if model_plan.geometry_error:
         raise InputError(f"invalid model for N={train.N}: {model_plan.geometry_error}")
     return PreparedRun(config, train, test, model_plan, resolve_device_name(config.train.accelerator, "--accelerator"))
@@ -122,13 +140,24 @@ def _is_oom(error: BaseException) -> bool:
 
 
 def _predict(generator: torch.nn.Module, diffraction: np.ndarray, device: torch.device) -> np.ndarray:
+    """(n, C, N, N) patterns → (n, C, N, N) complex64 predicted patches."""
     generator.eval()
     parts = []
     with torch.no_grad():
         for start in range(0, diffraction.shape[0], INFERENCE_BATCH):
-            batch = torch.from_numpy(diffraction[start : start + INFERENCE_BATCH]).unsqueeze(1).to(device)
-            parts.append(generator(batch)[:, 0].cpu().numpy())
+            batch = torch.from_numpy(diffraction[start : start + INFERENCE_BATCH]).to(device)
+            parts.append(generator(batch).cpu().numpy())
     return np.concatenate(parts).astype(np.complex64)
+
+
+def predicted_windows(generator: torch.nn.Module, test: PtychoSplit, device: torch.device) -> np.ndarray:
+    """One complex (M, M) object window per test sample, centred on its ``coords_offsets``: the
+    patch itself at gridsize 1, the group's C patches reassembled (overlaps averaged, as the
+    forward model does) at gridsize > 1 (docs/gridsize.md#evaluation)."""
+    prediction = _predict(generator, test.diffraction, device)
+    if test.gridsize == 1:
+        return prediction[:, 0]
+    return test.groups.reassemble_np(prediction).astype(np.complex64)
 
 
 def evaluate_run(generator: torch.nn.Module, test: PtychoSplit, device: torch.device, run_dir: Path | None) -> tuple[dict | None, str | None]:
@@ -143,10 +172,11 @@ def evaluate_run(generator: torch.nn.Module, test: PtychoSplit, device: torch.de
         return None, f"{test.path} lacks {', '.join(missing)}: no stitched metrics"
     if not all(torch.isfinite(p).all() for p in generator.parameters()):
         return None, "the weights are not finite: no stitched metrics"
+    window = test.groups.window  # N at gridsize 1
     truth = test.ground_truth
     if truth is None:
-        truth = ground_truth_region(test.full_objects, test.centres, test.N, stride)
-    prediction = _predict(generator, test.diffraction, device)
+        truth = ground_truth_region(test.full_objects, test.centres, window, stride)
+    prediction = predicted_windows(generator, test, device)
     metrics = evaluate_reconstruction(
         prediction, centres=test.centres, stride=stride, ground_truth=truth, norm_Y_I=test.norm_Y_I, n_images=test.n_images
     )
@@ -222,8 +252,8 @@ def run_training(
 ) -> dict[str, Any]:
     """Train, evaluate and write ``run_dir``; returns the result document (also in result.json).
 
-    ``generator`` replaces the one the config describes (any module mapping (B, 1, N, N)
-    patterns to a complex (B, 1, N, N) object); it is built from the config by default.
+    ``generator`` replaces the one the config describes (any module mapping (B, C, N, N)
+    patterns to complex (B, C, N, N) object patches, C = gridsize²); it is built from the config by default.
     """
     import lightning.pytorch as pl
 
@@ -241,10 +271,10 @@ def run_training(
 
     pl.seed_everything(config.train.seed, verbose=False)
     if generator is None:
-        generator = build_generator(config.model.arch, **config.model.generator_kwargs(prepared.N))
+        generator = build_generator(config.model.arch, **config.model.generator_kwargs(prepared.N, prepared.channels))
         if prepared.accelerator == "cpu":
             channels_last_convs(generator)
-    module = PtychoModule(generator, prepared.train.probe, config.train)
+    module = PtychoModule(generator, prepared.train.probe, config.train, prepared.train.groups)
     log_dir = run_dir / ".logs"
     _log(output, f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...")
 
@@ -269,7 +299,8 @@ def run_training(
     shutil.rmtree(log_dir, ignore_errors=True)
 
     generator.cpu()
-    save_checkpoint(run_dir / CHECKPOINT_NAME, generator, config.model, prepared.N, epoch=module.current_epoch, step=module.steps_seen)
+    save_checkpoint(run_dir / CHECKPOINT_NAME, generator, config.model, prepared.N, epoch=module.current_epoch,
+                    step=module.steps_seen, gridsize=prepared.train.gridsize)
 
     eval_started = time.perf_counter()
     metrics, note = None, None
@@ -298,6 +329,7 @@ def run_training(
         "model": {"arch": config.model.arch, "params": prepared.plan.params, "params_real": prepared.plan.params_real,
                   "config": config.model.model_dump(mode="json")},
         "data": {"train": str(prepared.train.path), "test": str(prepared.test.path), "N": prepared.N,
+                 "gridsize": prepared.train.gridsize, "channels": prepared.channels, "offset": prepared.train.groups.offset,
                  "n_train": prepared.train.n, "n_val": len(validation_subset(prepared.test.n, config.train.val_patches)),
                  "n_test": prepared.test.n},
         "training": {
