@@ -190,6 +190,7 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
     pooled["threshold"] = threshold
     pooled["runs_without_series"] = n - pooled["runs_with_series"]
     val_names = sorted({(r.result.get("training") or {}).get("val_loss_name") for r in records} - {None})
+    gridsizes = sorted({(r.result.get("data") or {}).get("gridsize") or 1 for r in records})
     return {
         "label": label,
         "arm": first.arm,
@@ -199,6 +200,7 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
         "arch": first.arch,
         "clip": first.clip,
         "val_loss_names": val_names,
+        "gridsizes": gridsizes,
         "seeds": [r.seed for r in records],
         "n": n,
         "n_infeasible": n_infeasible,
@@ -266,6 +268,12 @@ def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[
             warnings.append(f"arm {group['label']} mixes validation losses {group['val_loss_names']}: its loss medians are not comparable")
     if len({name for g in groups for name in g["val_loss_names"]}) > 1:
         warnings.append("arms use different validation losses: loss comparisons between them are not meaningful")
+    gridsizes = sorted({size for g in groups for size in g["gridsizes"]})
+    if len(gridsizes) > 1:
+        warnings.append(
+            f"runs at different gridsizes ({', '.join(map(str, gridsizes))}) are summarised together: their losses and "
+            "stitched regions differ (docs/gridsize.md), so compare each with its own constant baseline"
+        )
     if collection.outside_plan:
         warnings.append(
             f"{len(collection.outside_plan)} finished run(s) under a sweep dir are not in its sweep.json plan "
@@ -278,6 +286,7 @@ def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[
         "inputs": [str(p) for p in collection.inputs],
         "out_dir": None,
         "grad_norm_threshold": threshold,
+        "gridsizes": gridsizes,
         "runs": {"finished": len(collection.runs), "unfinished": [str(p) for p in collection.unfinished],
                  "outside_plan": [str(p) for p in collection.outside_plan]},
         "sweeps": [{k: v for k, v in sweep.items() if k != "planned"} for sweep in collection.sweeps],

@@ -84,11 +84,20 @@ def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
     return load_pair(*cached_dataset(config.data.simulation))
 
 
-def plan_run(config: RunConfig, N: int, channels: int = 1) -> Any:
+def config_gridsize(config: RunConfig) -> int | None:
+    """The gridsize ``config`` asks for (``data.gridsize``, else its simulation's), None when the files decide."""
+    if config.data.gridsize is not None:
+        return config.data.gridsize
+    return config.data.simulation.gridsize if config.data.simulation is not None else None
+
+
+def plan_run(config: RunConfig, N: int, channels: int | None = None) -> Any:
     """The memory plan of one training step of ``config`` at N with C = ``channels`` patterns per
-    sample (gridsize²): its model, batch and optimizer."""
+    sample (default: gridsize² of the config's data): its model, batch and optimizer."""
     from fnostab.models import plan
 
+    if channels is None:
+        channels = (config_gridsize(config) or 1) ** 2
     train = config.train
     return plan(config.model.arch, batch_size=train.batch_size, optimizer=train.optimizer,
                 weight_decay=train.weight_decay, momentum=train.momentum, **config.model.generator_kwargs(N, channels))
@@ -96,9 +105,7 @@ def plan_run(config: RunConfig, N: int, channels: int = 1) -> Any:
 
 def check_gridsize(config: RunConfig, train: PtychoSplit) -> None:
     """InputError when the data do not have the gridsize the run asks for (``--gridsize``)."""
-    wanted = config.data.gridsize
-    if wanted is None and config.data.simulation is not None:
-        wanted = config.data.simulation.gridsize
+    wanted = config_gridsize(config)
     if wanted is not None and wanted != train.gridsize:
         raise InputError(
             f"gridsize mismatch: the run asks for gridsize {wanted}, {train.path} holds gridsize {train.gridsize} "
@@ -388,7 +395,7 @@ def record_bare_result(
         "seed": config.train.seed,
         "model": {"arch": config.model.arch, "params": (plan or {}).get("params"),
                   "params_real": (plan or {}).get("params_real"), "config": config.model.model_dump(mode="json")},
-        "data": {"train": str(config.data.train), "test": str(config.data.test)},
+        "data": {"train": str(config.data.train), "test": str(config.data.test), "gridsize": config_gridsize(config)},
         "training": {"config": config.train.model_dump(mode="json"), "epochs_requested": config.train.epochs,
                      "epochs_completed": 0, "steps": 0, "val_loss_name": val_loss_name(config.train.loss), "val_losses": [], "train_losses": [],
                      "best_val_loss": None, "best_epoch": None, "final_val_loss": None, "final_train_loss": None},
