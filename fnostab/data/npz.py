@@ -166,10 +166,9 @@ def _patches(path: Path, arrays: dict[str, np.ndarray], key: str, n_N_C: tuple[i
             f"{path}: key {key!r}: expected C = gridsize² channels (1, 4, …) in (n, N, N, C), found shape {stored_shape}"
         )
     if n_N_C is not None and (array.shape[0], array.shape[1], C) != n_N_C:
-        raise InputError(
-            f"{path}: key {key!r}: expected {n_N_C[0]} samples of {n_N_C[2]} {n_N_C[1]}×{n_N_C[1]} patches to match "
-            f"'diffraction', found shape {stored_shape}"
-        )
+        n, N, C = n_N_C
+        what = f"{n} patches of {N}×{N}" if C == 1 else f"{n} groups of {C} {N}×{N} patches"
+        raise InputError(f"{path}: key {key!r}: expected {what} to match 'diffraction', found shape {stored_shape}")
     _check_dtype(path, key, array, REAL_KINDS, "a real float array")
     array = np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(0, 3, 1, 2))
     if not np.isfinite(array).all():
