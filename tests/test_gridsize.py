@@ -194,10 +194,20 @@ def test_true_patches_through_the_gs2_forward_model_give_the_noise_floor(gs2_noi
     value, _ = module._loss(data)
     assert float(value) == pytest.approx(floor, rel=1e-5)
 
-    # members swapped between channels no longer agree on their overlaps: the loss rises above the floor
-    shuffled = PtychoModule(TruePatches(patches[:, [3, 2, 1, 0]].copy()), split.probe, TrainConfig(loss=loss), split.groups)
-    worse, _ = shuffled._loss(data)
-    assert float(worse) > 1.5 * floor
+
+
+def test_the_forward_model_couples_the_members_through_their_overlaps(gs2_noisy) -> None:
+    split = load_split(gs2_noisy[0])
+    patches = true_member_patches(split)
+    patches[:, 0] = 0  # member 0 predicts nothing; members 1–3 stay true
+    data = torch.from_numpy(split.diffraction)
+    probe = torch.from_numpy(split.probe)
+    alone = far_field_amplitude(torch.from_numpy(patches) * probe)
+    grouped = predicted_amplitude(torch.from_numpy(patches), probe, split.groups)
+    # without grouping member 1 keeps its floor; grouped, the empty member 0 darkens their overlap
+    floor_1 = float(physics_loss("mae", alone[:, 1], data[:, 1]))
+    assert float(physics_loss("mae", grouped[:, 1], data[:, 1])) > 2 * floor_1
+    assert float(physics_loss("mae", grouped[:, 0], data[:, 0])) < float(physics_loss("mae", alone[:, 0], data[:, 0]))
 
 
 def test_predicted_amplitude_without_groups_is_per_pattern() -> None:
