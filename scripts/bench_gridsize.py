@@ -8,7 +8,10 @@ the median [min–max] over seeds of the training time, the amplitude and phase 
 constant prediction, the best validation loss and the noise floor (the loss of the true object
 patches on the same validation patterns, through the same forward model).
 
-    python scripts/bench_gridsize.py [--seeds 3] [--gs2-epochs 20] [--out /tmp/bench-gridsize]
+    python scripts/bench_gridsize.py [--seeds 3] [--gs2-epochs 20] [--out /tmp/bench-gridsize] [--fresh]
+
+Rerunning resumes each shootout (finished runs are kept) unless ``--fresh``; the table reads every
+run's own result.json, so its training times are those of the runs themselves.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's fnostab, as the `python -m fnostab` subprocesses use
 
-from fnostab.config import PRESETS, SimulationConfig, TrainConfig
-from fnostab.data.cache import cached_dataset
-from fnostab.data.npz import PtychoSplit, load_split
-from fnostab.physics import far_field_amplitude, physics_loss
-from fnostab.training.data import validation_subset
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from fnostab.config import PRESETS, SimulationConfig, TrainConfig  # noqa: E402
+from fnostab.data.cache import cached_dataset  # noqa: E402
+from fnostab.data.npz import PtychoSplit, load_split  # noqa: E402
+from fnostab.physics import far_field_amplitude, physics_loss  # noqa: E402
+from fnostab.training.data import validation_subset  # noqa: E402
 
 
 def true_patches(split: PtychoSplit) -> np.ndarray:
@@ -70,17 +76,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--gs2-epochs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-gridsize"))
+    parser.add_argument("--fresh", action="store_true", help="Remove earlier runs instead of resuming.")
     args = parser.parse_args()
     train_cfg = TrainConfig(**PRESETS["cpu"]["train"])
     rows = []
     for gridsize, epochs in ((1, train_cfg.epochs), (2, args.gs2_epochs)):
         sweep = args.out / f"gs{gridsize}"
-        shutil.rmtree(sweep, ignore_errors=True)
+        if args.fresh:
+            shutil.rmtree(sweep, ignore_errors=True)
         command = [sys.executable, "-m", "fnostab", "shootout", "--preset", "cpu", "--gridsize", str(gridsize),
                    "--arm", "control:arch=hybrid", "--seeds", str(args.seeds), "--epochs", str(epochs),
                    "--jobs", "2", "--out", str(sweep), "--quiet", "--json"]  # fmt: skip
         started = time.perf_counter()
-        proc = subprocess.run(command, capture_output=True, text=True)
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
         wall = time.perf_counter() - started
         if proc.returncode != 0:
             raise SystemExit(f"gridsize {gridsize} failed ({proc.returncode}):\n{proc.stderr}")
