@@ -189,6 +189,7 @@ def test_true_patches_through_the_gs2_forward_model_give_the_noise_floor(gs2_noi
     # the floor: every true patch on its own against its own pattern, no grouping involved
     floor = float(physics_loss(loss, far_field_amplitude(torch.from_numpy(patches) * probe), data))
     assert floor > 0.01  # 1e4 photons: the noise makes the floor clearly non-zero
+    assert split.noise_floor(loss) == pytest.approx(floor, rel=1e-4)  # what simulate recorded
 
     module = PtychoModule(TruePatches(patches), split.probe, TrainConfig(loss=loss), split.groups)
     value, _ = module._loss(data)
