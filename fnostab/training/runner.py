@@ -245,6 +245,8 @@ def run_training(
         if prepared.accelerator == "cpu":
             channels_last_convs(generator)
     module = PtychoModule(generator, prepared.train.probe, config.train)
+    if module.precursors is not None:
+        module.precursors.out_dir = run_dir
     log_dir = run_dir / ".logs"
     _log(output, f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...")
 
