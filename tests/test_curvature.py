@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -117,3 +119,18 @@ def test_an_adam_optimizer_that_never_stepped_is_rejected(problem) -> None:
     optimizer = torch.optim.Adam(model.parameters())
     with pytest.raises(ValueError, match="exp_avg_sq"):
         hessian_max_eigenvalue(lambda: _loss(model, x, y), model.parameters(), preconditioner=optimizer)
+
+
+def test_curvature_estimates_share_one_graph_and_batch_sharpness_is_g_h_g_over_g_squared(problem) -> None:
+    from fnostab.hooks.curvature import curvature_estimates
+
+    model, x, y = problem
+    dense = _dense_hessian(model, x, y).double()
+    loss = _loss(model, x, y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    g = torch.cat([(torch.view_as_real(t) if t.is_complex() else t).reshape(-1) for t in grads]).double()
+    values = curvature_estimates(lambda: _loss(model, x, y), model.parameters(), iterations=40)
+    assert values["batch_sharpness"] == pytest.approx(float(g @ dense @ g / (g @ g)), rel=1e-4)
+    assert values["sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(dense)[-1]), rel=0.01)
+    assert values["batch_sharpness"] < values["sharpness"]  # a Rayleigh quotient never exceeds λmax
+    assert math.isnan(values["sharpness_precond"])  # no optimizer given

@@ -23,6 +23,7 @@ For Adam, P = (1 − β1^t)·(√v̂ + ε) with v̂ = v / (1 − β2^t): with th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -76,7 +77,7 @@ def hessian_vector_product(loss_fn: Callable[[], Tensor], parameters: Sequence[T
     """``v ↦ Hv`` on the real view of ``parameters`` (flat float64 vectors) at the current weights.
 
     One forward and backward with ``create_graph`` now; each call is then one more backward. ``.grad``
-    of the parameters is not touched.
+    of the parameters is not touched. The gradient itself (flat, float64) is the product's ``gradient``.
     """
     with torch.enable_grad():
         loss = loss_fn()
@@ -103,6 +104,10 @@ def hessian_vector_product(loss_fn: Callable[[], Tensor], parameters: Sequence[T
                          else _real(h).reshape(-1).to(torch.float64))
         return torch.cat(parts)
 
+    product.gradient = torch.cat([  # type: ignore[attr-defined]
+        torch.zeros(size, dtype=torch.float64, device=parameters[0].device) if not keep
+        else _real(g).detach().reshape(-1).to(torch.float64) for g, size, keep in zip(gradients, sizes, present)
+    ])
     return product
 
 
@@ -164,14 +169,56 @@ def hessian_max_eigenvalue(
     if iterations < 1:
         raise ValueError(f"iterations must be ≥ 1, found {iterations}")
     product = hessian_vector_product(loss_fn, params)
+    diagonal = None if preconditioner is None else _diagonal(preconditioner, params)
+    return _max_eigenvalue(product, params, iterations, diagonal, seed)
+
+
+def _max_eigenvalue(product: Callable[[Tensor], Tensor], params: Sequence[Tensor], iterations: int,
+                    diagonal: Tensor | None, seed: int) -> float:
     dimension = sum(_real(p).numel() for p in params)
     device = params[0].device
     matvec = product
-    if preconditioner is not None:
-        scale = _diagonal(preconditioner, params).to(device).rsqrt()
+    if diagonal is not None:
+        scale = diagonal.to(device).rsqrt()
 
         def matvec(vector: Tensor) -> Tensor:
             return scale * product(scale * vector)
 
     generator = torch.Generator().manual_seed(seed)
     return lanczos_max_eigenvalue(matvec, dimension, iterations, device=device, generator=generator)
+
+
+def curvature_estimates(
+    loss_fn: Callable[[], Tensor],
+    parameters: Iterable[Tensor],
+    iterations: int = 20,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Sharpness, Adam-preconditioned sharpness and batch sharpness from one double-backward graph.
+
+    ``sharpness`` = λmax(H) and ``sharpness_precond`` = λmax(P^{-1/2} H P^{-1/2}) (NaN when
+    ``optimizer`` holds no Adam second moment) as in :func:`hessian_max_eigenvalue`;
+    ``batch_sharpness`` = gᵀHg / ‖g‖², the curvature along this batch's own gradient (one product;
+    Andreyev & Beneventano, arXiv:2412.20553, find that this, not λmax, settles at 2/η under minibatch
+    SGD). Costs one forward/backward with ``create_graph`` plus 2·iterations + 1 products.
+    """
+    params = [p for p in parameters]
+    product = hessian_vector_product(loss_fn, params)
+    gradient = product.gradient  # type: ignore[attr-defined]
+    squared = float(torch.dot(gradient, gradient))
+    finite = math.isfinite(squared)
+    out = {
+        "sharpness": _max_eigenvalue(product, params, iterations, None, seed) if finite else math.nan,
+        "batch_sharpness": float(torch.dot(gradient, product(gradient))) / squared if finite and squared > 0 else math.nan,
+        "sharpness_precond": math.nan,
+    }
+    diagonal = None
+    if optimizer is not None and finite:
+        moments = adam_preconditioner(optimizer, params) if "betas" in optimizer.param_groups[0] else None
+        if moments is not None:
+            diagonal = torch.cat([d.reshape(-1).to(torch.float64) for d in moments])
+    if diagonal is not None and bool(torch.isfinite(diagonal).all()) and bool((diagonal > 0).all()):
+        out["sharpness_precond"] = _max_eigenvalue(product, params, iterations, diagonal, seed)
+    return out

@@ -9,8 +9,8 @@ recent past (the median of its last values: its own scale, as ``summarize``'s fi
 A signal *moves* when it leaves that median by ``MOVE_FACTOR`` and by ``NOISE_MADS`` median absolute
 deviations, or turns non-finite. The search covers the window before the event (the failure, else the
 first spike); the *first signal* is the earliest move there, ties going to the larger move. Curvature is
-reported beside it: the step where the sharpness rose above 2/η and the preconditioned sharpness above
-38/η, when measured.
+reported beside it: the step where the sharpness (and the batch sharpness) rose above 2/η and the
+preconditioned sharpness above (2+2β1)/((1−β1)η) = 38/η at β1 = 0.9, when measured.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 
 from fnostab.errors import InputError
-from fnostab.physics import train_loss_name
 from fnostab.report.collect import read_metric_columns
 from fnostab.report.stats import _RunningMedian  # the loss-spike rule uses the same median as summarize
-from fnostab.training.precursors import (
+from fnostab.training.precursor_record import (
     CURVATURE,
     CURVATURE_PREFIX,
     PRECURSOR_PREFIX,
@@ -52,10 +51,15 @@ MOVE_FACTOR = 3.0
 NOISE_MADS = 8.0
 HISTORY = 50
 WARMUP_STEPS = 20
-DIRECTIONS = {"grad_norm": "up", "weight_norm": "up", "update_norm": "both", "update_ratio": "both", "adam_v_rms": "both"}
+# update_norm is left to update_ratio, its scale-free form (the weights move slowly: they rise together).
+DIRECTIONS = {"grad_norm": "up", "weight_norm": "up", "update_ratio": "both", "adam_v_rms": "both"}
 # The per-step update/gradient cosine is logged and shown but names no first signal: under Adam it
 # swings by more than 0.5 from step to step, and in the same healthy run it fell 0.5 below its median
 # with 8 MADs on 162 steps.
+# Each curvature measure against its reference line, and how the text names them.
+CURVATURE_LINES = (("sharpness", "edge_gd"), ("sharpness_precond", "edge_adam"), ("batch_sharpness", "edge_gd"))
+CURVATURE_LABELS = {"sharpness": ("sharpness", "2/η"), "sharpness_precond": ("preconditioned sharpness", "(2+2β1)/((1−β1)η)"),
+                    "batch_sharpness": ("batch sharpness", "2/η")}
 SIGNAL_LABELS = {
     "grad_norm": "gradient norm",
     "weight_norm": "weight norm",
@@ -179,10 +183,10 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
         raise InputError(f"{run_dir}: no {RESULT_NAME}; expected a finished run dir written by fnostab train")
     result = read_result(run_dir / RESULT_NAME)
     failure = result.get("failure")
-    train_key = train_loss_name(((result.get("training") or {}).get("config") or {}).get("loss", "mae"))
     columns = read_metric_columns(
-        run_dir / METRICS_NAME, lambda n: n.startswith((PRECURSOR_PREFIX, CURVATURE_PREFIX)) or n == train_key
+        run_dir / METRICS_NAME, lambda n: n.startswith((PRECURSOR_PREFIX, CURVATURE_PREFIX)) or n.endswith("_train_loss")
     ) or {}
+    train_key = next((n for n in columns if n.endswith("_train_loss")), "")
     windows = read_windows(run_dir / PRECURSORS_NAME) if (run_dir / PRECURSORS_NAME).is_file() else []
     document: dict[str, Any] = {
         "schema": EXPLAIN_SCHEMA,
@@ -247,7 +251,7 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
                             f"and step {end}")
 
     curvature = {}
-    for name, line_name in (("sharpness", "edge_gd"), ("sharpness_precond", "edge_adam")):
+    for name, line_name in CURVATURE_LINES:
         steps, values = series(f"{CURVATURE_PREFIX}{name}")
         line_steps, lines = series(f"{CURVATURE_PREFIX}{line_name}")
         by_step = dict(zip(line_steps, lines))
@@ -310,8 +314,9 @@ def format_explanation(document: Mapping[str, Any]) -> str:
     if curvature is None:
         lines.append("curvature: not measured (train with --curvature-every M)")
     else:
-        for name, label, line_label in (("sharpness", "sharpness", "2/η"), ("sharpness_precond", "preconditioned sharpness", "38/η")):
+        for name, _ in CURVATURE_LINES:
             entry = curvature[name]
+            label, line_label = CURVATURE_LABELS[name]
             if not entry["measured"]:
                 continue
             if entry["crossed_step"] is not None:
@@ -342,6 +347,7 @@ def explanation_summary(document: Mapping[str, Any]) -> dict[str, Any] | None:
         "loss_spike_step": document.get("loss_spike_step"),
         "sharpness_crossed_step": (curvature.get("sharpness") or {}).get("crossed_step"),
         "sharpness_precond_crossed_step": (curvature.get("sharpness_precond") or {}).get("crossed_step"),
+        "batch_sharpness_crossed_step": (curvature.get("batch_sharpness") or {}).get("crossed_step"),
         "text": None if first is None else describe_move(first),
         "note": document.get("note"),
     }
@@ -405,12 +411,14 @@ def plot_explanation(document: Mapping[str, Any], traces: ExplainTraces) -> Any:
 
     if measured:
         ax = axes[2]
-        for name, colour, line_name in (("sharpness", "tab:blue", "edge_gd"), ("sharpness_precond", "tab:purple", "edge_adam")):
+        drawn_lines = set()
+        for (name, line_name), colour in zip(CURVATURE_LINES, ("tab:blue", "tab:purple", "tab:green")):
             if name not in measured:
                 continue
             ax.plot(*finite(*measured[name]), "o-", color=colour, ms=3, lw=1, label=name.replace("_", " "))
             line = traces.curvature.get(line_name)
-            if line is not None:
+            if line is not None and line_name not in drawn_lines:
+                drawn_lines.add(line_name)
                 ax.step(*finite(*line), "--", where="post", color=colour, lw=0.8, label="2/η" if line_name == "edge_gd" else "(2+2β1)/((1−β1)η)")
         ax.set_yscale("log")
         ax.set_ylabel("λmax")
@@ -424,3 +432,23 @@ def plot_explanation(document: Mapping[str, Any], traces: ExplainTraces) -> Any:
             ax.axvline(event["step"], color="black", ls="--", lw=1)
     axes[-1].set_xlabel("step (orange: first signal, red dashed: loss spike, black dashed: event)")
     return figure
+
+
+def run_explanation(run_dir: Path | str) -> dict[str, Any] | None:
+    """:func:`explanation_summary` of a failed run for ``summarize``; an unreadable record gives a note, never an error."""
+    try:
+        return explanation_summary(explain_run(run_dir))
+    except (InputError, OSError, ValueError, KeyError) as error:
+        return {"event": None, "first_signal": None, "note": f"no explanation: {error}"}
+
+
+def count_first_signals(runs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Failed runs (diverged or collapsed) per first signal; ``none`` where no signal moved or none was recorded."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        explanation = run.get("explanation")
+        if run.get("status") not in ("diverged", "collapsed"):
+            continue
+        key = (explanation or {}).get("first_signal") or "none"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))

@@ -19,7 +19,8 @@ summary.json (schema ``fnostab.summary/1``)::
         grad_norm: {threshold, runs_with_series, runs_without_series, logged_steps, nonfinite, max,
                     median, p99, above, frac_above, max_run, max_step},           # pooled metrics.csv
         runs: [{dir, seed, status, failure, best_val_loss, final_val_loss, metrics, grad_norm,
-                first_block_to_blow_up, memory_plan}]}],
+                first_block_to_blow_up, memory_plan, explanation}],
+       failures_by_first_signal: {signal: k}}],   # diverged/collapsed runs by `fnostab explain`'s first signal
      stress: null | {cells: [{label, arm, depth, lr, arch, clip, n, n_infeasible, failures, statuses, stable, infeasible}],
                      arms: [{arm, lr_by_depth: [{depth, lr, infeasible}], depth_by_lr: [{lr, depth}],
                              boundary: {lr, depth}}],
@@ -48,6 +49,7 @@ from typing import Any
 from fnostab.errors import InputError
 from fnostab.io import to_jsonable, write_json_atomic, write_text_atomic
 from fnostab.report.collect import Collection, RunRecord, collect, group_label, read_metric_columns
+from fnostab.report.explain import count_first_signals, run_explanation
 from fnostab.report.gates import Gate, evaluate_gates, parse_gate
 from fnostab.report.stats import (
     first_block_to_blow_up,
@@ -185,6 +187,7 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
             "grad_norm": grad,
             "first_block_to_blow_up": _first_block(columns) if record.status not in ("ok", "infeasible") else None,
             "memory_plan": record.result.get("memory_plan"),
+            "explanation": run_explanation(record.dir) if record.status in ("diverged", "collapsed") else None,
         })
     pooled = pooled_series_stats(series, threshold)
     pooled["threshold"] = threshold
@@ -207,6 +210,7 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
         "failure_rate": len(failed) / n if n else None,
         "failure_ci95": list(wilson_interval(len(failed), n)),
         "failures_by_status": by_status,
+        "failures_by_first_signal": count_first_signals(runs),
         "time_to_failure": {"steps": steps, "epochs": epochs, "step": spread(steps), "epoch": spread(epochs)},
         "metrics": metrics,
         "grad_norm": pooled,

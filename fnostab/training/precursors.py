@@ -41,26 +41,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fnostab.hooks.curvature import adam_preconditioner, hessian_max_eigenvalue
+from fnostab.hooks.curvature import curvature_estimates
 from fnostab.io import write_text_atomic
+from fnostab.training.precursor_record import (
+    CURVATURE,
+    CURVATURE_PREFIX,
+    GLOBALS,
+    GRAD_SPIKE_FACTOR,
+    LOSS_SPIKE_FACTOR,
+    PRECURSOR_PREFIX,
+    PRECURSORS_NAME,
+    SIGNALS,
+    SPIKE_HISTORY,
+    SPIKE_MIN_HISTORY,
+    WINDOW_COLUMNS,
+)
 
-PRECURSORS_NAME = "precursors.csv"
-SIGNALS: tuple[str, ...] = ("grad_norm", "weight_norm", "update_norm", "update_ratio", "update_grad_cos", "adam_v_rms")
-GLOBALS: tuple[str, ...] = ("loss", "grad_norm", "lr")
-CURVATURE: tuple[str, ...] = ("sharpness", "sharpness_precond", "edge_gd", "edge_adam")
-PRECURSOR_PREFIX = "precursor/"
-CURVATURE_PREFIX = "curvature/"
-WINDOW_COLUMNS: tuple[str, ...] = ("window", "trigger", "trigger_step", "step")
-
-# A spike: a step whose loss exceeds LOSS_SPIKE_FACTOR, or whose pre-clip gradient norm exceeds
-# GRAD_SPIKE_FACTOR, × its median over the previous SPIKE_HISTORY steps. In a healthy `cpu`-preset run
-# (Adam, lr 1e-3, 2,660 steps) the largest such ratio was 1.31 for the loss and 4.98 for the gradient
-# norm (small last batches of an epoch); the factors sit 2× above those (docs/diagnostics.md#spikes).
-# A blow-up is orders of magnitude larger.
-LOSS_SPIKE_FACTOR = 3.0
-GRAD_SPIKE_FACTOR = 10.0
-SPIKE_HISTORY = 50
-SPIKE_MIN_HISTORY = 10
 # Spike windows kept per run: enough for a run that keeps spiking, a bounded file for one that never stops.
 MAX_SPIKE_WINDOWS = 20
 # Lanczos steps per curvature estimate in training: the top eigenvalue is within a few per cent after 10-20.
@@ -114,10 +110,6 @@ def _real(tensor: Tensor) -> Tensor:
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
-def _flat(tensors: list[Tensor]) -> Tensor:
-    return torch.cat([_real(t).detach().reshape(-1).float() for t in tensors])
-
-
 def edge_lines(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
     """(2/η, (2 + 2β1)/((1 − β1)η)) of the optimizer's first group; the second is NaN without Adam betas."""
     group = optimizer.param_groups[0]
@@ -146,7 +138,7 @@ class PrecursorRecorder:
         self.parameters = [p for params in self.groups.values() for p in params]
         self.blocks = list(self.groups)
         sizes = [sum(_real(p).numel() for p in params) for params in self.groups.values()]
-        self._segments = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+        self._per_block = [len(params) for params in self.groups.values()]
         self._counts = torch.tensor(sizes, dtype=torch.float32)
         self.block_columns = [f"{PRECURSOR_PREFIX}{b}/{s}" for b in self.blocks for s in SIGNALS]
         self.global_columns = [f"{PRECURSOR_PREFIX}{g}" for g in GLOBALS] + [f"{CURVATURE_PREFIX}{c}" for c in CURVATURE]
@@ -154,8 +146,8 @@ class PrecursorRecorder:
         self._ring: Tensor | None = None  # (window, blocks × signals) on the device
         self._host_ring: deque[tuple[int, list[float]]] = deque(maxlen=window)  # (step, globals)
         self._filled = 0
-        self._weights: Tensor | None = None
-        self._grads: Tensor | None = None
+        self._weights: list[Tensor] | None = None
+        self._grads: list[Tensor] | None = None
         self._curvature = [math.nan] * len(CURVATURE)
         self._loss_history: deque[float] = deque(maxlen=SPIKE_HISTORY)
         self._grad_history: deque[float] = deque(maxlen=SPIKE_HISTORY)
@@ -172,58 +164,57 @@ class PrecursorRecorder:
         """Snapshot weights and raw gradients (device copies); measure curvature on the curvature steps."""
         optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper → the torch optimizer
         if self.signals_on:
-            self._weights = _flat(self.parameters)
-            self._grads = torch.cat([
-                _real(p.grad).detach().reshape(-1).float() if p.grad is not None
-                else torch.zeros(_real(p).numel(), device=p.device) for p in self.parameters
-            ])
+            # Copies of the weights and the raw gradient (clipping rescales .grad in place), in one
+            # fused kernel each; complex tensors through their real views.
+            self._weights = torch._foreach_mul([_real(p.detach()) for p in self.parameters], 1.0)
+            self._grads = torch._foreach_mul([
+                _real(p.grad.detach()) if p.grad is not None else torch.zeros_like(_real(p.detach()))
+                for p in self.parameters
+            ], 1.0)
         self._curvature = [math.nan] * len(CURVATURE)
         if self.curvature_every and loss_fn is not None and step % self.curvature_every == 0:
             self._curvature = self.measure_curvature(loss_fn, optimizer)
 
     def measure_curvature(self, loss_fn: Callable[[], Tensor], optimizer: torch.optim.Optimizer) -> list[float]:
-        """[λmax(H), λmax(P⁻¹H) (NaN without Adam state), 2/η, (2 + 2β1)/((1 − β1)η)] at the current weights."""
+        """The :data:`CURVATURE` row at the current weights: λmax(H), λmax(P⁻¹H) (NaN without Adam
+        state), gᵀHg/‖g‖², 2/η and (2 + 2β1)/((1 − β1)η)."""
         params = [p for p in self.parameters if p.requires_grad]
         try:
-            sharpness = hessian_max_eigenvalue(loss_fn, params, CURVATURE_ITERATIONS)
-        except RuntimeError:  # a non-finite or broken graph: recorded as unknown, the run goes on
-            sharpness = math.nan
-        diagonal = adam_preconditioner(optimizer, params) if "betas" in optimizer.param_groups[0] else None
-        precond = math.nan
-        if diagonal is not None and all(bool(torch.isfinite(d).all()) for d in diagonal):
-            try:
-                precond = hessian_max_eigenvalue(loss_fn, params, CURVATURE_ITERATIONS, preconditioner=diagonal)
-            except (RuntimeError, ValueError):
-                precond = math.nan
-        return [sharpness, precond, *edge_lines(optimizer)]
+            values = curvature_estimates(loss_fn, params, CURVATURE_ITERATIONS, optimizer)
+        except (RuntimeError, ValueError):  # a broken graph or non-finite weights: unknown, the run goes on
+            values = {}
+        return [values.get(name, math.nan) for name in CURVATURE[:3]] + list(edge_lines(optimizer))
 
     def _block_signals(self, optimizer: torch.optim.Optimizer, stepped: bool) -> Tensor:
-        """(blocks × signals) on the device; update signals NaN when no step was taken."""
+        """(blocks × signals) on the device; update signals NaN when no step was taken.
+
+        Per-parameter squared norms and dot products (fused ``_foreach_norm`` kernels), summed per block:
+        no host sync and no Python loop over elements.
+        """
         assert self._weights is not None and self._grads is not None
-        device = self._weights.device
-        segments, counts = self._segments.to(device), self._counts.to(device)
-        nb = len(self.blocks)
+        device = self._weights[0].device
 
-        def per_block(values: Tensor) -> Tensor:
-            return torch.zeros(nb, device=device).index_add_(0, segments, values)
+        def squares(tensors: list[Tensor]) -> Tensor:
+            return torch.stack(torch._foreach_norm(tensors)).float().square()
 
-        grad_sq = per_block(self._grads * self._grads)
-        weight_sq = per_block(self._weights * self._weights)
-        nan = torch.full((nb,), math.nan, device=device)
+        nan = torch.full((len(self.parameters),), math.nan, device=device)
+        per_param = [squares(self._grads), squares(self._weights)]
         if stepped:
-            delta = _flat(self.parameters) - self._weights
-            update = per_block(delta * delta).sqrt()
-            descent = per_block(-delta * self._grads)
-            cosine = descent / (update * grad_sq.sqrt()).clamp_min(1e-30)
+            delta = torch._foreach_sub([_real(p.detach()) for p in self.parameters], self._weights)
+            per_param.append(squares(delta))
+            per_param.append(-torch.stack([product.sum() for product in torch._foreach_mul(delta, self._grads)]).float())
         else:
-            update, cosine = nan, nan
-        v_rms = nan
-        diagonal = _adam_v_hat(optimizer, self.parameters)
-        if diagonal is not None:
-            v_rms = (per_block(diagonal) / counts).sqrt()
-        weight = weight_sq.sqrt()
+            per_param += [nan, nan]
+        v_sums = _adam_v_sums(optimizer, self.parameters)
+        per_param.append(nan if v_sums is None else v_sums)
+        # Parameters are ordered block by block: a split gives each block's rows (a matmul with a 0/1
+        # matrix would spread one block's NaN or inf to every block, since 0 × NaN = NaN).
+        blocks = torch.stack([rows.sum(dim=0) for rows in torch.stack(per_param, dim=1).split(self._per_block)])
+        grad, weight, update = blocks[:, 0].sqrt(), blocks[:, 1].sqrt(), blocks[:, 2].sqrt()
+        cosine = blocks[:, 3] / (update * grad).clamp_min(1e-30)
         ratio = update / weight.clamp_min(1e-30)
-        return torch.stack([grad_sq.sqrt(), weight, update, ratio, cosine, v_rms], dim=1).reshape(-1).double()
+        v_rms = (blocks[:, 4] / self._counts.to(device)).sqrt()
+        return torch.stack([grad, weight, update, ratio, cosine, v_rms], dim=1).reshape(-1).double()
 
     def finish(self, step: int, loss: float, grad_norm: float, optimizer: torch.optim.Optimizer, *,
                stepped: bool, failure: Any = None) -> dict[str, float]:
@@ -243,7 +234,7 @@ class PrecursorRecorder:
                 # The loss and lr have their own metrics.csv columns; the pre-clip norm is logged only with --log-grad-norm.
                 logged[f"{PRECURSOR_PREFIX}grad_norm"] = grad_norm
                 logged.update(zip(self.block_columns, row.tolist()))  # the one host copy of this step
-        if not math.isnan(self._curvature[0]) or not math.isnan(self._curvature[1]):
+        if any(not math.isnan(v) for v in self._curvature[:3]):
             logged.update((f"{CURVATURE_PREFIX}{c}", v) for c, v in zip(CURVATURE, self._curvature))
         if failure is not None:
             self.record_failure(failure)
@@ -310,18 +301,22 @@ class PrecursorRecorder:
         return handle.getvalue()
 
 
-def _adam_v_hat(optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter]) -> Tensor | None:
-    """Adam's bias-corrected second moment v / (1 − β2^t) as one flat device vector, or None (no Adam state)."""
+def _adam_v_sums(optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter]) -> Tensor | None:
+    """Σ v̂ per parameter (real coordinates) of Adam's bias-corrected second moment v / (1 − β2^t), or None.
+
+    v ≥ 0, so its sum is its L1 norm: one fused kernel over every parameter. ``step`` lives on the host.
+    """
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    parts = []
+    moments, corrections = [], []
     for parameter in parameters:
         state = optimizer.state.get(parameter, {})
         group = group_of.get(id(parameter))
         if "exp_avg_sq" not in state or group is None or "betas" not in group:
             return None
-        step = float(state["step"])
-        parts.append(_real(state["exp_avg_sq"]).detach().reshape(-1).float() / (1.0 - group["betas"][1] ** step))
-    return torch.cat(parts)
+        moments.append(_real(state["exp_avg_sq"].detach()))
+        corrections.append(1.0 / (1.0 - group["betas"][1] ** float(state["step"])))
+    sums = torch.stack(torch._foreach_norm(moments, 1)).float()
+    return sums * torch.tensor(corrections, device=sums.device)
 
 
 def recorder_for(generator: nn.Module, config: Any) -> PrecursorRecorder | None:
@@ -330,20 +325,3 @@ def recorder_for(generator: nn.Module, config: Any) -> PrecursorRecorder | None:
         return None
     return PrecursorRecorder(generator, every=config.precursors_every, curvature_every=config.curvature_every,
                              window=config.precursor_window)
-
-
-def read_windows(path: Path) -> list[dict[str, Any]]:
-    """precursors.csv back as windows: {trigger, trigger_step, reason, steps, columns: {name: [values]}}."""
-    windows: dict[int, dict[str, Any]] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        names = [n for n in (reader.fieldnames or []) if n not in (*WINDOW_COLUMNS, "reason")]
-        for row in reader:
-            index = int(row["window"])
-            window = windows.setdefault(index, {"trigger": row["trigger"], "trigger_step": int(row["trigger_step"]),
-                                                "reason": row["reason"], "steps": [], "columns": {n: [] for n in names}})
-            window["steps"].append(int(row["step"]))
-            for name in names:
-                cell = row.get(name)
-                window["columns"][name].append(float(cell) if cell not in (None, "") else math.nan)
-    return [windows[i] for i in sorted(windows)]
