@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,9 @@ EXPLAIN_PNG = "explain.png"
 # NOISE_MADS median absolute deviations of those values, in the direction that precedes trouble (a
 # gradient or weight norm that falls is no warning; an update or second moment that collapses is). The
 # first WARMUP_STEPS steps (the optimizer's own transient) are not searched unless the run fails inside
-# them. In a healthy `cpu`-preset run (lr 1e-3, 2,660 steps, every step recorded) this rule fired on no
-# step of any block for these signals; ×3 with 6 MADs still fired 11 times (docs/diagnostics.md#explain).
+# them. In two healthy `cpu`-preset runs (lr 1e-3 and 3e-3, 2,660 steps each, every step recorded) the
+# rule fired on no step of any block; with 6 MADs it fired on 11 and 2 block-steps
+# (scripts/precursor_thresholds.py, docs/diagnostics.md#explain).
 MOVE_FACTOR = 3.0
 NOISE_MADS = 8.0
 HISTORY = 50
@@ -54,20 +55,8 @@ WARMUP_STEPS = 20
 # update_norm is left to update_ratio, its scale-free form (the weights move slowly: they rise together).
 DIRECTIONS = {"grad_norm": "up", "weight_norm": "up", "update_ratio": "both", "adam_v_rms": "both"}
 # The per-step update/gradient cosine is logged and shown but names no first signal: under Adam it
-# swings by more than 0.5 from step to step, and in the same healthy run it fell 0.5 below its median
-# with 8 MADs on 162 steps.
-# Each curvature measure against its reference line, and how the text names them.
-CURVATURE_LINES = (("sharpness", "edge_gd"), ("sharpness_precond", "edge_adam"), ("batch_sharpness", "edge_gd"))
-CURVATURE_LABELS = {"sharpness": ("sharpness", "2/η"), "sharpness_precond": ("preconditioned sharpness", "(2+2β1)/((1−β1)η)"),
-                    "batch_sharpness": ("batch sharpness", "2/η")}
-SIGNAL_LABELS = {
-    "grad_norm": "gradient norm",
-    "weight_norm": "weight norm",
-    "update_norm": "update norm",
-    "update_ratio": "update/weight ratio",
-    "update_grad_cos": "update/gradient cosine",
-    "adam_v_rms": "Adam second-moment RMS",
-}
+# swings by more than 0.5 from step to step, and in the same healthy runs it fell 0.5 and 8 MADs below
+# its median on 162 and 334 block-steps.
 
 
 def _split_column(name: str) -> tuple[str, str] | None:
@@ -88,8 +77,8 @@ def _merge(*series: tuple[Sequence[int], Sequence[float]]) -> tuple[list[int], l
     return ordered, [merged[s] for s in ordered]
 
 
-def _first_move(signal: str, steps: Sequence[int], values: Sequence[float], start: int, end: int) -> dict[str, Any] | None:
-    """The first step in [start, end] where the signal left the range of its own last HISTORY values.
+def signal_moves(signal: str, steps: Sequence[int], values: Sequence[float], start: int, end: int) -> Iterator[dict[str, Any]]:
+    """Every step in [start, end] where the signal left the range of its own last HISTORY values.
 
     Compared on a log scale: d = ln(x / median of the history). A move needs d ≥ ln MOVE_FACTOR and
     d ≥ NOISE_MADS × the median absolute deviation of the history (a signal that swings by ×2 from
@@ -98,7 +87,7 @@ def _first_move(signal: str, steps: Sequence[int], values: Sequence[float], star
     """
     direction = DIRECTIONS.get(signal)
     if direction is None:
-        return None
+        return
     history: deque[float] = deque(maxlen=HISTORY)
     for step, value in zip(steps, values):
         if step > end:
@@ -118,11 +107,10 @@ def _first_move(signal: str, steps: Sequence[int], values: Sequence[float], star
             if signed >= threshold:
                 baseline = math.exp(level)
                 factor = value / baseline if math.isfinite(value) else math.inf
-                return {"step": step, "value": value, "baseline": baseline, "factor": factor,
-                        "score": abs(deviation) / threshold}
+                yield {"step": step, "value": value, "baseline": baseline, "factor": factor,
+                       "score": abs(deviation) / threshold}
         if math.isfinite(value) and value > 0:
             history.append(math.log(value))
-    return None
 
 
 def _crossing(steps: Sequence[int], values: Sequence[float], lines: Sequence[float], end: int) -> dict[str, Any]:
@@ -238,7 +226,7 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
     for name in names:
         block, signal = _split_column(name)  # type: ignore[misc]
         steps, values = series(name)
-        move = _first_move(signal, steps, values, start, end)
+        move = next(signal_moves(signal, steps, values, start, end), None)
         if move is not None:
             movers.append({"signal": signal, "block": block, "column": name, **move,
                            "finite": math.isfinite(move["value"]), "steps_before_event": end - move["step"]})
