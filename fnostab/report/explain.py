@@ -57,6 +57,18 @@ DIRECTIONS = {"grad_norm": "up", "weight_norm": "up", "update_ratio": "both", "a
 # The per-step update/gradient cosine is logged and shown but names no first signal: under Adam it
 # swings by more than 0.5 from step to step, and in the same healthy runs it fell 0.5 and 8 MADs below
 # its median on 162 and 334 block-steps.
+# Each curvature measure against its reference line, and how the text names them.
+CURVATURE_LINES = (("sharpness", "edge_gd"), ("sharpness_precond", "edge_adam"), ("batch_sharpness", "edge_gd"))
+CURVATURE_LABELS = {"sharpness": ("sharpness", "2/η"), "sharpness_precond": ("preconditioned sharpness", "(2+2β1)/((1−β1)η)"),
+                    "batch_sharpness": ("batch sharpness", "2/η")}
+SIGNAL_LABELS = {
+    "grad_norm": "gradient norm",
+    "weight_norm": "weight norm",
+    "update_norm": "update norm",
+    "update_ratio": "update/weight ratio",
+    "update_grad_cos": "update/gradient cosine",
+    "adam_v_rms": "Adam second-moment RMS",
+}
 
 
 def _split_column(name: str) -> tuple[str, str] | None:
@@ -172,7 +184,7 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
     result = read_result(run_dir / RESULT_NAME)
     failure = result.get("failure")
     columns = read_metric_columns(
-        run_dir / METRICS_NAME, lambda n: n.startswith((PRECURSOR_PREFIX, CURVATURE_PREFIX)) or n.endswith("_train_loss")
+        run_dir / METRICS_NAME, lambda n: n.startswith((PRECURSOR_PREFIX, CURVATURE_PREFIX)) or n.endswith("_train_loss") or n == "lr"
     ) or {}
     train_key = next((n for n in columns if n.endswith("_train_loss")), "")
     windows = read_windows(run_dir / PRECURSORS_NAME) if (run_dir / PRECURSORS_NAME).is_file() else []
@@ -252,11 +264,24 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
         traces.first_signal_by_block = {_split_column(n)[0]: series(n) for n in names if n.endswith(f"/{kind}")}  # type: ignore[index]
     for name in CURVATURE:
         traces.curvature[name] = series(f"{CURVATURE_PREFIX}{name}")
+    # The reference lines at every step from the logged learning rate (it may change between
+    # measurements): 2/η, and the Adam line as the same multiple (1 + β1)/(1 − β1) of it.
+    lr_steps, lrs = _merge(columns.get("lr", ([], [])), (window_steps, window_columns.get(f"{PRECURSOR_PREFIX}lr", [])))
+    if lr_steps and traces.curvature["edge_gd"][0]:
+        gd = [2.0 / lr if lr > 0 else math.nan for lr in lrs]
+        multiples = [a / g for a, g in zip(traces.curvature["edge_adam"][1], traces.curvature["edge_gd"][1])
+                     if math.isfinite(a) and math.isfinite(g) and g > 0]
+        traces.curvature["edge_gd"] = (lr_steps, gd)
+        traces.curvature["edge_adam"] = (lr_steps, [multiples[0] * g for g in gd] if multiples else [math.nan] * len(gd))
     return document, traces
 
 
 def _steps(count: int) -> str:
     return f"{count} step" + ("" if count == 1 else "s")
+
+
+def _lead(count: int, kind: str) -> str:
+    return f"{_steps(count)} before the {kind} step" if count else f"at the {kind} step itself"
 
 
 def _fmt(value: float | None) -> str:
@@ -289,7 +314,7 @@ def format_explanation(document: Mapping[str, Any]) -> str:
     first = document["first_signal"]
     if first is not None:
         lead = first["steps_before_event"]
-        when = f"{_steps(lead)} before the {event['kind']} step" if lead else f"at the {event['kind']} step itself"
+        when = _lead(lead, event["kind"])
         if spike is not None and first["step"] < spike:
             when += f", {_steps(spike - first['step'])} before the loss spike"
         lines.append(f"first signal: {describe_move(first)}, {when}")
@@ -309,8 +334,7 @@ def format_explanation(document: Mapping[str, Any]) -> str:
                 continue
             if entry["crossed_step"] is not None:
                 lines.append(f"{label} crossed {line_label} = {_fmt(entry['crossed_line'])} at step {entry['crossed_step']} "
-                             f"(λ = {_fmt(entry['crossed_value'])}), {_steps(event['step'] - entry['crossed_step'])} before the "
-                             f"{event['kind']} step")
+                             f"(λ = {_fmt(entry['crossed_value'])}), " + _lead(event['step'] - entry['crossed_step'], event['kind']))
             else:
                 lines.append(f"{label} stayed below {line_label}: at most {_fmt(entry['max_ratio'])} of it "
                              f"over {entry['measured']} measurements")
