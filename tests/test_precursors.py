@@ -240,3 +240,24 @@ def test_summarize_explains_each_failed_run_and_counts_failures_by_first_signal(
     markdown = (tmp_path / "summary.md").read_text()
     assert "## Why runs failed (first precursor signal)" in markdown
     assert "update_ratio 1" in markdown
+
+
+def test_with_norm_clipping_the_gradient_norm_is_pre_clip_and_the_cosine_uses_the_clipped_gradient() -> None:
+    from fnostab.clipping import clip_gradients_
+
+    model = _tiny_hybrid()
+    lr, limit = 1.0, 1e-2  # a step large enough that float32 ΔW = W′ − W keeps 5 digits
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0)
+    recorder = PrecursorRecorder(model, every=1, window=4)
+    loss = _backward(model)
+    pre = {name: _norm([p.grad.clone() for p in params]) for name, params in block_groups(model).items()}
+    recorder.capture(0, optimizer)
+    total, _ = clip_gradients_(model, f"norm:{limit}")
+    assert float(total) > 10 * limit  # it does clip
+    scale = limit / (float(total) + 1e-6)  # torch's clip_grad_norm_ coefficient
+    optimizer.step()
+    logged = recorder.finish(0, float(loss), float(total), optimizer, stepped=True)
+    for name, norm in pre.items():
+        assert logged[f"precursor/{name}/grad_norm"] == pytest.approx(norm, rel=1e-5)
+        assert logged[f"precursor/{name}/update_norm"] == pytest.approx(lr * scale * norm, rel=1e-3)
+        assert logged[f"precursor/{name}/update_grad_cos"] == pytest.approx(1.0, abs=1e-4)

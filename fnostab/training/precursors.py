@@ -7,7 +7,7 @@
 ``weight_norm``      ‖W‖ before the step
 ``update_norm``      ‖ΔW‖ of the optimizer step
 ``update_ratio``     ‖ΔW‖/‖W‖ — uneven ratios across layers precede loss spikes (arXiv:2410.05052)
-``update_grad_cos``  cos(−ΔW, g): 1 for plain SGD; near 0 when Adam's step no longer follows the
+``update_grad_cos``  cos(−ΔW, g) with the gradient the optimizer used (after clipping): 1 for plain SGD; near 0 when Adam's step no longer follows the
                      gradient, the state that precedes Adam divergence (Molybog et al., arXiv:2304.09871)
 ``adam_v_rms``       √(mean v̂) of Adam's bias-corrected second moment: the gradient RMS as Adam sees
                      it; at Adam's ε (1e-8) the update collapses (Wortsman et al., arXiv:2309.14322 §3.4)
@@ -110,6 +110,11 @@ def _real(tensor: Tensor) -> Tensor:
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
+def squares(tensors: list[Tensor]) -> Tensor:
+    """Squared L2 norm of each tensor (one fused kernel), float32 on their device."""
+    return torch.stack(torch._foreach_norm(tensors)).float().square()
+
+
 def edge_lines(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
     """(2/η, (2 + 2β1)/((1 − β1)η)) of the optimizer's first group; the second is NaN without Adam betas."""
     group = optimizer.param_groups[0]
@@ -138,7 +143,10 @@ class PrecursorRecorder:
         self.parameters = [p for params in self.groups.values() for p in params]
         self.blocks = list(self.groups)
         sizes = [sum(_real(p).numel() for p in params) for params in self.groups.values()]
-        self._per_block = [len(params) for params in self.groups.values()]
+        # Block of each parameter: per-parameter sums become per-block sums with one index_add_ (unlike a
+        # matmul with a 0/1 matrix, it keeps one block's NaN or inf out of the others: 0 × NaN = NaN).
+        self._owner = torch.tensor([index for index, params in enumerate(self.groups.values()) for _ in params])
+        self._moments: tuple[list[Tensor], list[Tensor], list[float]] | None = None
         self._counts = torch.tensor(sizes, dtype=torch.float32)
         self.block_columns = [f"{PRECURSOR_PREFIX}{b}/{s}" for b in self.blocks for s in SIGNALS]
         self.global_columns = [f"{PRECURSOR_PREFIX}{g}" for g in GLOBALS] + [f"{CURVATURE_PREFIX}{c}" for c in CURVATURE]
@@ -147,7 +155,7 @@ class PrecursorRecorder:
         self._host_ring: deque[tuple[int, list[float]]] = deque(maxlen=window)  # (step, globals)
         self._filled = 0
         self._weights: list[Tensor] | None = None
-        self._grads: list[Tensor] | None = None
+        self._grad_squares: Tensor | None = None
         self._curvature = [math.nan] * len(CURVATURE)
         self._loss_history: deque[float] = deque(maxlen=SPIKE_HISTORY)
         self._grad_history: deque[float] = deque(maxlen=SPIKE_HISTORY)
@@ -164,13 +172,10 @@ class PrecursorRecorder:
         """Snapshot weights and raw gradients (device copies); measure curvature on the curvature steps."""
         optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper → the torch optimizer
         if self.signals_on:
-            # Copies of the weights and the raw gradient (clipping rescales .grad in place), in one
-            # fused kernel each; complex tensors through their real views.
-            self._weights = torch._foreach_mul([_real(p.detach()) for p in self.parameters], 1.0)
-            self._grads = torch._foreach_mul([
-                _real(p.grad.detach()) if p.grad is not None else torch.zeros_like(_real(p.detach()))
-                for p in self.parameters
-            ], 1.0)
+            # A copy of the weights (for ΔW) and the raw gradient's per-parameter squared norms, taken
+            # before clipping rescales .grad in place; complex tensors through their real views.
+            self._weights = [_real(p.detach()).clone() for p in self.parameters]
+            self._grad_squares = squares(self._gradients())
         self._curvature = [math.nan] * len(CURVATURE)
         if self.curvature_every and loss_fn is not None and step % self.curvature_every == 0:
             self._curvature = self.measure_curvature(loss_fn, optimizer)
@@ -191,30 +196,54 @@ class PrecursorRecorder:
         Per-parameter squared norms and dot products (fused ``_foreach_norm`` kernels), summed per block:
         no host sync and no Python loop over elements.
         """
-        assert self._weights is not None and self._grads is not None
+        assert self._weights is not None and self._grad_squares is not None
         device = self._weights[0].device
-
-        def squares(tensors: list[Tensor]) -> Tensor:
-            return torch.stack(torch._foreach_norm(tensors)).float().square()
-
         nan = torch.full((len(self.parameters),), math.nan, device=device)
-        per_param = [squares(self._grads), squares(self._weights)]
+        per_param = [self._grad_squares, squares(self._weights)]
         if stepped:
             delta = torch._foreach_sub([_real(p.detach()) for p in self.parameters], self._weights)
             per_param.append(squares(delta))
-            per_param.append(-torch.stack([product.sum() for product in torch._foreach_mul(delta, self._grads)]).float())
+            # The gradient the optimizer used (after clipping; .grad is zeroed only at the next step).
+            used = self._gradients()
+            per_param.append(-torch.stack([(d * g).sum() for d, g in zip(delta, used)]).float())
+            per_param.append(squares(used))
         else:
-            per_param += [nan, nan]
-        v_sums = _adam_v_sums(optimizer, self.parameters)
+            per_param += [nan, nan, nan]
+        v_sums = self._adam_v_sums(optimizer)
         per_param.append(nan if v_sums is None else v_sums)
-        # Parameters are ordered block by block: a split gives each block's rows (a matmul with a 0/1
-        # matrix would spread one block's NaN or inf to every block, since 0 × NaN = NaN).
-        blocks = torch.stack([rows.sum(dim=0) for rows in torch.stack(per_param, dim=1).split(self._per_block)])
+        rows = torch.stack(per_param, dim=1)
+        blocks = torch.zeros(len(self.blocks), rows.shape[1], device=device).index_add_(0, self._owner.to(device), rows)
         grad, weight, update = blocks[:, 0].sqrt(), blocks[:, 1].sqrt(), blocks[:, 2].sqrt()
-        cosine = blocks[:, 3] / (update * grad).clamp_min(1e-30)
+        cosine = blocks[:, 3] / (update * blocks[:, 4].sqrt()).clamp_min(1e-30)
         ratio = update / weight.clamp_min(1e-30)
-        v_rms = (blocks[:, 4] / self._counts.to(device)).sqrt()
+        v_rms = (blocks[:, 5] / self._counts.to(device)).sqrt()
         return torch.stack([grad, weight, update, ratio, cosine, v_rms], dim=1).reshape(-1).double()
+
+    def _gradients(self) -> list[Tensor]:
+        return [_real(p.grad.detach()) if p.grad is not None else torch.zeros_like(_real(p.detach())) for p in self.parameters]
+
+    def _adam_v_sums(self, optimizer: torch.optim.Optimizer) -> Tensor | None:
+        """Σ v̂ per parameter (real coordinates) of Adam's bias-corrected second moment v / (1 − β2^t), or None.
+
+        Adam updates its state tensors in place, so they are looked up once, on the first step that has them.
+        """
+        if self._moments is None:
+            group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+            moments, steps, betas = [], [], []
+            for parameter in self.parameters:
+                state = optimizer.state.get(parameter, {})
+                group = group_of.get(id(parameter))
+                if "exp_avg_sq" not in state or group is None or "betas" not in group:
+                    return None
+                moments.append(_real(state["exp_avg_sq"].detach()))
+                steps.append(state["step"])
+                betas.append(group["betas"][1])
+            self._moments = (moments, steps, betas)
+        moments, steps, betas = self._moments
+        # Every parameter gets a gradient each step, so Adam's step count is one number; it lives on the host.
+        count = float(steps[0])
+        sums = torch.stack([moment.sum() for moment in moments]).float()  # v ≥ 0 (faster than a fused L1 norm on CPU)
+        return sums * torch.tensor([1.0 / (1.0 - beta**count) for beta in betas], device=sums.device)
 
     def finish(self, step: int, loss: float, grad_norm: float, optimizer: torch.optim.Optimizer, *,
                stepped: bool, failure: Any = None) -> dict[str, float]:
@@ -240,7 +269,7 @@ class PrecursorRecorder:
             self.record_failure(failure)
         elif self.signals_on:
             self._check_spike(step, loss, grad_norm)
-        self._weights = self._grads = None
+        self._weights = self._grad_squares = None
         return logged
 
     def _check_spike(self, step: int, loss: float, grad_norm: float) -> None:
@@ -299,24 +328,6 @@ class PrecursorRecorder:
                 writer.writerow([index, window["trigger"], window["trigger_step"], step, window["reason"],
                                  *(repr(float(v)) for v in row)])
         return handle.getvalue()
-
-
-def _adam_v_sums(optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter]) -> Tensor | None:
-    """Σ v̂ per parameter (real coordinates) of Adam's bias-corrected second moment v / (1 − β2^t), or None.
-
-    v ≥ 0, so its sum is its L1 norm: one fused kernel over every parameter. ``step`` lives on the host.
-    """
-    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    moments, corrections = [], []
-    for parameter in parameters:
-        state = optimizer.state.get(parameter, {})
-        group = group_of.get(id(parameter))
-        if "exp_avg_sq" not in state or group is None or "betas" not in group:
-            return None
-        moments.append(_real(state["exp_avg_sq"].detach()))
-        corrections.append(1.0 / (1.0 - group["betas"][1] ** float(state["step"])))
-    sums = torch.stack(torch._foreach_norm(moments, 1)).float()
-    return sums * torch.tensor(corrections, device=sums.device)
 
 
 def recorder_for(generator: nn.Module, config: Any) -> PrecursorRecorder | None:
