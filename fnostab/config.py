@@ -138,6 +138,7 @@ class TrainConfig(_Model):
     monitor_every: int = Field(0, ge=0, description="per-block monitors every N steps (0: off)")
     precursors_every: int = Field(0, ge=0, description="per-block precursor signals logged every N steps (0: off)")
     curvature_every: int = Field(0, ge=0, description="sharpness and preconditioned sharpness every N steps (0: off)")
+    batch_sharpness_every: int = Field(0, ge=0, description="batch sharpness alone (one Hessian-vector product) every N steps (0: off)")
     precursor_window: int = Field(100, ge=2, description="steps of every signal kept before a spike or failure")
     val_patches: int | None = Field(None, ge=1, description="fixed validation subset (None: all)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")

@@ -15,7 +15,8 @@ the ``off`` block of the same round; medians and IQR over rounds are reported.
 
 Curvature is measured every M steps, so its cost is amortised: the script times ``--curvature-reps``
 measurements (sharpness and preconditioned sharpness, ``CURVATURE_ITERATIONS`` Hessian-vector products
-each) and reports their median divided by M × the median ``off`` step, for each M of ``--curvature-every``.
+each, and the batch sharpness) and reports their median divided by M × the median ``off`` step, for each
+M of ``--curvature-every``; the same for the batch sharpness alone (``--batch-sharpness-every B``).
 
 Usage::
 
@@ -36,13 +37,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fnostab.config import PRESETS, ModelConfig  # noqa: E402
-from fnostab.models import build_generator  # noqa: E402
-from fnostab.physics import physics_loss, predicted_amplitude  # noqa: E402
-from fnostab.training.precursors import CURVATURE_ITERATIONS, PrecursorRecorder  # noqa: E402
+from fnostab.config import PRESETS, ModelConfig
+from fnostab.models import build_generator
+from fnostab.physics import physics_loss, predicted_amplitude
+from fnostab.training.precursors import CURVATURE_ITERATIONS, PrecursorRecorder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_monitors import load_patterns  # noqa: E402
+from bench_monitors import load_patterns
 
 ARMS = ("off", "signals")
 
@@ -54,6 +55,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per arm before the first round")
     parser.add_argument("--every", type=int, default=10, help="K of --precursors-every (host copy every K steps)")
     parser.add_argument("--curvature-every", default="250,500,1000", help="values of M to report the amortised cost for")
+    parser.add_argument("--batch-sharpness-every", default="50,100,200", help="values of B to report the amortised cost for")
     parser.add_argument("--curvature-reps", type=int, default=5, help="curvature measurements timed")
     parser.add_argument("--batch-size", type=int, default=PRESETS["cpu"]["train"]["batch_size"])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -112,12 +114,13 @@ def main() -> int:
         for arm in order:
             per_round[arm].append(run_block(arm, args.steps))
 
-    curvature_times = []
+    curvature_times, batch_times = [], []
     for rep in range(args.curvature_reps):
         batch = batch_at(rep)
-        started = time.perf_counter()
-        recorder.measure_curvature(lambda: loss_of(batch), optimizer)
-        curvature_times.append(time.perf_counter() - started)
+        for iterations, times in ((CURVATURE_ITERATIONS, curvature_times), (0, batch_times)):
+            started = time.perf_counter()
+            recorder.measure_curvature(lambda batch=batch: loss_of(batch), optimizer, iterations)
+            times.append(time.perf_counter() - started)
 
     def quartiles(values: list[float]) -> tuple[float, float, float]:
         q = statistics.quantiles(values, n=4, method="inclusive")
@@ -148,11 +151,18 @@ def main() -> int:
     print()
     print(f"curvature: one measurement (2 × {CURVATURE_ITERATIONS} Hessian-vector products) takes "
           f"{1e3 * measurement:.0f} ms median over {args.curvature_reps} = {measurement / base:.0f} off-steps")
+    batch_only = statistics.median(batch_times)
+    print(f"batch sharpness alone (1 product): {1e3 * batch_only:.0f} ms = {batch_only / base:.1f} off-steps")
     print()
     print("| --curvature-every M | amortised overhead |")
     print("|---:|---:|")
     for every in (int(m) for m in args.curvature_every.split(",")):
         print(f"| {every} | {100 * measurement / (every * base):.1f}% |")
+    print()
+    print("| --batch-sharpness-every B | amortised overhead |")
+    print("|---:|---:|")
+    for every in (int(b) for b in args.batch_sharpness_every.split(",")):
+        print(f"| {every} | {100 * batch_only / (every * base):.1f}% |")
     return 0
 
 

@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import fnostab.report.explain as explain  # noqa: E402
-from fnostab.report.collect import read_metric_columns  # noqa: E402
-from fnostab.training.precursor_record import SPIKE_HISTORY, SPIKE_MIN_HISTORY  # noqa: E402
+from fnostab.report import explain
+from fnostab.report.collect import read_metric_columns
+from fnostab.training.precursor_record import SPIKE_HISTORY, SPIKE_MIN_HISTORY
 
 
 def max_ratio(values: list[float]) -> tuple[float, int]:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import assert_clean_usage_error, run_cli
 from fnostab.models import build_generator
 from fnostab.training.precursor_record import PRECURSORS_NAME, SIGNALS, read_windows
 from fnostab.training.precursors import PrecursorRecorder, block_groups
-from conftest import assert_clean_usage_error, run_cli
 
 
 def _tiny_hybrid() -> torch.nn.Module:
@@ -137,7 +137,7 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
 def plain_and_recorded(smoke_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("precursors")
     _train(smoke_data, root / "plain", epochs=1)
-    _train(smoke_data, root / "recorded", epochs=1, precursors_every=3, curvature_every=10)
+    _train(smoke_data, root / "recorded", epochs=1, precursors_every=3, curvature_every=10, batch_sharpness_every=4)
     return root / "plain", root / "recorded"
 
 
@@ -147,14 +147,16 @@ def test_recording_precursors_and_curvature_leaves_the_training_numbers_unchange
     assert plain["val_losses"] == recorded["val_losses"]
 
 
-def test_block_signals_are_logged_every_k_steps_and_curvature_every_m(plain_and_recorded) -> None:
+def test_block_signals_are_logged_every_k_steps_curvature_every_m_and_batch_sharpness_every_b(plain_and_recorded) -> None:
     rows = [r for r in _metrics(plain_and_recorded[1]) if r.get("mae_train_loss")]
     steps = [int(r["step"]) for r in rows]
     assert steps == list(range(19))
     signal_steps = [int(r["step"]) for r in rows if r["precursor/encoder.0/update_ratio"]]
-    curvature_steps = [int(r["step"]) for r in rows if r["curvature/sharpness"]]
+    curvature_steps = [int(r["step"]) for r in rows if r["curvature/sharpness"] not in ("", "nan")]
+    batch_steps = [int(r["step"]) for r in rows if r["curvature/batch_sharpness"] not in ("", "nan")]
     assert signal_steps == [0, 3, 6, 9, 12, 15, 18]
     assert curvature_steps == [0, 10]
+    assert batch_steps == [0, 4, 8, 10, 12, 16]  # the cheap estimate alone on its own steps, with λmax on M's
     by_step = {int(r["step"]): r for r in rows}
     assert by_step[0]["curvature/sharpness_precond"] == "nan"  # no Adam state before the first step
     assert float(by_step[10]["curvature/sharpness_precond"]) > 0
@@ -170,7 +172,7 @@ def test_block_signals_are_logged_every_k_steps_and_curvature_every_m(plain_and_
 @pytest.fixture(scope="module")
 def planted(smoke_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A smoke run whose learning rate jumps from 1e-3 to 0.3 at the start of epoch 2 (step 38)."""
-    import fnostab.training.module as module
+    from fnostab.training import module
 
     def jump(optimizer: torch.optim.Optimizer, config: object) -> torch.optim.lr_scheduler.LRScheduler:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 300.0 if epoch >= 2 else 1.0)

@@ -180,6 +180,7 @@ def train_command(
     monitor_every: Optional[int] = typer.Option(None, "--monitor-every", help="Log per-block gradient norm and activation mean every N steps.", rich_help_panel=RUN_PANEL),
     precursors_every: Optional[int] = typer.Option(None, "--precursors-every", help="Per-block precursor signals (gradient, weight and update norms, update/weight ratio, update/gradient cosine, Adam second moment) logged every N steps; a window of every step is kept before each spike or failure.", rich_help_panel=RUN_PANEL),
     curvature_every: Optional[int] = typer.Option(None, "--curvature-every", help="Sharpness and Adam-preconditioned sharpness (Hessian-vector products) every N steps, beside 2/η and 38/η.", rich_help_panel=RUN_PANEL),
+    batch_sharpness_every: Optional[int] = typer.Option(None, "--batch-sharpness-every", help="Batch sharpness gᵀHg/‖g‖² alone (one Hessian-vector product, cheap) every N steps, beside 2/η.", rich_help_panel=RUN_PANEL),
     precursor_window: Optional[int] = typer.Option(None, "--precursor-window", help="Steps kept before a spike or failure (default 100).", rich_help_panel=RUN_PANEL),
     val_patches: Optional[int] = typer.Option(None, "--val-patches", help="Validate each epoch on a fixed subset of this many test patterns.", rich_help_panel=RUN_PANEL),
     force: bool = typer.Option(False, "--force", help="Replace an existing run dir.", rich_help_panel=RUN_PANEL),
@@ -204,7 +205,8 @@ def train_command(
                    accelerator=accelerator,
                    precision=precision, devices=devices, threads=threads, log_grad_norm=log_grad_norm,
                    grad_norm_log_freq=grad_norm_log_freq, monitor_every=monitor_every, val_patches=val_patches,
-                   precursors_every=precursors_every, curvature_every=curvature_every, precursor_window=precursor_window),
+                   precursors_every=precursors_every, curvature_every=curvature_every,
+                   batch_sharpness_every=batch_sharpness_every, precursor_window=precursor_window),
     )
     from fnostab.training.runner import prepare_run, run_training
 

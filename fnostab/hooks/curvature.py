@@ -202,7 +202,8 @@ def curvature_estimates(
     ``optimizer`` holds no Adam second moment) as in :func:`hessian_max_eigenvalue`;
     ``batch_sharpness`` = gᵀHg / ‖g‖², the curvature along this batch's own gradient (one product;
     Andreyev & Beneventano, arXiv:2412.20553, find that this, not λmax, settles at 2/η under minibatch
-    SGD). Costs one forward/backward with ``create_graph`` plus 2·iterations + 1 products.
+    SGD). Costs one forward/backward with ``create_graph`` plus 2·iterations + 1 products;
+    ``iterations=0`` gives the batch sharpness alone (the two λmax are NaN).
     """
     params = [p for p in parameters]
     product = hessian_vector_product(loss_fn, params)
@@ -210,12 +211,12 @@ def curvature_estimates(
     squared = float(torch.dot(gradient, gradient))
     finite = math.isfinite(squared)
     out = {
-        "sharpness": _max_eigenvalue(product, params, iterations, None, seed) if finite else math.nan,
+        "sharpness": _max_eigenvalue(product, params, iterations, None, seed) if finite and iterations else math.nan,
         "batch_sharpness": float(torch.dot(gradient, product(gradient))) / squared if finite and squared > 0 else math.nan,
         "sharpness_precond": math.nan,
     }
     diagonal = None
-    if optimizer is not None and finite:
+    if optimizer is not None and finite and iterations:
         moments = adam_preconditioner(optimizer, params) if "betas" in optimizer.param_groups[0] else None
         if moments is not None:
             diagonal = torch.cat([d.reshape(-1).to(torch.float64) for d in moments])

@@ -30,10 +30,10 @@ from fnostab.report.stats import _RunningMedian  # the loss-spike rule uses the 
 from fnostab.training.precursor_record import (
     CURVATURE,
     CURVATURE_PREFIX,
+    LOSS_SPIKE_FACTOR,
     PRECURSOR_PREFIX,
     PRECURSORS_NAME,
     SIGNALS,
-    LOSS_SPIKE_FACTOR,
     read_windows,
 )
 from fnostab.training.result import METRICS_NAME, RESULT_NAME, read_result

@@ -7,22 +7,24 @@
 ``weight_norm``      ‖W‖ before the step
 ``update_norm``      ‖ΔW‖ of the optimizer step
 ``update_ratio``     ‖ΔW‖/‖W‖ — uneven ratios across layers precede loss spikes (arXiv:2410.05052)
-``update_grad_cos``  cos(−ΔW, g) with the gradient the optimizer used (after clipping): 1 for plain SGD; near 0 when Adam's step no longer follows the
-                     gradient, the state that precedes Adam divergence (Molybog et al., arXiv:2304.09871)
+``update_grad_cos``  cos(−ΔW, g), g the gradient the optimizer used (after clipping): 1 for plain SGD;
+                     near 0 when Adam's step no longer follows the gradient, the state that precedes
+                     Adam divergence (Molybog et al., arXiv:2304.09871)
 ``adam_v_rms``       √(mean v̂) of Adam's bias-corrected second moment: the gradient RMS as Adam sees
                      it; at Adam's ε (1e-8) the update collapses (Wortsman et al., arXiv:2309.14322 §3.4)
 
-All of them are reductions over one flat copy of the weights and gradients, kept on the device in a
-ring buffer of the last ``precursor_window`` steps; every K-th step one row is copied to the host and
-logged to metrics.csv as ``precursor/<block>/<signal>``. The loss and the pre-clip gradient norm are on
-the host anyway (the failure detector reads them every step), so spikes are found there without any
-extra sync: a step whose loss exceeds ``LOSS_SPIKE_FACTOR`` or whose gradient norm exceeds
-``GRAD_SPIKE_FACTOR`` × its median over the previous ``SPIKE_HISTORY`` steps. At a spike, and when the run diverges or collapses, the whole window is
-copied to the host once and appended to ``precursors.csv`` in the run dir (rewritten atomically).
+All of them are per-parameter norms and dot products (fused ``_foreach_norm`` kernels) summed per
+block, kept on the device in a ring buffer of the last ``precursor_window`` steps; every K-th step one
+row is copied to the host and logged to metrics.csv as ``precursor/<block>/<signal>``. The loss and the
+pre-clip gradient norm are on the host anyway (the failure detector reads them every step), so spikes
+are found there without any extra sync: a step whose loss exceeds ``LOSS_SPIKE_FACTOR`` or whose
+gradient norm exceeds ``GRAD_SPIKE_FACTOR`` × its median over the previous ``SPIKE_HISTORY`` steps. At a
+spike, and when the run diverges or collapses, the whole window is copied to the host once and
+appended to ``precursors.csv`` in the run dir (rewritten atomically).
 
-``--curvature-every M`` measures, every M steps on the step's own batch, the sharpness λmax(H) and the
-Adam-preconditioned sharpness λmax(P⁻¹H) (:func:`fnostab.hooks.hessian_max_eigenvalue`) and logs them
-beside the reference lines 2/η and (2 + 2β1)/((1 − β1)η) (38/η at β1 = 0.9). With the L1 loss the
+``--curvature-every M`` measures, every M steps on the step's own batch, the sharpness λmax(H), the
+Adam-preconditioned sharpness λmax(P⁻¹H) and the batch sharpness gᵀHg/‖g‖²
+(:func:`fnostab.hooks.curvature.curvature_estimates`) and logs them beside the reference lines 2/η and (2 + 2β1)/((1 − β1)η) (38/η at β1 = 0.9). With the L1 loss the
 Gauss–Newton part of H vanishes almost everywhere, so those lines are landmarks, not laws
 (docs/diagnostics.md#curvature).
 """
@@ -133,10 +135,11 @@ class PrecursorRecorder:
     receives precursors.csv; without it the windows stay in :attr:`windows`.
     """
 
-    def __init__(self, generator: nn.Module, *, every: int, curvature_every: int = 0, window: int = 100,
-                 out_dir: Path | None = None) -> None:
+    def __init__(self, generator: nn.Module, *, every: int, curvature_every: int = 0, batch_sharpness_every: int = 0,
+                 window: int = 100, out_dir: Path | None = None) -> None:
         self.every = every
         self.curvature_every = curvature_every
+        self.batch_sharpness_every = batch_sharpness_every
         self.window = window
         self.out_dir = out_dir
         self.groups = block_groups(generator)
@@ -177,15 +180,18 @@ class PrecursorRecorder:
             self._weights = [_real(p.detach()).clone() for p in self.parameters]
             self._grad_squares = squares(self._gradients())
         self._curvature = [math.nan] * len(CURVATURE)
-        if self.curvature_every and loss_fn is not None and step % self.curvature_every == 0:
+        if loss_fn is not None and self.curvature_every and step % self.curvature_every == 0:
             self._curvature = self.measure_curvature(loss_fn, optimizer)
+        elif loss_fn is not None and self.batch_sharpness_every and step % self.batch_sharpness_every == 0:
+            self._curvature = self.measure_curvature(loss_fn, optimizer, iterations=0)
 
-    def measure_curvature(self, loss_fn: Callable[[], Tensor], optimizer: torch.optim.Optimizer) -> list[float]:
+    def measure_curvature(self, loss_fn: Callable[[], Tensor], optimizer: torch.optim.Optimizer,
+                          iterations: int = CURVATURE_ITERATIONS) -> list[float]:
         """The :data:`CURVATURE` row at the current weights: λmax(H), λmax(P⁻¹H) (NaN without Adam
-        state), gᵀHg/‖g‖², 2/η and (2 + 2β1)/((1 − β1)η)."""
+        state), gᵀHg/‖g‖², 2/η and (2 + 2β1)/((1 − β1)η); ``iterations=0``: the batch sharpness only."""
         params = [p for p in self.parameters if p.requires_grad]
         try:
-            values = curvature_estimates(loss_fn, params, CURVATURE_ITERATIONS, optimizer)
+            values = curvature_estimates(loss_fn, params, iterations, optimizer)
         except (RuntimeError, ValueError):  # a broken graph or non-finite weights: unknown, the run goes on
             values = {}
         return [values.get(name, math.nan) for name in CURVATURE[:3]] + list(edge_lines(optimizer))
@@ -212,11 +218,13 @@ class PrecursorRecorder:
         v_sums = self._adam_v_sums(optimizer)
         per_param.append(nan if v_sums is None else v_sums)
         rows = torch.stack(per_param, dim=1)
-        blocks = torch.zeros(len(self.blocks), rows.shape[1], device=device).index_add_(0, self._owner.to(device), rows)
+        if self._owner.device != device:  # moved once, with the model
+            self._owner, self._counts = self._owner.to(device), self._counts.to(device)
+        blocks = torch.zeros(len(self.blocks), rows.shape[1], device=device).index_add_(0, self._owner, rows)
         grad, weight, update = blocks[:, 0].sqrt(), blocks[:, 1].sqrt(), blocks[:, 2].sqrt()
         cosine = blocks[:, 3] / (update * blocks[:, 4].sqrt()).clamp_min(1e-30)
         ratio = update / weight.clamp_min(1e-30)
-        v_rms = (blocks[:, 5] / self._counts.to(device)).sqrt()
+        v_rms = (blocks[:, 5] / self._counts).sqrt()
         return torch.stack([grad, weight, update, ratio, cosine, v_rms], dim=1).reshape(-1).double()
 
     def _gradients(self) -> list[Tensor]:
@@ -331,8 +339,10 @@ class PrecursorRecorder:
 
 
 def recorder_for(generator: nn.Module, config: Any) -> PrecursorRecorder | None:
-    """The recorder a TrainConfig asks for (None when both --precursors-every and --curvature-every are 0)."""
-    if not config.precursors_every and not config.curvature_every:
+    """The recorder a TrainConfig asks for (None when --precursors-every, --curvature-every and
+    --batch-sharpness-every are all 0)."""
+    if not (config.precursors_every or config.curvature_every or config.batch_sharpness_every):
         return None
     return PrecursorRecorder(generator, every=config.precursors_every, curvature_every=config.curvature_every,
+                             batch_sharpness_every=config.batch_sharpness_every,
                              window=config.precursor_window)
