@@ -146,6 +146,11 @@ def main() -> int:
             o_med, o_lo, o_hi = quartiles(paired)
             overhead, spread = f"{o_med:+.1f}%", f"{o_lo:+.1f}% … {o_hi:+.1f}%"
         print(f"| {arm} | {1e3 * med:.2f} | {1e3 * lo:.2f} … {1e3 * hi:.2f} | {overhead} | {spread} |")
+    # The least disturbed round of each arm: on a shared machine the minima are the cleanest pair.
+    fastest = {arm: min(times) for arm, times in per_round.items()}
+    print()
+    print(f"fastest round: off {1e3 * fastest['off']:.2f} ms, signals {1e3 * fastest['signals']:.2f} ms "
+          f"({100 * (fastest['signals'] / fastest['off'] - 1):+.1f}%)")
     base = statistics.median(per_round["off"])
     measurement = statistics.median(curvature_times)
     print()

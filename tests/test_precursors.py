@@ -263,3 +263,39 @@ def test_with_norm_clipping_the_gradient_norm_is_pre_clip_and_the_cosine_uses_th
         assert logged[f"precursor/{name}/grad_norm"] == pytest.approx(norm, rel=1e-5)
         assert logged[f"precursor/{name}/update_norm"] == pytest.approx(lr * scale * norm, rel=1e-3)
         assert logged[f"precursor/{name}/update_grad_cos"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_collapse_is_explained_from_its_first_spike_and_names_blocks_whose_gradient_died(tmp_path: Path) -> None:
+    """A hand-written record: the gradient of encoder.0 jumps ×50 at step 3, the loss spikes at step 4,
+    encoder.0's gradient is exactly 0 from step 6 on, and the collapse is found at step 59."""
+    from fnostab.report.explain import explain_run, format_explanation
+
+    run_dir = tmp_path / "collapsed"
+    run_dir.mkdir()
+    failure = {"status": "collapsed", "reason": "constant-amplitude output", "step": 59, "epoch": 0}
+    (run_dir / "result.json").write_text(json.dumps({"schema": "fnostab.result/1", "status": "collapsed", "failure": failure}))
+    encoder = [0.1, 0.11, 0.09, 5.0, 3.0, 0.2] + [0.0] * 54
+    head = [1.0 + 0.05 * (i % 3) for i in range(60)]
+    loss = [0.5, 0.52, 0.49, 0.5, 9.0] + [0.4] * 55
+    with (run_dir / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "step", "mae_train_loss", "precursor/encoder.0/grad_norm", "precursor/head/grad_norm"])
+        for step in range(60):
+            writer.writerow([0, step, loss[step], encoder[step], head[step]])
+    columns = ["precursor/loss", "precursor/encoder.0/grad_norm", "precursor/head/grad_norm"]
+    with (run_dir / PRECURSORS_NAME).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["window", "trigger", "trigger_step", "step", "reason", *columns])
+        for step in range(5):  # the spike window (steps 0-4), then the collapse's (steps 50-59)
+            writer.writerow([0, "spike", 4, step, "loss spike ×18", loss[step], encoder[step], head[step]])
+        for step in range(50, 60):
+            writer.writerow([1, "collapsed", 59, step, "constant-amplitude output", loss[step], encoder[step], head[step]])
+    document = explain_run(run_dir)
+    assert document["searched"]["window"] == {"trigger": "spike", "trigger_step": 4}
+    first = document["first_signal"]
+    assert (first["block"], first["signal"], first["step"]) == ("encoder.0", "grad_norm", 3)
+    assert first["factor"] == pytest.approx(5.0 / 0.1)  # the median of 0.1, 0.11, 0.09
+    assert first["steps_before_event"] == 56
+    assert document["loss_spike_step"] == 4
+    assert document["dead_blocks"] == [{"block": "encoder.0", "since_step": 6}]
+    assert "encoder.0: gradient exactly 0 from step 6 on" in format_explanation(document)

@@ -146,6 +146,20 @@ def _crossing(steps: Sequence[int], values: Sequence[float], lines: Sequence[flo
     }
 
 
+def _dead_since(steps: Sequence[int], values: Sequence[float], end: int) -> int | None:
+    """First step from which a block's gradient norm stayed exactly 0 up to ``end`` (it had been non-zero)."""
+    since, alive = None, False
+    for step, value in zip(steps, values):
+        if step > end:
+            break
+        if value == 0.0:
+            if since is None and alive:
+                since = step
+        elif not math.isnan(value):
+            alive, since = True, None
+    return since
+
+
 def _loss_spike(steps: Sequence[int], values: Sequence[float], start: int, end: int) -> int | None:
     """First step in [start, end] whose loss is non-finite or above LOSS_SPIKE_FACTOR × the median of its earlier losses."""
     history = _RunningMedian()
@@ -200,12 +214,18 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
         "first_signal": None,
         "movers": [],
         "curvature": None,
+        "dead_blocks": [],
+        "searched": None,
         "note": None,
     }
     target = None
     if failure and failure.get("status") in ("diverged", "collapsed"):
         target = next((w for w in reversed(windows) if w["trigger"] == failure["status"]), None)
         event = {"kind": failure["status"], "step": int(failure["step"]), "reason": failure.get("reason")}
+        if failure["status"] == "collapsed":
+            # A collapse is found at an epoch's validation, long after it began: the first spike before
+            # it, when there is one, is where the run went wrong.
+            target = next((w for w in windows if w["trigger"] == "spike" and w["trigger_step"] <= event["step"]), target)
     else:
         target = next((w for w in windows if w["trigger"] == "spike"), None)
         event = None if target is None else {"kind": "spike", "step": target["trigger_step"], "reason": target["reason"]}
@@ -217,9 +237,15 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
     if target is None and not any(_split_column(n) for n in columns):
         document["note"] = ("no precursor signals recorded: train with --precursors-every K to record them "
                             "(and --curvature-every M for curvature)")
-    end = event["step"]
+    end = target["trigger_step"] if target else event["step"]
     start = target["steps"][0] if target and target["steps"] else max(0, end - 100)
-    start = max(start, min(WARMUP_STEPS, end))
+    # The optimizer's transient is skipped, except in a run that failed (or first spiked) inside twice
+    # that span: there the transient is the failure.
+    start = max(start, WARMUP_STEPS if end >= 2 * WARMUP_STEPS else 1)
+    start = min(start, end)
+    document["searched"] = {"first_step": start, "last_step": end,
+                            "window": None if target is None else {"trigger": target["trigger"],
+                                                                   "trigger_step": target["trigger_step"]}}
     window_columns = target["columns"] if target else {}
     window_steps = target["steps"] if target else []
 
@@ -241,7 +267,14 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
         move = next(signal_moves(signal, steps, values, start, end), None)
         if move is not None:
             movers.append({"signal": signal, "block": block, "column": name, **move,
-                           "finite": math.isfinite(move["value"]), "steps_before_event": end - move["step"]})
+                           "finite": math.isfinite(move["value"]), "steps_before_event": event["step"] - move["step"]})
+        if signal == "grad_norm":
+            since = _dead_since(steps, values, event["step"])
+            if since is not None:
+                document["dead_blocks"].append({"block": block, "since_step": since})
+    forward = [_split_column(n)[0] for n in [*window_columns, *columns] if _split_column(n)]  # type: ignore[index]
+    order = {name: index for index, name in enumerate(dict.fromkeys(forward))}
+    document["dead_blocks"].sort(key=lambda d: (d["since_step"], order.get(d["block"], 0)))
     movers.sort(key=lambda m: (m["step"], -m["score"]))
     document["movers"] = [{k: v for k, v in m.items() if k != "score"} for m in movers]
     if movers:
@@ -256,7 +289,7 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
         line_steps, lines = series(f"{CURVATURE_PREFIX}{line_name}")
         by_step = dict(zip(line_steps, lines))
         curvature[name] = {"line_name": line_name,
-                           **_crossing(steps, values, [by_step.get(s, math.nan) for s in steps], end)}
+                           **_crossing(steps, values, [by_step.get(s, math.nan) for s in steps], event["step"])}
     document["curvature"] = curvature if any(c["measured"] for c in curvature.values()) else None
     traces = ExplainTraces(loss=(loss_steps, loss_values), grad_norm=series(f"{PRECURSOR_PREFIX}grad_norm"))
     if document["first_signal"] is not None:
@@ -321,6 +354,12 @@ def format_explanation(document: Mapping[str, Any]) -> str:
         others = document["movers"][1:4]
         if others:
             lines.append("then: " + "; ".join(describe_move(m) for m in others))
+    for dead in document.get("dead_blocks") or []:
+        lines.append(f"{dead['block']}: gradient exactly 0 from step {dead['since_step']} on (a dead block: it "
+                     f"no longer learns), {_lead(event['step'] - dead['since_step'], event['kind'])}")
+    searched = document.get("searched")
+    if searched and searched["window"] and searched["window"]["trigger"] == "spike" and event["kind"] != "spike":
+        lines.append(f"(searched the window before the first spike, step {searched['window']['trigger_step']})")
     if document["note"]:
         lines.append(document["note"])
     curvature = document["curvature"]
@@ -360,6 +399,7 @@ def explanation_summary(document: Mapping[str, Any]) -> dict[str, Any] | None:
         "sharpness_crossed_step": (curvature.get("sharpness") or {}).get("crossed_step"),
         "sharpness_precond_crossed_step": (curvature.get("sharpness_precond") or {}).get("crossed_step"),
         "batch_sharpness_crossed_step": (curvature.get("batch_sharpness") or {}).get("crossed_step"),
+        "dead_blocks": [d["block"] for d in document.get("dead_blocks") or []],
         "text": None if first is None else describe_move(first),
         "note": document.get("note"),
     }
