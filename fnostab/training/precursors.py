@@ -157,7 +157,11 @@ class PrecursorRecorder:
         self._ring: Tensor | None = None  # (window, blocks × signals) on the device
         self._host_ring: deque[tuple[int, list[float]]] = deque(maxlen=window)  # (step, globals)
         self._filled = 0
-        self._weights: list[Tensor] | None = None
+        # Preallocated, in each parameter's own layout: a fresh 0.5 MB copy every step costs page faults
+        # (and elementwise ops between tensors of different layouts are slow).
+        self._snapshot: list[Tensor] | None = None
+        self._products: list[Tensor] | None = None
+        self._weight_squares: Tensor | None = None
         self._grad_squares: Tensor | None = None
         self._curvature = [math.nan] * len(CURVATURE)
         self._loss_history: deque[float] = deque(maxlen=SPIKE_HISTORY)
@@ -177,7 +181,12 @@ class PrecursorRecorder:
         if self.signals_on:
             # A copy of the weights (for ΔW) and the raw gradient's per-parameter squared norms, taken
             # before clipping rescales .grad in place; complex tensors through their real views.
-            self._weights = [_real(p.detach()).clone() for p in self.parameters]
+            weights = [_real(p.detach()) for p in self.parameters]
+            if self._snapshot is None or self._snapshot[0].device != weights[0].device:
+                self._snapshot = [torch.empty_like(w) for w in weights]
+                self._products = [torch.empty_like(w) for w in weights]
+            torch._foreach_copy_(self._snapshot, weights)
+            self._weight_squares = squares(weights)
             self._grad_squares = squares(self._gradients())
         self._curvature = [math.nan] * len(CURVATURE)
         if loss_fn is not None and self.curvature_every and step % self.curvature_every == 0:
@@ -202,16 +211,20 @@ class PrecursorRecorder:
         Per-parameter squared norms and dot products (fused ``_foreach_norm`` kernels), summed per block:
         no host sync and no Python loop over elements.
         """
-        assert self._weights is not None and self._grad_squares is not None
-        device = self._weights[0].device
+        assert self._snapshot is not None and self._products is not None
+        assert self._weight_squares is not None and self._grad_squares is not None
+        device = self._snapshot[0].device
         nan = torch.full((len(self.parameters),), math.nan, device=device)
-        per_param = [self._grad_squares, squares(self._weights)]
+        per_param = [self._grad_squares, self._weight_squares]
         if stepped:
-            delta = torch._foreach_sub([_real(p.detach()) for p in self.parameters], self._weights)
-            per_param.append(squares(delta))
+            # In place: the snapshot W becomes W − W′ = −ΔW, the step's descent direction.
+            torch._foreach_sub_(self._snapshot, [_real(p.detach()) for p in self.parameters])
+            per_param.append(squares(self._snapshot))
             # The gradient the optimizer used (after clipping; .grad is zeroed only at the next step).
             used = self._gradients()
-            per_param.append(-torch.stack([(d * g).sum() for d, g in zip(delta, used)]).float())
+            for product, step, gradient in zip(self._products, self._snapshot, used):
+                torch.mul(step, gradient, out=product)
+            per_param.append(torch.stack([product.sum() for product in self._products]).float())
             per_param.append(squares(used))
         else:
             per_param += [nan, nan, nan]
@@ -277,7 +290,7 @@ class PrecursorRecorder:
             self.record_failure(failure)
         elif self.signals_on:
             self._check_spike(step, loss, grad_norm)
-        self._weights = self._grad_squares = None
+        self._weight_squares = self._grad_squares = None
         return logged
 
     def _check_spike(self, step: int, loss: float, grad_norm: float) -> None:
