@@ -74,7 +74,7 @@ def main() -> int:
     torch.manual_seed(0)
     generator = build_generator(model.arch, **model.generator_kwargs(N)).to(device)
     optimizer = torch.optim.Adam(generator.parameters(), lr=PRESETS["cpu"]["train"]["lr"])
-    recorder = PrecursorRecorder(generator, every=args.every, window=100)
+    recorder = PrecursorRecorder(generator, every=args.every, window=100, clipped=False)  # the cpu preset: --clip none
     n_batches = patterns.shape[0] // args.batch_size
     cursor = 0
 

@@ -132,14 +132,16 @@ class PrecursorRecorder:
     Call order per training step: :meth:`capture` after backward and before clipping, then
     :meth:`finish` after the optimizer step (or instead of it, when the step failed); for a failure
     found outside a step (collapse on validation) :meth:`record_failure`. ``out_dir`` (the run dir)
-    receives precursors.csv; without it the windows stay in :attr:`windows`.
+    receives precursors.csv; without it the windows stay in :attr:`windows`. ``clipped=False`` promises
+    that nothing changes ``.grad`` between the two calls (no clipping), which saves one pass.
     """
 
     def __init__(self, generator: nn.Module, *, every: int, curvature_every: int = 0, batch_sharpness_every: int = 0,
-                 window: int = 100, out_dir: Path | None = None) -> None:
+                 window: int = 100, clipped: bool = True, out_dir: Path | None = None) -> None:
         self.every = every
         self.curvature_every = curvature_every
         self.batch_sharpness_every = batch_sharpness_every
+        self.clipped = clipped  # False: .grad is not changed between capture and finish (no clipping)
         self.window = window
         self.out_dir = out_dir
         self.groups = block_groups(generator)
@@ -225,7 +227,7 @@ class PrecursorRecorder:
             for product, step, gradient in zip(self._products, self._snapshot, used):
                 torch.mul(step, gradient, out=product)
             per_param.append(torch.stack([product.sum() for product in self._products]).float())
-            per_param.append(squares(used))
+            per_param.append(squares(used) if self.clipped else self._grad_squares)
         else:
             per_param += [nan, nan, nan]
         v_sums = self._adam_v_sums(optimizer)
@@ -357,5 +359,5 @@ def recorder_for(generator: nn.Module, config: Any) -> PrecursorRecorder | None:
     if not (config.precursors_every or config.curvature_every or config.batch_sharpness_every):
         return None
     return PrecursorRecorder(generator, every=config.precursors_every, curvature_every=config.curvature_every,
-                             batch_sharpness_every=config.batch_sharpness_every,
+                             batch_sharpness_every=config.batch_sharpness_every, clipped=config.clip != "none",
                              window=config.precursor_window)
