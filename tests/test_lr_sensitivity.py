@@ -6,13 +6,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_cli
 from fnostab.config import DataSource
 from fnostab.experiments.arms import DEFAULT_ARMS
 from fnostab.experiments.shootout import plan_shootout
-from fnostab.report.lr_sensitivity import LrPoint, add_common_sensitivity, arm_lr_sensitivity, score
+from fnostab.report.lr_sensitivity import LrPoint, arm_lr_sensitivity, lr_sensitivities, score, seeds_to_separate
 from fnostab.report.stats import wilson_interval
 from fnostab.report.verdict import decide
 
@@ -51,9 +52,10 @@ def test_lr_sensitivity_equals_the_hand_computed_definition() -> None:
 
 
 def test_common_best_loss_shifts_every_seed_by_the_gap_to_the_best_arm() -> None:
-    own = arm_lr_sensitivity(ARM_POINTS)
-    better = arm_lr_sensitivity(_points(0, 1.0, [(1e-3, "ok", 0.15), (1e-2, "ok", 0.16), (1e-1, "ok", 0.17)]))
-    add_common_sensitivity([own, better])
+    entries = lr_sensitivities({"own": ARM_POINTS, "better": _points(0, 1.0, [(1e-3, "ok", 0.15), (1e-2, "ok", 0.16),
+                                                                             (1e-1, "ok", 0.17)])})
+    own, better = entries["own"], entries["better"]
+    assert own["mean"] == arm_lr_sensitivity(ARM_POINTS)["mean"]
     assert own["common"]["best_loss"] == better["common"]["best_loss"] == 0.15
     assert [s["value"] for s in own["common"]["per_seed"]] == pytest.approx([0.35, 2.05 / 3 - 0.15])
     assert better["common"]["mean"] == pytest.approx(better["mean"]) == pytest.approx(0.01)
@@ -119,9 +121,14 @@ def test_stage_b_passes_on_lower_lr_sensitivity_beyond_seed_noise_only() -> None
     assert check["passes"] is True
     assert "LR sensitivity 0.2 [0.1, 0.3] (control 0.5 [0.4, 0.6])" in decide(groups, stress)["explanation"]
 
+    # Lower but within seed noise: undecided, not failed, and the next step says how many seeds would tell.
     overlapping = {**stress, "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]),
                                                 _sensitivity("opt", 0.35, [0.25, 0.45])]}
-    assert decide(groups, overlapping)["stage_b"]["opt"]["checks"]["less_lr_sensitive"] is False
+    undecided = decide(groups, overlapping)
+    assert undecided["stage_b"]["opt"]["checks"]["less_lr_sensitive"] is None
+    assert undecided["stage_b"]["opt"]["passes"] is None
+    higher = {**stress, "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]), _sensitivity("opt", 0.55, [0.5, 0.6])]}
+    assert decide(groups, higher)["stage_b"]["opt"]["passes"] is False
     # An arm that barely learns is "insensitive" for free: its best loss must be within 10% of the control's.
     lazy = {**stress, "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]),
                                          _sensitivity("opt", 0.01, [0.0, 0.02], best=0.5)]}
@@ -171,5 +178,19 @@ def test_stress_summary_lr_sensitivity_equals_the_definition_from_the_run_dirs(t
         assert entry["mean"] == pytest.approx(sum(expected) / 2)
         assert entry["common"]["best_loss"] == pytest.approx(common)
         assert entry["common"]["mean"] == pytest.approx(sum(expected) / 2 + best[arm] - common)
+    # The noise floor of the test split travels into every result.json and into the summary.
+    test_npz = json.loads(next(out.glob("runs/*/*/seed-*/result.json")).read_text())["data"]["test"]
+    with np.load(test_npz) as f:
+        floor = json.loads(f["_metadata"].item())["noise_floor"]["mae"]
+    assert all(arm["noise_floor"] == floor for arm in document["arms"])
     markdown = (out / "summary.md").read_text()
     assert "LR sensitivity and stable-LR boundary" in markdown and "lr_curves.png" in document["plots"]["written"]
+
+
+def test_seeds_to_separate_solves_the_t_intervals_for_the_measured_spread() -> None:
+    fix = {"mean": 0.2, "per_seed": [{"value": 0.15}, {"value": 0.25}]}       # sd 0.0707
+    control = {"mean": 0.4, "per_seed": [{"value": 0.35}, {"value": 0.45}]}   # sd 0.0707
+    n = seeds_to_separate(fix, control)
+    # Smallest n with t(0.975, n−1)·(0.0707 + 0.0707)/√n < 0.2: n = 4 gives 3.182·0.1414/2 = 0.225, n = 5 gives 0.176.
+    assert n == 5
+    assert seeds_to_separate(control, fix) is None  # the "fix" is worse: no number of seeds helps

@@ -118,9 +118,7 @@ def sensitivity(curves: Sequence[SeedCurve], grid: Sequence[float], best: float)
     }
 
 
-def arm_lr_sensitivity(points: Iterable[LrPoint]) -> dict[str, Any] | None:
-    """One arm's LR sensitivity with the per-arm ℓ*; None when its grid has fewer than two rates."""
-    points = list(points)
+def _arm(points: Sequence[LrPoint]) -> tuple[dict[str, Any], list[SeedCurve]] | None:
     grid = sorted({float(p.lr) for p in points})
     if len(grid) < 2:
         return None
@@ -128,23 +126,32 @@ def arm_lr_sensitivity(points: Iterable[LrPoint]) -> dict[str, Any] | None:
     entry: dict[str, Any] = {"grid": grid, "n_seeds": len(curves), "excluded_seeds": excluded, "definition": "per_arm"}
     if not curves:
         entry.update(best_loss=None, mean=None, ci95=None, per_seed=[])
-        return entry
-    best = min(min(c.scores.values()) for c in curves)
-    entry.update(sensitivity(curves, grid, best))
-    entry["_curves"] = curves  # for the common ℓ*; removed by add_common_sensitivity
-    return entry
+    else:
+        entry.update(sensitivity(curves, grid, min(min(c.scores.values()) for c in curves)))
+    return entry, curves
 
 
-def add_common_sensitivity(entries: Sequence[dict[str, Any]]) -> None:
-    """Give every entry (arms at one depth) a ``common`` block scored against the best ℓ* of all of them."""
-    bests = [e["best_loss"] for e in entries if e.get("best_loss") is not None]
+def arm_lr_sensitivity(points: Iterable[LrPoint]) -> dict[str, Any] | None:
+    """One arm's LR sensitivity with the per-arm ℓ*; None when its grid has fewer than two rates."""
+    found = _arm(list(points))
+    return None if found is None else found[0]
+
+
+def lr_sensitivities(points_by_arm: Mapping[str, Iterable[LrPoint]]) -> dict[str, dict[str, Any]]:
+    """Every arm's LR sensitivity (per-arm ℓ*), each with a ``common`` block scored against the best ℓ*
+    of all of them; arms whose grid has fewer than two rates are left out."""
+    found = {arm: _arm(list(points)) for arm, points in points_by_arm.items()}
+    found = {arm: value for arm, value in found.items() if value is not None}
+    bests = [entry["best_loss"] for entry, _ in found.values() if entry["best_loss"] is not None]
     common_best = min(bests) if bests else None
-    for entry in entries:
-        curves = entry.pop("_curves", [])
+    out = {}
+    for arm, (entry, curves) in found.items():
         if common_best is None or not curves:
             entry["common"] = {"best_loss": common_best, "mean": None, "ci95": None, "per_seed": []}
         else:
             entry["common"] = sensitivity(curves, entry["grid"], common_best)
+        out[arm] = entry
+    return out
 
 
 def points_from_runs(runs: Iterable[Mapping[str, Any]], lr: float) -> list[LrPoint]:
@@ -161,3 +168,27 @@ def separated(fix: Mapping[str, Any] | None, control: Mapping[str, Any] | None) 
     if not fix or not control or fix.get("ci95") is None or control.get("ci95") is None:
         return None
     return fix["ci95"][1] < control["ci95"][0]
+
+
+def seeds_to_separate(fix: Mapping[str, Any], control: Mapping[str, Any], limit: int = 50) -> int | None:
+    """Seeds per arm at which the two 95% intervals would no longer overlap, if the seed spread and the
+    means stayed as measured; None when the fix is not lower, a spread is unknown, or over ``limit``."""
+    from scipy.stats import t
+
+    def spread(entry: Mapping[str, Any]) -> float | None:
+        values = [seed["value"] for seed in entry.get("per_seed") or []]
+        if len(values) < 2:
+            return None
+        mean = sum(values) / len(values)
+        return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+    fix_sd, control_sd = spread(fix), spread(control)
+    if fix_sd is None or control_sd is None or fix.get("mean") is None or control.get("mean") is None:
+        return None
+    gap = control["mean"] - fix["mean"]
+    if gap <= 0:
+        return None
+    for n in range(2, limit + 1):
+        if float(t.ppf(0.975, n - 1)) * (fix_sd + control_sd) / math.sqrt(n) < gap:
+            return n
+    return None

@@ -319,5 +319,7 @@ def format_terminal(document: Mapping[str, Any]) -> str:
         skipped = len(document["gates"]) - len(checked)
         lines.append(f"gates: {passed}/{len(checked)} passed" + (f" ({skipped} skipped: no run started)" if skipped else ""))
     if document.get("out_dir"):
-        lines.append(f"summary: {document['out_dir']}/summary.md, summary.json, {len(document['plots']['written'])} plots")
+        lines.append(f"summary: {document['out_dir']}/summary.md, summary.json")
+        if document["plots"]["written"]:
+            lines.append(f"plots in {document['out_dir']}: {', '.join(document['plots']['written'])}")
     return "\n".join(lines)

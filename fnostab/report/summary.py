@@ -59,7 +59,7 @@ from fnostab.io import to_jsonable, write_json_atomic, write_text_atomic
 from fnostab.report.collect import Collection, RunRecord, collect, group_label, read_metric_columns
 from fnostab.report.explain import count_first_signals, run_explanation
 from fnostab.report.gates import Gate, evaluate_gates, parse_gate
-from fnostab.report.lr_sensitivity import add_common_sensitivity, arm_lr_sensitivity, points_from_runs
+from fnostab.report.lr_sensitivity import lr_sensitivities, points_from_runs
 from fnostab.report.stats import (
     first_block_to_blow_up,
     intervals_overlap,
@@ -233,18 +233,16 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
 
 
 def _lr_sensitivities(stress_groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One LR-sensitivity entry per (arm, depth) whose grid has at least two learning rates."""
-    by_depth: dict[Any, list[dict[str, Any]]] = {}
-    for arm in dict.fromkeys(g["arm"] for g in stress_groups):
-        for depth in dict.fromkeys(g["depth"] for g in stress_groups if g["arm"] == arm):
-            cells = [g for g in stress_groups if g["arm"] == arm and g["depth"] == depth and g["lr"] is not None]
-            points = [point for g in cells for point in points_from_runs(g["runs"], g["lr"])]
-            entry = arm_lr_sensitivity(points)
-            if entry is not None:
-                by_depth.setdefault(depth, []).append({"arm": arm, "depth": depth, **entry})
-    for entries in by_depth.values():
-        add_common_sensitivity(entries)
-    return [entry for entries in by_depth.values() for entry in entries]
+    """One LR-sensitivity entry per (arm, depth) whose grid has at least two learning rates; the
+    common ℓ* is shared by the arms at the same depth."""
+    out = []
+    for depth in dict.fromkeys(g["depth"] for g in stress_groups):
+        points: dict[str, list[Any]] = {}
+        for group in stress_groups:
+            if group["depth"] == depth and group["lr"] is not None:
+                points.setdefault(group["arm"], []).extend(points_from_runs(group["runs"], group["lr"]))
+        out += [{"arm": arm, "depth": depth, **entry} for arm, entry in lr_sensitivities(points).items()]
+    return out
 
 
 def _stress_section(groups: Sequence[dict[str, Any]], records: Sequence[RunRecord]) -> dict[str, Any] | None:
