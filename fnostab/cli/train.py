@@ -55,6 +55,8 @@ def format_result(result: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"status: {result['status']} at step {failure['step']} (epoch {failure['epoch']}): {failure['reason']}")
     else:
         lines.append("status: ok")
+    if (run_dir / "precursors.csv").is_file():
+        lines.append(f"precursor windows (spikes, failure) in precursors.csv: `fnostab explain {run_dir}` says why")
     training = result["training"]
     if training["best_val_loss"] is not None:
         lines.append(

@@ -413,7 +413,8 @@ def plot_explanation(document: Mapping[str, Any], traces: ExplainTraces) -> Any:
     from matplotlib.figure import Figure
 
     event, first = document["event"], document["first_signal"]
-    measured = {k: v for k, v in traces.curvature.items() if any(math.isfinite(x) for x in v[1])}
+    measured = {name: traces.curvature[name] for name, _ in CURVATURE_LINES
+                if name in traces.curvature and any(math.isfinite(x) for x in traces.curvature[name][1])}
     rows = 2 + (1 if measured else 0)
     figure = Figure(figsize=(8.0, 2.6 * rows + 0.6), dpi=100)
     figure.subplots_adjust(left=0.1, right=0.8, bottom=0.08, top=0.92, hspace=0.35)
@@ -452,7 +453,8 @@ def plot_explanation(document: Mapping[str, Any], traces: ExplainTraces) -> Any:
             shown = values_a / np.median(positive) if positive.size else values_a
             mask = np.isfinite(shown) & (shown > 0)
             winner = block == first["block"]
-            ax.plot(steps_a[mask], shown[mask], lw=2.0 if winner else 0.8, alpha=1.0 if winner else 0.6,
+            ax.plot(steps_a[mask], shown[mask], marker="." if mask.sum() < 30 else None,
+                    lw=2.0 if winner else 0.8, alpha=1.0 if winner else 0.6,
                     color=f"C{index % 10}", label=block + (" (first)" if winner else ""))
         ax.set_yscale("log")
         ax.set_ylabel(ylabel, fontsize=8)
