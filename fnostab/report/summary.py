@@ -81,7 +81,7 @@ SUMMARY_MD = "summary.md"
 # Quality metrics summarised per arm: from result.json's training block, and from its metrics block.
 TRAINING_METRICS = ("best_val_loss", "final_val_loss", "best_val_loss_over_floor", "final_val_loss_over_floor")
 EVAL_METRICS = ("amp_ssim", "amp_mae", "phase_ssim", "phase_aligned_ssim")
-# amp_ssim minus the constant baseline's, per run: the quality check cpu-trial recommends.
+# amp_ssim minus the constant baseline's, per run: the quality check to read (docs/method.md#the-phase-ssim-trap).
 DERIVED_METRICS = ("amp_ssim_gain",)
 METRIC_NAMES = TRAINING_METRICS + EVAL_METRICS[:1] + DERIVED_METRICS + EVAL_METRICS[1:]
 

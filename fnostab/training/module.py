@@ -1,4 +1,4 @@
-"""The LightningModule of one physics-informed training run (design §6).
+"""The LightningModule of one physics-informed training run.
 
 Manual optimisation, so that every step is explicit: physics loss → backward → pre-clip global L2
 gradient norm → clip → post-clip norm → optimiser step. The loss and the pre-clip norm are read

@@ -1,4 +1,4 @@
-"""One training run, end to end: validate → train → evaluate → write the run dir (design §7).
+"""One training run, end to end: validate → train → evaluate → write the run dir.
 
 :func:`prepare_run` does everything that can fail on bad input (loading and checking the data,
 planning the model, resolving the device) before anything is written; :func:`run_training` then
