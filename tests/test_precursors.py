@@ -276,12 +276,14 @@ def test_a_collapse_is_explained_from_its_first_spike_and_names_blocks_whose_gra
     (run_dir / "result.json").write_text(json.dumps({"schema": "fnostab.result/1", "status": "collapsed", "failure": failure}))
     encoder = [0.1, 0.11, 0.09, 5.0, 3.0, 0.2] + [0.0] * 54
     head = [1.0 + 0.05 * (i % 3) for i in range(60)]
+    head_v = [1e-3] * 30 + [5e-9] * 30  # Adam's second moment of the head falls below 10 ε at step 30
     loss = [0.5, 0.52, 0.49, 0.5, 9.0] + [0.4] * 55
     with (run_dir / "metrics.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["epoch", "step", "mae_train_loss", "precursor/encoder.0/grad_norm", "precursor/head/grad_norm"])
+        writer.writerow(["epoch", "step", "mae_train_loss", "precursor/encoder.0/grad_norm", "precursor/head/grad_norm",
+                         "precursor/head/adam_v_rms"])
         for step in range(60):
-            writer.writerow([0, step, loss[step], encoder[step], head[step]])
+            writer.writerow([0, step, loss[step], encoder[step], head[step], head_v[step]])
     columns = ["precursor/loss", "precursor/encoder.0/grad_norm", "precursor/head/grad_norm"]
     with (run_dir / PRECURSORS_NAME).open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -298,4 +300,7 @@ def test_a_collapse_is_explained_from_its_first_spike_and_names_blocks_whose_gra
     assert first["steps_before_event"] == 56
     assert document["loss_spike_step"] == 4
     assert document["dead_blocks"] == [{"block": "encoder.0", "since_step": 6}]
-    assert "encoder.0: gradient exactly 0 from step 6 on" in format_explanation(document)
+    assert document["near_epsilon"] == [{"block": "head", "step": 30, "value": 5e-9}]
+    text = format_explanation(document)
+    assert "encoder.0: gradient exactly 0 from step 6 on" in text
+    assert "head: Adam second-moment RMS 5e-09 at step 30, below 10 ε" in text

@@ -57,6 +57,9 @@ DIRECTIONS = {"grad_norm": "up", "weight_norm": "up", "update_ratio": "both", "a
 # The per-step update/gradient cosine is logged and shown but names no first signal: under Adam it
 # swings by more than 0.5 from step to step, and in the same healthy runs it fell 0.5 and 8 MADs below
 # its median on 162 and 334 block-steps.
+# Adam's update collapses once the gradient RMS it sees falls to its ε (1e-8; Wortsman et al.,
+# arXiv:2309.14322 §3.4): a block whose √mean v̂ drops below 10 ε is flagged.
+EPSILON_RMS = 1e-7
 # Each curvature measure against its reference line, and how the text names them.
 CURVATURE_LINES = (("sharpness", "edge_gd"), ("sharpness_precond", "edge_adam"), ("batch_sharpness", "edge_gd"))
 CURVATURE_LABELS = {"sharpness": ("sharpness", "2/η"), "sharpness_precond": ("preconditioned sharpness", "(2+2β1)/((1−β1)η)"),
@@ -215,6 +218,7 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
         "movers": [],
         "curvature": None,
         "dead_blocks": [],
+        "near_epsilon": [],
         "searched": None,
         "note": None,
     }
@@ -272,6 +276,10 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
             since = _dead_since(steps, values, event["step"])
             if since is not None:
                 document["dead_blocks"].append({"block": block, "since_step": since})
+        if signal == "adam_v_rms":
+            low = next(((s, v) for s, v in zip(steps, values) if s <= event["step"] and 0 < v < EPSILON_RMS), None)
+            if low is not None:
+                document["near_epsilon"].append({"block": block, "step": low[0], "value": low[1]})
     forward = [_split_column(n)[0] for n in [*window_columns, *columns] if _split_column(n)]  # type: ignore[index]
     order = {name: index for index, name in enumerate(dict.fromkeys(forward))}
     document["dead_blocks"].sort(key=lambda d: (d["since_step"], order.get(d["block"], 0)))
@@ -357,6 +365,9 @@ def format_explanation(document: Mapping[str, Any]) -> str:
     for dead in document.get("dead_blocks") or []:
         lines.append(f"{dead['block']}: gradient exactly 0 from step {dead['since_step']} on (a dead block: it "
                      f"no longer learns), {_lead(event['step'] - dead['since_step'], event['kind'])}")
+    for low in document.get("near_epsilon") or []:
+        lines.append(f"{low['block']}: Adam second-moment RMS {_fmt(low['value'])} at step {low['step']}, below 10 ε "
+                     f"(the update collapses near Adam's ε = 1e-8)")
     searched = document.get("searched")
     if searched and searched["window"] and searched["window"]["trigger"] == "spike" and event["kind"] != "spike":
         lines.append(f"(searched the window before the first spike, step {searched['window']['trigger_step']})")
@@ -400,6 +411,7 @@ def explanation_summary(document: Mapping[str, Any]) -> dict[str, Any] | None:
         "sharpness_precond_crossed_step": (curvature.get("sharpness_precond") or {}).get("crossed_step"),
         "batch_sharpness_crossed_step": (curvature.get("batch_sharpness") or {}).get("crossed_step"),
         "dead_blocks": [d["block"] for d in document.get("dead_blocks") or []],
+        "near_epsilon": [d["block"] for d in document.get("near_epsilon") or []],
         "text": None if first is None else describe_move(first),
         "note": document.get("note"),
     }
