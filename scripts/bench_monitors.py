@@ -63,7 +63,8 @@ def load_patterns(random_data: bool, n: int, N: int) -> tuple[np.ndarray, np.nda
         return rng.exponential(0.15, size=(n, 1, N, N)).astype(np.float32), normalise_probe(synthetic_probe(N))
     from fnostab.data.cache import cached_dataset
 
-    train_path, _ = cached_dataset(SimulationConfig(**PRESETS["cpu"]["data"]))
+    # gridsize 1: these benchmarks time the single-pattern step (the cpu preset defaults to gridsize 2)
+    train_path, _ = cached_dataset(SimulationConfig(**{**PRESETS["cpu"]["data"], "gridsize": 1}))
     split = load_split(train_path)
     assert split.probe is not None
     return split.diffraction[:n], split.probe  # (n, 1, N, N): gridsize 1

@@ -194,3 +194,12 @@ def test_seeds_to_separate_solves_the_t_intervals_for_the_measured_spread() -> N
     # Smallest n with t(0.975, n−1)·(0.0707 + 0.0707)/√n < 0.2: n = 4 gives 3.182·0.1414/2 = 0.225, n = 5 gives 0.176.
     assert n == 5
     assert seeds_to_separate(control, fix) is None  # the "fix" is worse: no number of seeds helps
+
+
+def test_a_gate_reads_the_loss_as_a_multiple_of_the_noise_floor() -> None:
+    from fnostab.report.gates import evaluate_gates, parse_gate
+
+    group = {"arm": "control", "label": "control", "n": 2,
+             "metrics": {"best_val_loss_over_floor": {"median": 80.0, "n": 2}}}
+    (entry,) = evaluate_gates([parse_gate("best_val_loss_over_floor[control]<=50")], [group])
+    assert entry["value"] == 80.0 and entry["passed"] is False

@@ -1,4 +1,4 @@
-"""Conventions every subcommand follows (design §8).
+"""Conventions every subcommand follows (README.md, The commands).
 
 * Exit codes: 0 done; 1 the job ran and failed, or a requested gate failed; 2 bad usage or bad
   input (one line on stderr, no traceback, nothing written); 130 interrupted.
