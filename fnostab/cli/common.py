@@ -128,3 +128,14 @@ MODEL_OPTION_HELP = {
 def model_option(flag: str, panel: str) -> Any:
     """The declaration of generator option ``flag`` (a key of :data:`MODEL_OPTION_HELP`) in help panel ``panel``."""
     return typer.Option(None, flag, help=MODEL_OPTION_HELP[flag], rich_help_panel=panel)
+
+
+GRIDSIZE_HELP = (
+    "Patterns per sample as a g×g group (PtychoPINN's gridsize, 1 or 2; docs/gridsize.md). Without data "
+    "files it picks the simulated data set; with files it must match what they hold (default: theirs)."
+)
+
+
+def gridsize_option(panel: str | None = None) -> Any:
+    """The ``--gridsize`` declaration shared by the commands that train or probe a generator."""
+    return typer.Option(None, "--gridsize", help=GRIDSIZE_HELP, rich_help_panel=panel)

@@ -20,6 +20,7 @@ from fnostab.cli.common import (
     QUIET_OPTION,
     Output,
     command,
+    gridsize_option,
     model_option,
 )
 from fnostab.config import (
@@ -49,12 +50,19 @@ def build_run_config(
     model: dict[str, Any],
     train: dict[str, Any],
     name: str | None = None,
+    gridsize: int | None = None,
 ) -> RunConfig:
-    """Preset values, explicit options on top, validated; data from files or the preset's simulation."""
+    """Preset values, explicit options on top, validated; data from files or the preset's simulation.
+
+    ``gridsize`` picks the simulated data set's gridsize, or (with files) the gridsize they must hold.
+    """
     model_config = build(ModelConfig, merge(preset, "model", model))
     train_config = build(TrainConfig, merge(preset, "train", train))
-    simulation = None if train_npz is not None else build(SimulationConfig, preset_values(preset, "data"))
-    data = build(DataSource, {"train": train_npz, "test": test_npz, "simulation": simulation}, source="TRAIN.npz TEST.npz")
+    simulation = None if train_npz is not None else build(SimulationConfig, merge(preset, "data", {"gridsize": gridsize}))
+    data = build(
+        DataSource, {"train": train_npz, "test": test_npz, "simulation": simulation, "gridsize": gridsize},
+        source="TRAIN.npz TEST.npz",
+    )  # fmt: skip
     return RunConfig(name=name, preset=preset, data=data, model=model_config, train=train_config)
 
 
@@ -65,6 +73,8 @@ def format_result(result: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"status: {result['status']} at step {failure['step']} (epoch {failure['epoch']}): {failure['reason']}")
     else:
         lines.append("status: ok")
+    if (run_dir / "precursors.csv").is_file():
+        lines.append(f"precursor windows (spikes, failure) in precursors.csv: `fnostab explain {run_dir}` says why")
     training = result["training"]
     if training["best_val_loss"] is not None:
         lines.append(
@@ -168,6 +178,7 @@ def train_command(
     checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing", help="Gradient checkpointing of encoder and bottleneck blocks.", rich_help_panel=MODEL_PANEL),
     block_init: Optional[str] = model_option("--block-init", MODEL_PANEL),
     head: Optional[str] = typer.Option(None, "--head", help="Output head: real_imag or amp_phase.", rich_help_panel=MODEL_PANEL),
+    gridsize: Optional[int] = gridsize_option(MODEL_PANEL),
     clip: Optional[str] = typer.Option(None, "--clip", help="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ.", rich_help_panel=TRAIN_PANEL),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam, adamw or sgd.", rich_help_panel=TRAIN_PANEL),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate.", rich_help_panel=TRAIN_PANEL),
@@ -189,6 +200,10 @@ def train_command(
     log_grad_norm: Optional[bool] = typer.Option(None, "--log-grad-norm/--no-log-grad-norm", help="Log grad_norm_preclip/postclip to metrics.csv.", rich_help_panel=RUN_PANEL),
     grad_norm_log_freq: Optional[int] = typer.Option(None, "--grad-norm-log-freq", help="Log grad norms every N steps.", rich_help_panel=RUN_PANEL),
     monitor_every: Optional[int] = typer.Option(None, "--monitor-every", help="Log per-block gradient norm and activation mean every N steps.", rich_help_panel=RUN_PANEL),
+    precursors_every: Optional[int] = typer.Option(None, "--precursors-every", help="Per-block precursor signals (gradient, weight and update norms, update/weight ratio, update/gradient cosine, Adam second moment) logged every N steps; a window of every step is kept before each spike or failure.", rich_help_panel=RUN_PANEL),
+    curvature_every: Optional[int] = typer.Option(None, "--curvature-every", help="Sharpness and Adam-preconditioned sharpness (Hessian-vector products) every N steps, beside 2/η and 38/η.", rich_help_panel=RUN_PANEL),
+    batch_sharpness_every: Optional[int] = typer.Option(None, "--batch-sharpness-every", help="Batch sharpness gᵀHg/‖g‖² alone (one Hessian-vector product, cheap) every N steps, beside 2/η.", rich_help_panel=RUN_PANEL),
+    precursor_window: Optional[int] = typer.Option(None, "--precursor-window", help="Steps kept before a spike or failure (default 100).", rich_help_panel=RUN_PANEL),
     val_patches: Optional[int] = typer.Option(None, "--val-patches", help="Validate each epoch on a fixed subset of this many test patterns.", rich_help_panel=RUN_PANEL),
     force: bool = typer.Option(False, "--force", help="Replace an existing run dir.", rich_help_panel=RUN_PANEL),
     logger: Optional[list[str]] = LOGGER_OPTION,
@@ -206,14 +221,17 @@ def train_command(
         train_npz=train_npz,
         test_npz=test_npz,
         preset=preset,
+        gridsize=gridsize,
         model=dict(arch=arch, fno_blocks=fno_blocks, width=width, modes=modes, max_hidden_channels=max_hidden_channels,
                    bands=bands, checkpointing=checkpointing, block_init=block_init, head=head),
         train=dict(clip=clip, optimizer=optimizer, lr=lr, weight_decay=weight_decay, scheduler=scheduler,
                    warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, loss=loss, epochs=epochs,
                    batch_size=batch_size, seed=seed, blowup_factor=blowup_factor, collapse_threshold=collapse_threshold,
                    accelerator=accelerator,
-                   precision=precision, devices=devices, strategy=strategy, threads=threads, log_grad_norm=log_grad_norm,
-                   grad_norm_log_freq=grad_norm_log_freq, monitor_every=monitor_every, val_patches=val_patches),
+                   precision=precision, devices=devices, threads=threads, log_grad_norm=log_grad_norm,
+                   grad_norm_log_freq=grad_norm_log_freq, monitor_every=monitor_every, val_patches=val_patches,
+                   precursors_every=precursors_every, curvature_every=curvature_every,
+                   batch_sharpness_every=batch_sharpness_every, precursor_window=precursor_window),
     )
     from fnostab.training.loggers import parse_logging
     from fnostab.training.runner import prepare_run, run_training

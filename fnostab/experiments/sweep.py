@@ -31,20 +31,31 @@ class ExecutionOptions:
             raise InputError("--ray-address needs --executor ray")
 
 
-def shared_data(train: Path | None, test: Path | None, preset: str) -> tuple[DataSource, int]:
-    """One data set for every run: the given files, or the preset's simulated set (cached once); and its N."""
+def shared_data(
+    train: Path | None, test: Path | None, preset: str, gridsize: int | None = None
+) -> tuple[DataSource, int]:
+    """One data set for every run: the given files, or the preset's simulated set (cached once); and its N.
+
+    The returned source records the data's gridsize, so every run's config.json says it and each run
+    checks it. ``gridsize`` picks the simulated set's gridsize; with files it must match theirs.
+    """
     if (train is None) != (test is None):
         raise InputError("give both TRAIN.npz and TEST.npz, or neither to simulate the preset's data")
     if train is not None:
         from fnostab.data.npz import load_pair
 
         loaded, _ = load_pair(train, test)  # validate once, before anything is written
-        return DataSource(train=train.resolve(), test=test.resolve()), loaded.N
+        if gridsize is not None and gridsize != loaded.gridsize:
+            raise InputError(
+                f"gridsize mismatch: --gridsize {gridsize}, but {train} holds gridsize {loaded.gridsize} "
+                f"({loaded.channels} channel(s) per sample)"
+            )
+        return DataSource(train=train.resolve(), test=test.resolve(), gridsize=loaded.gridsize), loaded.N
     from fnostab.data.cache import cached_dataset
 
-    simulation = build(SimulationConfig, merge(preset, "data", {}))
+    simulation = build(SimulationConfig, merge(preset, "data", {"gridsize": gridsize}))
     cached = cached_dataset(simulation)
-    return DataSource(train=cached[0], test=cached[1]), simulation.N
+    return DataSource(train=cached[0], test=cached[1], gridsize=simulation.gridsize), simulation.N
 
 
 def arm_run_config(

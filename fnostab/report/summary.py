@@ -20,7 +20,8 @@ summary.json (schema ``fnostab.summary/1``)::
         grad_norm: {threshold, runs_with_series, runs_without_series, logged_steps, nonfinite, max,
                     median, p99, above, frac_above, max_run, max_step},           # pooled metrics.csv
         runs: [{dir, seed, status, failure, initial_val_loss, best_val_loss, final_val_loss, noise_floor, metrics,
-                grad_norm, first_block_to_blow_up, memory_plan}]}],
+                grad_norm, first_block_to_blow_up, memory_plan, explanation}],
+       failures_by_first_signal: {signal: k}}],   # diverged/collapsed runs by `fnostab explain`'s first signal
      stress: null | {                         # grid runs: stress sweeps and shootouts over --lrs
         cells: [{label, arm, depth, lr, arch, clip, n, n_infeasible, failures, statuses, stable, infeasible}],
         arms: [{arm, lr_by_depth: [{depth, lr, infeasible}], depth_by_lr: [{lr, depth}], boundary: {lr, depth},
@@ -56,6 +57,7 @@ from typing import Any
 from fnostab.errors import InputError
 from fnostab.io import to_jsonable, write_json_atomic, write_text_atomic
 from fnostab.report.collect import Collection, RunRecord, collect, group_label, read_metric_columns
+from fnostab.report.explain import count_first_signals, run_explanation
 from fnostab.report.gates import Gate, evaluate_gates, parse_gate
 from fnostab.report.lr_sensitivity import lr_sensitivities, points_from_runs
 from fnostab.report.stats import (
@@ -211,11 +213,13 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
             "grad_norm": grad,
             "first_block_to_blow_up": _first_block(columns) if record.status not in ("ok", "infeasible") else None,
             "memory_plan": record.result.get("memory_plan"),
+            "explanation": run_explanation(record.dir) if record.status in ("diverged", "collapsed") else None,
         })
     pooled = pooled_series_stats(series, threshold)
     pooled["threshold"] = threshold
     pooled["runs_without_series"] = n - pooled["runs_with_series"]
     val_names = sorted({(r.result.get("training") or {}).get("val_loss_name") for r in records} - {None})
+    gridsizes = sorted({(r.result.get("data") or {}).get("gridsize") or 1 for r in records})
     return {
         "label": label,
         "arm": first.arm,
@@ -226,6 +230,7 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
         "arch": first.arch,
         "clip": first.clip,
         "val_loss_names": val_names,
+        "gridsizes": gridsizes,
         "noise_floor": quartiles((r.result.get("training") or {}).get("noise_floor") for r in records)["median"],
         "seeds": [r.seed for r in records],
         "n": n,
@@ -235,6 +240,7 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
         "failure_rate": len(failed) / n if n else None,
         "failure_ci95": list(wilson_interval(len(failed), n)),
         "failures_by_status": by_status,
+        "failures_by_first_signal": count_first_signals(runs),
         "time_to_failure": {"steps": steps, "epochs": epochs, "step": spread(steps), "epoch": spread(epochs)},
         "metrics": metrics,
         "grad_norm": pooled,
@@ -343,6 +349,12 @@ def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[
             warnings.append(f"arm {group['label']} mixes validation losses {group['val_loss_names']}: its loss medians are not comparable")
     if len({name for g in groups for name in g["val_loss_names"]}) > 1:
         warnings.append("arms use different validation losses: loss comparisons between them are not meaningful")
+    gridsizes = sorted({size for g in groups for size in g["gridsizes"]})
+    if len(gridsizes) > 1:
+        warnings.append(
+            f"runs at different gridsizes ({', '.join(map(str, gridsizes))}) are summarised together: their losses and "
+            "stitched regions differ (docs/gridsize.md), so compare each with its own constant baseline"
+        )
     if collection.outside_plan:
         warnings.append(
             f"{len(collection.outside_plan)} finished run(s) under a sweep dir are not in its sweep.json plan "
@@ -355,6 +367,7 @@ def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[
         "inputs": [str(p) for p in collection.inputs],
         "out_dir": None,
         "grad_norm_threshold": threshold,
+        "gridsizes": gridsizes,
         "runs": {"finished": len(collection.runs), "unfinished": [str(p) for p in collection.unfinished],
                  "outside_plan": [str(p) for p in collection.outside_plan]},
         "sweeps": [{k: v for k, v in sweep.items() if k != "planned"} for sweep in collection.sweeps],

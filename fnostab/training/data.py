@@ -1,6 +1,6 @@
 """In-memory batches of diffraction patterns for training and validation.
 
-The data sets fit in memory, so a batch is one index into a (n, 1, N, N) tensor instead of n
+The data sets fit in memory, so a batch is one index into a (n, C, N, N) tensor instead of n
 per-item copies collated by a DataLoader; the shuffle order comes from a seeded generator so the
 same seed gives the same batches.
 """
@@ -13,10 +13,14 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 
 class PatternBatches(Dataset):
-    """Indexable by a list of indices: returns the (B, 1, N, N) float32 batch in one gather."""
+    """Indexable by a list of indices: returns the (B, C, N, N) float32 batch in one gather.
+
+    ``diffraction`` is (n, C, N, N) (C = gridsize² patterns per sample), or (n, N, N) for C = 1.
+    """
 
     def __init__(self, diffraction: np.ndarray) -> None:
-        self.patterns = torch.from_numpy(np.ascontiguousarray(diffraction, dtype=np.float32)).unsqueeze(1)
+        patterns = torch.from_numpy(np.ascontiguousarray(diffraction, dtype=np.float32))
+        self.patterns = patterns.unsqueeze(1) if patterns.ndim == 3 else patterns
 
     def __len__(self) -> int:
         return self.patterns.shape[0]

@@ -17,18 +17,25 @@ import torch
 
 from fnostab.clipping import clip_gradients_, parse_clip_spec
 from fnostab.config import TrainConfig
+from fnostab.groups import GroupGeometry
 from fnostab.physics import loss_denominator, physics_loss, predicted_amplitude, train_loss_name, val_loss_name
 from fnostab.training.distributed import all_reduce_sum
 from fnostab.training.failure import Failure, FailureDetector
 from fnostab.training.monitoring import BlockMonitor
+from fnostab.training.precursors import recorder_for
 from fnostab.training.schedules import build_optimizer, build_scheduler
 
 
 class PtychoModule(pl.LightningModule):
     """Trains ``generator`` so that the far field of generator(diffraction)·probe matches the data."""
 
-    def __init__(self, generator: torch.nn.Module, probe: np.ndarray, config: TrainConfig) -> None:
+    def __init__(
+        self, generator: torch.nn.Module, probe: np.ndarray, config: TrainConfig, groups: GroupGeometry | None = None
+    ) -> None:
         super().__init__()
+        # At gridsize > 1 the C patches of a sample are reassembled into one object region before
+        # the far field is taken (docs/gridsize.md); None or gridsize 1: every patch on its own.
+        self.groups = groups if groups is not None and groups.gridsize > 1 else None
         self.automatic_optimization = False
         self.generator = generator
         self.register_buffer("probe", torch.from_numpy(np.asarray(probe, dtype=np.complex64)))
@@ -39,6 +46,7 @@ class PtychoModule(pl.LightningModule):
         self.val_key = val_loss_name(config.loss)
         self.detector = FailureDetector(config.blowup_factor, config.collapse_threshold)
         self.monitor = BlockMonitor(generator) if config.monitor_every else None
+        self.precursors = recorder_for(generator, config)  # fnostab.training.precursors; run dir set by the runner
         self.steps_seen = 0
         # Epochs whose every training step ran (a run that fails mid-epoch has not completed it).
         self.epochs_completed = 0
@@ -69,7 +77,7 @@ class PtychoModule(pl.LightningModule):
 
     def _loss(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obj = self.generator(patterns)
-        return physics_loss(self.config.loss, predicted_amplitude(obj, self.probe), patterns), obj
+        return physics_loss(self.config.loss, predicted_amplitude(obj, self.probe, self.groups), patterns), obj
 
     # ---------------------------------------------------------------------------------- training
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
@@ -88,6 +96,8 @@ class PtychoModule(pl.LightningModule):
             self.manual_backward(loss)
         finally:
             block_stats = self.monitor.detach() if monitored else {}
+        if self.precursors is not None:
+            self.precursors.capture(step, optimizer, lambda: self._loss(batch)[0])
         logs_norms = self.config.log_grad_norm and step % self.config.grad_norm_log_freq == 0
         # The post-clip norm is another pass over every gradient: only on the steps that log it.
         pre, post = clip_gradients_(self.generator, self.clip_spec, post_norm=logs_norms and self.clipping)
@@ -101,9 +111,13 @@ class PtychoModule(pl.LightningModule):
         failure = self.detector.check_step(loss_value, pre_value, step=step, epoch=self.current_epoch)
         if failure is not None:
             self.trainer.should_stop = True
+            if self.precursors is not None:
+                block_stats.update(self.precursors.finish(step, loss_value, pre_value, optimizer, stepped=False, failure=failure))
             self._log_step(loss_value, pre_value, post_value, logs_norms, step, block_stats)
             return
         optimizer.step()
+        if self.precursors is not None:
+            block_stats.update(self.precursors.finish(step, loss_value, pre_value, optimizer, stepped=True))
         self._epoch_loss_sum += loss_value
         self._epoch_steps += 1
         self._log_step(loss_value, pre_value, post_value, logs_norms, step, block_stats)
@@ -181,3 +195,5 @@ class PtychoModule(pl.LightningModule):
         )
         if failure is not None:
             self.trainer.should_stop = True
+            if self.precursors is not None:
+                self.precursors.record_failure(failure)

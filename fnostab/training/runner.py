@@ -73,6 +73,10 @@ class PreparedRun:
     def N(self) -> int:
         return self.train.N
 
+    @property
+    def channels(self) -> int:
+        return self.train.channels
+
 
 def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
     """The run's data: its two NPZ files, or the preset's simulated data set (cached)."""
@@ -83,14 +87,34 @@ def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
     return load_pair(*cached_dataset(config.data.simulation))
 
 
-def plan_run(config: RunConfig, N: int) -> Any:
-    """The memory plan of one training step of ``config`` at N on one device: its model, its part of
-    the batch (the global batch split over ``devices`` processes) and optimizer."""
+def config_gridsize(config: RunConfig) -> int | None:
+    """The gridsize ``config`` asks for (``data.gridsize``, else its simulation's), None when the files decide."""
+    if config.data.gridsize is not None:
+        return config.data.gridsize
+    return config.data.simulation.gridsize if config.data.simulation is not None else None
+
+
+def plan_run(config: RunConfig, N: int, channels: int | None = None) -> Any:
+    """The memory plan of one training step of ``config`` at N with C = ``channels`` patterns per
+    sample (default: gridsize² of the config's data) on one device: its model, its part of the batch
+    (the global batch split over ``devices`` processes) and optimizer."""
     from fnostab.models import plan
 
+    if channels is None:
+        channels = (config_gridsize(config) or 1) ** 2
     train = config.train
     return plan(config.model.arch, batch_size=math.ceil(train.batch_size / train.devices), optimizer=train.optimizer,
-                weight_decay=train.weight_decay, momentum=train.momentum, **config.model.generator_kwargs(N))
+                weight_decay=train.weight_decay, momentum=train.momentum, **config.model.generator_kwargs(N, channels))
+
+
+def check_gridsize(config: RunConfig, train: PtychoSplit) -> None:
+    """InputError when the data do not have the gridsize the run asks for (``--gridsize``)."""
+    wanted = config_gridsize(config)
+    if wanted is not None and wanted != train.gridsize:
+        raise InputError(
+            f"gridsize mismatch: the run asks for gridsize {wanted}, {train.path} holds gridsize {train.gridsize} "
+            f"({train.channels} channel(s) per sample); simulate the data with --gridsize {wanted} or drop --gridsize"
+        )
 
 
 def prepare_run(config: RunConfig, data: tuple[PtychoSplit, PtychoSplit] | None = None) -> PreparedRun:
@@ -98,10 +122,11 @@ def prepare_run(config: RunConfig, data: tuple[PtychoSplit, PtychoSplit] | None 
     from fnostab.training.data import validation_subset
 
     train, test = data if data is not None else load_data(config)
+    check_gridsize(config, train)
     accelerator = resolve_device_name(config.train.accelerator, "--accelerator")
     n_val = len(validation_subset(test.n, config.train.val_patches))
     distributed.check_devices(config.train.devices, accelerator, n_val)
-    model_plan = plan_run(config, train.N)
+    model_plan = plan_run(config, train.N, train.channels)
     if model_plan.geometry_error:
         raise InputError(f"invalid model for N={train.N}: {model_plan.geometry_error}")
     return PreparedRun(config, train, test, model_plan, accelerator)
@@ -126,13 +151,24 @@ def _is_oom(error: BaseException) -> bool:
 
 
 def _predict(generator: torch.nn.Module, diffraction: np.ndarray, device: torch.device) -> np.ndarray:
+    """(n, C, N, N) patterns → (n, C, N, N) complex64 predicted patches."""
     generator.eval()
     parts = []
     with torch.no_grad():
         for start in range(0, diffraction.shape[0], INFERENCE_BATCH):
-            batch = torch.from_numpy(diffraction[start : start + INFERENCE_BATCH]).unsqueeze(1).to(device)
-            parts.append(generator(batch)[:, 0].cpu().numpy())
+            batch = torch.from_numpy(diffraction[start : start + INFERENCE_BATCH]).to(device)
+            parts.append(generator(batch).cpu().numpy())
     return np.concatenate(parts).astype(np.complex64)
+
+
+def predicted_windows(generator: torch.nn.Module, test: PtychoSplit, device: torch.device) -> np.ndarray:
+    """One complex (M, M) object window per test sample, centred on its ``coords_offsets``: the
+    patch itself at gridsize 1, the group's C patches reassembled (overlaps averaged, as the
+    forward model does) at gridsize > 1 (docs/gridsize.md#evaluation)."""
+    prediction = _predict(generator, test.diffraction, device)
+    if test.gridsize == 1:
+        return prediction[:, 0]
+    return test.groups.reassemble_np(prediction).astype(np.complex64)
 
 
 def evaluate_run(generator: torch.nn.Module, test: PtychoSplit, device: torch.device, run_dir: Path | None) -> tuple[dict | None, str | None]:
@@ -147,10 +183,11 @@ def evaluate_run(generator: torch.nn.Module, test: PtychoSplit, device: torch.de
         return None, f"{test.path} lacks {', '.join(missing)}: no stitched metrics"
     if not all(torch.isfinite(p).all() for p in generator.parameters()):
         return None, "the weights are not finite: no stitched metrics"
+    window = test.groups.window  # N at gridsize 1
     truth = test.ground_truth
     if truth is None:
-        truth = ground_truth_region(test.full_objects, test.centres, test.N, stride)
-    prediction = _predict(generator, test.diffraction, device)
+        truth = ground_truth_region(test.full_objects, test.centres, window, stride)
+    prediction = predicted_windows(generator, test, device)
     metrics = evaluate_reconstruction(
         prediction, centres=test.centres, stride=stride, ground_truth=truth, norm_Y_I=test.norm_Y_I, n_images=test.n_images
     )
@@ -234,8 +271,8 @@ def run_training(
 ) -> dict[str, Any]:
     """Train, evaluate and write ``run_dir``; returns the result document (also in result.json).
 
-    ``generator`` replaces the one the config describes (any module mapping (B, 1, N, N)
-    patterns to a complex (B, 1, N, N) object); it is built from the config by default.
+    ``generator`` replaces the one the config describes (any module mapping (B, C, N, N)
+    patterns to complex (B, C, N, N) object patches, C = gridsize²); it is built from the config by default.
     ``logging`` adds TensorBoard / MLflow loggers to metrics.csv. With ``devices`` > 1 the run is
     launched on that many processes (:mod:`fnostab.training.distributed`); rank 0 writes ``run_dir``.
     """
@@ -260,10 +297,12 @@ def run_training(
 
     pl.seed_everything(config.train.seed, verbose=False)
     if generator is None:
-        generator = build_generator(config.model.arch, **config.model.generator_kwargs(prepared.N))
+        generator = build_generator(config.model.arch, **config.model.generator_kwargs(prepared.N, prepared.channels))
         if prepared.accelerator == "cpu":
             channels_last_convs(generator)
-    module = PtychoModule(generator, prepared.train.probe, config.train)
+    module = PtychoModule(generator, prepared.train.probe, config.train, prepared.train.groups)
+    if module.precursors is not None:
+        module.precursors.out_dir = run_dir
     log_dir = run_dir / ".logs"
     sweep = (extra or {}).get("sweep")
     loggers = build_loggers(logging, run_dir, {**config.to_json_dict(), **({"sweep": sweep} if sweep else {})},
@@ -293,7 +332,8 @@ def run_training(
     shutil.rmtree(log_dir, ignore_errors=True)
 
     generator.cpu()
-    save_checkpoint(run_dir / CHECKPOINT_NAME, generator, config.model, prepared.N, epoch=module.current_epoch, step=module.steps_seen)
+    save_checkpoint(run_dir / CHECKPOINT_NAME, generator, config.model, prepared.N, epoch=module.current_epoch,
+                    step=module.steps_seen, gridsize=prepared.train.gridsize)
 
     eval_started = time.perf_counter()
     metrics, note = None, None
@@ -322,6 +362,7 @@ def run_training(
         "model": {"arch": config.model.arch, "params": prepared.plan.params, "params_real": prepared.plan.params_real,
                   "config": config.model.model_dump(mode="json")},
         "data": {"train": str(prepared.train.path), "test": str(prepared.test.path), "N": prepared.N,
+                 "gridsize": prepared.train.gridsize, "channels": prepared.channels, "offset": prepared.train.groups.offset,
                  "n_train": prepared.train.n, "n_val": len(validation_subset(prepared.test.n, config.train.val_patches)),
                  "n_test": prepared.test.n},
         "training": {
@@ -385,7 +426,7 @@ def record_bare_result(
         "seed": config.train.seed,
         "model": {"arch": config.model.arch, "params": (plan or {}).get("params"),
                   "params_real": (plan or {}).get("params_real"), "config": config.model.model_dump(mode="json")},
-        "data": {"train": str(config.data.train), "test": str(config.data.test)},
+        "data": {"train": str(config.data.train), "test": str(config.data.test), "gridsize": config_gridsize(config)},
         "training": {"config": config.train.model_dump(mode="json"), "epochs_requested": config.train.epochs,
                      "epochs_completed": 0, "steps": 0, "val_loss_name": val_loss_name(config.train.loss), "val_losses": [], "train_losses": [],
                      "best_val_loss": None, "best_epoch": None, "final_val_loss": None, "final_train_loss": None,
