@@ -280,3 +280,27 @@ def test_simulate_rejects_a_bad_gridsize_and_an_offset_without_overlap(tmp_path)
         run_cli("simulate", "--preset", "smoke", "--gridsize", "2", "--offset", "32", "--out", tmp_path / "b"), "offset 32"
     )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+class _ConstantPerChannel(torch.nn.Module):
+    """A collapsed gridsize-2 generator: each of the C output patches is one constant, a different one per channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, patterns: torch.Tensor) -> torch.Tensor:
+        levels = torch.arange(1, patterns.shape[1] + 1, dtype=patterns.dtype).view(1, -1, 1, 1)
+        real = patterns * 0 * self.weight + 0.3 * levels
+        return torch.complex(real, torch.zeros_like(real))
+
+
+def test_a_generator_with_one_constant_per_channel_is_collapsed(gs2_smoke, tmp_path) -> None:
+    from fnostab.config import DataSource, ModelConfig, RunConfig
+    from fnostab.training.runner import prepare_run, run_training
+
+    config = RunConfig(data=DataSource(train=gs2_smoke[0], test=gs2_smoke[1]),
+                       model=ModelConfig(arch="hybrid", width=8, modes=8, fno_blocks=2),
+                       train=TrainConfig(epochs=1, batch_size=16, seed=0, threads=1))
+    result = run_training(prepare_run(config), tmp_path / "run", generator=_ConstantPerChannel())
+    assert result["status"] == "collapsed" and "constant-amplitude" in result["failure"]["reason"]

@@ -167,8 +167,11 @@ class PtychoModule(pl.LightningModule):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         loss, obj = self._loss(batch)
-        amplitude = obj.abs().flatten(1).float()
-        relative_std = amplitude.std(dim=1, unbiased=False) / amplitude.mean(dim=1).clamp_min(1e-12)
+        # Per predicted patch (channel), then averaged over a sample's patches: at gridsize 2 a
+        # collapsed generator outputs a different constant in each channel, which a std taken over
+        # all channels together would read as structure.
+        amplitude = obj.abs().flatten(2).float()
+        relative_std = (amplitude.std(dim=2, unbiased=False) / amplitude.mean(dim=2).clamp_min(1e-12)).mean(dim=1)
         self._val_sum += torch.stack(
             [loss.detach().double() * batch.shape[0], relative_std.double().sum(), torch.tensor(batch.shape[0], device=self.device, dtype=torch.float64)]
         )
