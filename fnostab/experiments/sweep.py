@@ -29,6 +29,10 @@ class ExecutionOptions:
             raise InputError(f"invalid --executor: expected local or ray, found {self.executor!r}")
         if self.ray_address and self.executor != "ray":
             raise InputError("--ray-address needs --executor ray")
+        if self.ray_address:
+            from fnostab.experiments.executors import check_ray_address
+
+            check_ray_address(self.ray_address)
 
 
 def shared_data(train: Path | None, test: Path | None, preset: str) -> tuple[DataSource, int]:
@@ -38,7 +42,10 @@ def shared_data(train: Path | None, test: Path | None, preset: str) -> tuple[Dat
     if train is not None:
         from fnostab.data.npz import load_pair
 
-        loaded, _ = load_pair(train, test)  # validate once, before anything is written
+        from fnostab.training.runner import check_evaluable
+
+        loaded, loaded_test = load_pair(train, test)  # validate once, before anything is written
+        check_evaluable(loaded_test)
         return DataSource(train=train.resolve(), test=test.resolve()), loaded.N
     from fnostab.data.cache import cached_dataset
 
