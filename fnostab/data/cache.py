@@ -21,11 +21,21 @@ import zipfile
 from pathlib import Path
 
 from fnostab.config import SimulationConfig
+from fnostab.errors import InputError
 from fnostab.data.simulate import FORMAT_VERSION, simulate, write_dataset
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("FNOSTAB_CACHE") or Path.home() / ".cache" / "fnostab")
+
+
+def _unusable_cache(root: Path, error: OSError) -> InputError:
+    """The cache cannot hold a new entry: name the variable that moves it (exit 2, not a traceback)."""
+    source = "FNOSTAB_CACHE" if os.environ.get("FNOSTAB_CACHE") else "the default under HOME (~/.cache/fnostab)"
+    return InputError(
+        f"cannot use the data cache at {root} ({source}): {error.strerror or error}; set FNOSTAB_CACHE to a "
+        "writable directory"
+    )
 
 
 def dataset_key(config: SimulationConfig) -> str:
@@ -60,8 +70,11 @@ def cached_dataset(config: SimulationConfig) -> tuple[Path, Path]:
     train, test = entry / "train.npz", entry / "test.npz"
     if _complete(entry):
         return train, test
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    except OSError as error:
+        raise _unusable_cache(cache_root(), error) from None
     try:
         write_dataset(*simulate(config), staging)
         (staging / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
