@@ -24,7 +24,7 @@ from fnostab.config import (
     preset_values,
 )
 from fnostab.errors import InputError
-from fnostab.io import check_out_dir
+from fnostab.io import DirectoryLock, check_out_dir
 
 MODEL_PANEL = "Model"
 TRAIN_PANEL = "Optimisation"
@@ -105,7 +105,7 @@ def _prepare_out(out: Path | None, config: RunConfig, force: bool) -> tuple[Path
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"train-{stamp}-{config.model.arch}-s{config.train.seed}"
     check_out_dir(out)
-    replacing = out.is_dir() and any(out.iterdir())
+    replacing = out.is_dir() and any(p.name != DirectoryLock.NAME for p in out.iterdir())
     if replacing:
         if not _is_run_dir(out):
             raise InputError(f"{out}: --out is a non-empty directory that is not an fnostab run dir; choose another")
@@ -197,14 +197,24 @@ def train_command(
     )
     from fnostab.training.runner import prepare_run, run_training
 
-    run_dir, replacing = _prepare_out(out, config, force)
+    run_dir, _ = _prepare_out(out, config, force)
     if config.data.train is None:
         output.log(f"no data given: using the {preset} preset's simulated data set (cached)")
     prepared = prepare_run(config)
-    if replacing:
-        result = _train_replacing(prepared, run_dir, output)
-    else:
-        result = run_training(prepared, run_dir, output=output)
+    created = not run_dir.exists()
+    # Two commands training into one dir would mix their files: the second is refused, as for a
+    # sweep. The checks are repeated under the lock: a run may have finished there since.
+    with DirectoryLock(run_dir):
+        try:
+            _, replacing = _prepare_out(run_dir, config, force)
+        except InputError:
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)  # ours, holding only the lock: leave nothing
+            raise
+        if replacing:
+            result = _train_replacing(prepared, run_dir, output)
+        else:
+            result = run_training(prepared, run_dir, output=output)
     output.result(format_result(result, run_dir), {"run_dir": str(run_dir), **result})
     if result["status"] != "ok":
         raise typer.Exit(EXIT_FAILED)
