@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_clean_usage_error, run_cli
+from conftest import assert_clean_usage_error, run_cli, spawn_cli
 from fnostab.errors import InputError
 from fnostab.experiments.arms import DEFAULT_ARMS, parse_arm, resolve_arms
 from fnostab.experiments.store import stress_run_dir
@@ -108,8 +108,7 @@ def test_resume_after_sigkill_keeps_finished_runs_and_completes_the_rest(smoke_d
     sweep = tmp_path / "sweep"
     args = ["shootout", *map(str, smoke_data), "--preset", "smoke", *SMOKE_ARMS, "--seeds", "2", "--epochs", "2",
             "--out", str(sweep), "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "fnostab", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = spawn_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not list(sweep.glob("runs/**/result.json")):
         assert proc.poll() is None, "the shootout ended before it could be killed"
@@ -133,8 +132,7 @@ def test_a_second_shootout_on_the_same_dir_is_refused(smoke_data, tmp_path) -> N
     sweep = tmp_path / "sweep"
     args = ["shootout", *map(str, smoke_data), "--preset", "smoke", "--arm", "a", "--seeds", "3", "--epochs", "2",
             "--out", str(sweep), "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "fnostab", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = spawn_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while not (sweep / "sweep.json").exists():
@@ -239,8 +237,7 @@ def test_interrupting_a_parallel_shootout_exits_130_and_the_rerun_completes(smok
     sweep = tmp_path / "sweep"
     args = ["shootout", *map(str, smoke_data), "--preset", "smoke", "--arm", "a", "--seeds", "4", "--epochs", "3",
             "--jobs", "2", "--out", str(sweep), "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "fnostab", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = spawn_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(sweep.glob("runs/a/seed-*/config.json")):
         assert proc.poll() is None and time.monotonic() < deadline

@@ -7,7 +7,6 @@ import json
 import math
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import run_cli, spawn_cli
 from fnostab.config import DataSource, ModelConfig, RunConfig, TrainConfig
 from fnostab.models import build_generator
 from fnostab.physics import physics_loss, predicted_amplitude
@@ -305,8 +304,8 @@ def test_force_replaces_a_run_only_once_the_new_one_is_written(smoke_data, tmp_p
 
 def test_ctrl_c_exits_130_and_leaves_no_result_or_temp_file(tmp_path) -> None:
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "fnostab", "train", "--preset", "smoke", "--epochs", "200",
-                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = spawn_cli("train", "--preset", "smoke", "--epochs", "200", "--out", out, stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out / "config.json").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
