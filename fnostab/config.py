@@ -125,7 +125,7 @@ class TrainConfig(_Model):
     plateau_patience: int = Field(2, ge=0)
     loss: Literal["mae", "poisson"] = "mae"
     clip: str = Field("none", description="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ")
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # Lightning's seed_everything (numpy) rejects larger seeds
     accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["32", "bf16-mixed"] = "32"
     devices: int = Field(1, ge=1)

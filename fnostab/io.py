@@ -38,6 +38,23 @@ def _create_temp(directory: Path, name: str) -> Path:
     raise FileExistsError(f"{directory}: could not create a unique temp file for {name}")
 
 
+def make_temp_dir(parent: Path | str, prefix: str, suffix: str = ".tmp") -> Path:
+    """A new empty directory ``PREFIX.RANDOM.SUFFIX`` in ``parent`` with the permissions of a plain mkdir.
+
+    Not tempfile.mkdtemp: its 0700 would stay on a directory that is later renamed into place (a
+    replaced run dir, a cache entry) and lock other users out of what a fresh one would share.
+    """
+    parent = Path(parent)
+    for _ in range(100):
+        path = parent / f"{prefix}.{secrets.token_hex(6)}{suffix}"
+        try:
+            os.mkdir(path, 0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{parent}: could not create a unique temp dir {prefix}")
+
+
 def fsync_directory(directory: Path | str) -> None:
     """Make renames inside ``directory`` durable; best effort (some platforms cannot open a dir)."""
     try:

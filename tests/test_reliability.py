@@ -322,6 +322,31 @@ def test_json_mode_prints_one_error_document_on_bad_input_and_on_a_crash(tmp_pat
     assert json_document(result.stdout)["exit_code"] == 1
 
 
+def test_options_that_expect_a_file_reject_a_directory_and_seeds_stay_in_numpy_bounds(tmp_path) -> None:
+    assert_one_line_error(invoke("shootout", "--arms-file", tmp_path, "--out", tmp_path / "s"), 2,
+                          "--arms-file expects a TOML file, found a directory")
+    assert_one_line_error(invoke("probe-activations", tmp_path / "x.npz", "--checkpoint", tmp_path), 2,
+                          "--checkpoint expects a checkpoint file, found a directory")
+    # Lightning's seed_everything raises for a seed numpy cannot take: after config.json was written.
+    assert_one_line_error(invoke("train", "--seed", str(2**32), "--out", tmp_path / "r"), 2, "--seed")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_damaged_cache_entry_is_rebuilt_not_reported(tmp_path, monkeypatch) -> None:
+    from fnostab.config import PRESETS, SimulationConfig
+    from fnostab.data.cache import cached_dataset, load_cached_pair
+
+    monkeypatch.setenv("FNOSTAB_CACHE", str(tmp_path / "cache"))
+    config = SimulationConfig(**{**PRESETS["smoke"]["data"], "nimgs_train": 1, "object_size": 96})
+    train, test = cached_dataset(config)
+    with np.load(test) as npz:
+        arrays = {k: v for k, v in npz.items() if k != "diffraction"}
+    np.savez(test, **arrays)  # still a zip (the cheap completeness test passes), but not a test split
+    loaded_train, loaded_test = load_cached_pair(config)
+    assert loaded_test.diffraction.shape[0] == loaded_test.n > 0
+    assert "diffraction" in np.load(test).files
+
+
 # -------------------------------------------------------------------------------------------- documents
 def _result_dir(tmp_path: Path, document: dict) -> Path:
     run = tmp_path / "run"

@@ -292,6 +292,7 @@ def test_force_replaces_a_run_only_once_the_new_one_is_written(smoke_data, tmp_p
     out = tmp_path / "run"
     first = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--seed", "1", "--out", out, "--json")
     assert first.returncode == 0, first.stderr
+    fresh_mode = out.stat().st_mode & 0o7777
     refused = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--out", out)
     assert refused.returncode == 2 and "--force" in refused.stderr
     second = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--seed", "2", "--out", out,
@@ -300,6 +301,7 @@ def test_force_replaces_a_run_only_once_the_new_one_is_written(smoke_data, tmp_p
     assert json.loads((out / "config.json").read_text())["train"]["seed"] == 2
     assert json.loads((out / "result.json").read_text())["training"] == json.loads(second.stdout)["training"]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging or retired dir left beside it
+    assert out.stat().st_mode & 0o7777 == fresh_mode  # not the 0700 of a temp dir
 
 
 def test_ctrl_c_exits_130_and_leaves_no_result_or_temp_file(tmp_path) -> None:

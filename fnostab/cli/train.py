@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -24,7 +23,7 @@ from fnostab.config import (
     preset_values,
 )
 from fnostab.errors import InputError
-from fnostab.io import DirectoryLock, check_out_dir
+from fnostab.io import DirectoryLock, check_out_dir, make_temp_dir
 
 MODEL_PANEL = "Model"
 TRAIN_PANEL = "Optimisation"
@@ -119,7 +118,7 @@ def _train_replacing(prepared: Any, run_dir: Path, output: Output) -> dict[str, 
     so an interrupted ``--force`` rerun leaves the old run as it was."""
     from fnostab.training.runner import run_training
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".partial", dir=run_dir.parent))
+    staging = make_temp_dir(run_dir.parent, f".{run_dir.name}", ".partial")
     try:
         result = run_training(prepared, staging, output=output)
         retired = staging.with_suffix(".old")

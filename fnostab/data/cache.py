@@ -16,12 +16,13 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from fnostab.config import SimulationConfig
 from fnostab.errors import InputError
+from fnostab.io import make_temp_dir
 from fnostab.data.simulate import FORMAT_VERSION, simulate, write_dataset
 
 
@@ -72,7 +73,7 @@ def cached_dataset(config: SimulationConfig) -> tuple[Path, Path]:
         return train, test
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+        staging = make_temp_dir(entry.parent, f".{entry.name}", "")
     except OSError as error:
         raise _unusable_cache(cache_root(), error) from None
     try:
@@ -92,3 +93,16 @@ def cached_dataset(config: SimulationConfig) -> tuple[Path, Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return train, test
+
+
+def load_cached_pair(config: SimulationConfig) -> tuple[Any, Any]:
+    """The data set of ``config`` loaded and fully checked; an entry that fails the check (a file
+    damaged after the cheap completeness test passed) is derivable, so it is rebuilt once."""
+    from fnostab.data.npz import load_pair
+
+    train, test = cached_dataset(config)
+    try:
+        return load_pair(train, test)
+    except InputError:
+        _discard(train.parent)
+        return load_pair(*cached_dataset(config))

@@ -47,11 +47,11 @@ def shared_data(train: Path | None, test: Path | None, preset: str) -> tuple[Dat
         loaded, loaded_test = load_pair(train, test)  # validate once, before anything is written
         check_evaluable(loaded_test)
         return DataSource(train=train.resolve(), test=test.resolve()), loaded.N
-    from fnostab.data.cache import cached_dataset
+    from fnostab.data.cache import load_cached_pair
 
     simulation = build(SimulationConfig, merge(preset, "data", {}))
-    cached = cached_dataset(simulation)
-    return DataSource(train=cached[0], test=cached[1]), simulation.N
+    train_split, test_split = load_cached_pair(simulation)  # checked (and rebuilt if damaged) before the runs
+    return DataSource(train=train_split.path, test=test_split.path), simulation.N
 
 
 def arm_run_config(

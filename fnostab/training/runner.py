@@ -75,9 +75,9 @@ def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
     """The run's data: its two NPZ files, or the preset's simulated data set (cached)."""
     if config.data.train is not None:
         return load_pair(config.data.train, config.data.test)
-    from fnostab.data.cache import cached_dataset
+    from fnostab.data.cache import load_cached_pair
 
-    return load_pair(*cached_dataset(config.data.simulation))
+    return load_cached_pair(config.data.simulation)
 
 
 def plan_run(config: RunConfig, N: int) -> Any:
