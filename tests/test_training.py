@@ -306,8 +306,13 @@ def test_force_replaces_a_run_only_once_the_new_one_is_written(smoke_data, tmp_p
 
 def test_ctrl_c_exits_130_and_leaves_no_result_or_temp_file(tmp_path) -> None:
     out = tmp_path / "run"
-    proc = spawn_cli("train", "--preset", "smoke", "--epochs", "200", "--out", out, stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE, text=True)
+    # As when pytest itself runs with SIGINT ignored (`make test &` in a script): the child must not inherit that.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = spawn_cli("train", "--preset", "smoke", "--epochs", "200", "--out", out, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 120
     while not (out / "config.json").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
