@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[test,ray]"
 	@touch $(STAMP)
 
+# The three Stage A arms over a learning-rate grid that reaches the unstable band (scripts/bench_shootout.py
+# times it): Stage A at the rates where the control fails, Stage B from LR sensitivity and boundaries.
 demo: install
-	$(VENV)/bin/fnostab shootout --preset cpu --seeds 2 --epochs 15 --jobs 2 --out runs/demo
+	$(VENV)/bin/fnostab shootout --preset cpu --seeds 2 --lrs 1e-3,1e-2,3e-2,1e-1 --epochs 5 --jobs 2 --out runs/demo
 
 test: install
 	$(PY) -m pytest

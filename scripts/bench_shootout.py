@@ -2,7 +2,8 @@
 
 Runs each command in a fresh output directory, one after the other, and prints a markdown table:
 
-* the `make demo` shootout (3 arms × 2 seeds × 15 epochs, --jobs 2; target under 5 minutes);
+* the `make demo` study (3 arms × 4 learning rates × 2 seeds, --jobs 2; target at most 6 minutes),
+  with each arm's LR sensitivity and stable-LR boundary;
 * `--seeds 10` (3 arms × 10 seeds × 20 epochs) with --jobs 1 and with --jobs 2 (target under
   30 minutes on 2 cores), and the parallel speed-up.
 
@@ -20,7 +21,8 @@ import time
 from pathlib import Path
 
 CASES = {
-    "demo": ["--seeds", "2", "--epochs", "15", "--jobs", "2"],
+    # Keep in step with the Makefile's demo target.
+    "demo": ["--seeds", "2", "--lrs", "1e-3,1e-2,3e-2,1e-1", "--epochs", "5", "--jobs", "2"],
     "jobs1": ["--seeds", "10", "--jobs", "1"],
     "jobs2": ["--seeds", "10", "--jobs", "2"],
 }
@@ -46,7 +48,13 @@ def main() -> None:
         ok = sum(arm["n_ok"] for arm in summary["arms"])
         ssim = {arm["label"]: arm["metrics"]["amp_ssim"]["median"] for arm in summary["arms"]}
         rows.append((name, " ".join(CASES[name]), runs, ok, wall, ssim))
-        print(f"{name}: {wall / 60:.1f} min", file=sys.stderr, flush=True)
+        print(f"{name}: {wall / 60:.1f} min; verdict {summary['verdict']['outcome']}", file=sys.stderr, flush=True)
+        for arm in (summary.get("stress") or {}).get("arms") or []:
+            sens = arm.get("lr_sensitivity") or {}
+            interval = sens.get("ci95")
+            print(f"  {arm['arm']}: stable-LR boundary {arm['boundary']['lr']}, LR sensitivity "
+                  f"{sens.get('mean')} (95% CI {interval}, ℓ* {sens.get('best_loss')}; "
+                  f"common ℓ*: {(sens.get('common') or {}).get('mean')})", file=sys.stderr, flush=True)
     print("| case | options | runs (ok) | wall | per run | median amp SSIM per arm |")
     print("|---|---|---:|---:|---:|---|")
     for name, options, runs, ok, wall, ssim in rows:

@@ -247,7 +247,8 @@ def test_summarize_writes_json_markdown_and_plots_into_the_sweep_dir(shootout: P
     markdown = (shootout / "summary.md").read_text()
     assert "## Verdict" in markdown and "| control | 4 | 2 | 50% |" in markdown
     assert set(document["plots"]["written"]) == {"val_loss.png", "grad_norm.png", "ssim.png", "failure_times.png"}
-    assert document["plots"]["skipped"] == {"stress_map.png": "no stress runs"}
+    assert document["plots"]["skipped"] == {"stress_map.png": "no stress runs",
+                                            "lr_curves.png": "no learning-rate grid with at least two rates"}
     for name in document["plots"]["written"]:
         assert (shootout / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(shootout.glob(".*.tmp"))
@@ -341,7 +342,7 @@ def test_verdict_inconclusive_when_the_control_never_failed() -> None:
     assert verdict["outcome"] == "inconclusive"
     assert verdict["stage_a"]["arch"]["passes"] is None
     assert verdict["stage_a"]["arch"]["checks"]["lower_failure_rate"] is None
-    assert any("never failed in 10 runs" in step and "fnostab stress" in step for step in verdict["next_steps"])
+    assert any("never failed in 10 runs" in step and "fnostab shootout --lrs" in step for step in verdict["next_steps"])
 
 
 def test_verdict_inconclusive_when_the_control_never_failed_even_if_both_fixes_lose() -> None:

@@ -233,3 +233,30 @@ def test_json_output_is_one_document_on_stdout(tmp_path) -> None:
     summary = json.loads(result.stdout)
     assert summary["train"]["patches"] == 289 and summary["test"]["patches"] == 169
     assert "simulating" in result.stderr
+
+
+def test_noise_floor_is_the_loss_of_the_true_object_computed_independently(smoke_data) -> None:
+    """The floor in _metadata against numpy alone: windows of YY_full, P, FFT, the two loss formulas."""
+    for path in smoke_data:
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(f["_metadata"].item())
+            objects, probe = f["YY_full"][..., 0].astype(np.complex128), f["probe_simulated"].astype(np.complex128)
+            measured = f["diffraction"][..., 0].astype(np.float64)
+        N, stride = SMOKE.N, meta["stride"]
+        patches = np.stack([objects[0, r:r + N, c:c + N]
+                            for r in range(0, SMOKE.object_size - N + 1, stride)
+                            for c in range(0, SMOKE.object_size - N + 1, stride)]) / meta["norm_Y_I"]
+        true = np.abs(np.fft.fftshift(np.fft.fft2(patches * probe), axes=(-2, -1))) / N
+        mae = np.abs(true - measured).mean() / measured.mean()
+        rate, counts = true**2 + 1e-8, measured**2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            deviance = rate - counts + np.where(counts > 0, counts * np.log(counts / rate), 0.0)
+        poisson = deviance.mean() / counts.mean()
+        assert meta["noise_floor"]["mae"] == pytest.approx(mae, rel=1e-6)
+        assert meta["noise_floor"]["poisson"] == pytest.approx(poisson, rel=1e-6)
+        # 1e9 photons: the shot noise of the amplitude is tiny, and the floor shows it.
+        assert 1e-4 < meta["noise_floor"]["mae"] < 1e-2
+        # Validation averages per-batch losses (batches of 64); the whole-split floor is within 1% of that.
+        batches = [np.abs(t - m).mean() / m.mean() * len(t) for t, m in
+                   zip(np.array_split(true, range(64, len(true), 64)), np.array_split(measured, range(64, len(true), 64)))]
+        assert sum(batches) / len(true) == pytest.approx(mae, rel=1e-2)

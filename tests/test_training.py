@@ -257,6 +257,28 @@ def test_result_json_documents_the_run(smoke_data, tmp_path) -> None:
     assert len(rel_std) == 2 and all(0.01 < v < 10 for v in rel_std)  # a healthy run is not flat
 
 
+def test_initial_loss_noise_floor_and_floor_multiples_in_result_json(smoke_data, tmp_path) -> None:
+    config = _config(smoke_data, epochs=1)
+    prepared = prepare_run(config)
+    training = run_training(prepared, tmp_path / "run")["training"]
+
+    # ℓ0: the same initialisation, scored on the validation set before any step, batch by batch.
+    pl.seed_everything(config.train.seed, verbose=False)
+    generator = build_generator("hybrid", N=32, width=8, modes=8, fno_blocks=2).eval()
+    probe = torch.from_numpy(prepared.test.probe)
+    patterns = torch.from_numpy(prepared.test.diffraction).unsqueeze(1)
+    with torch.no_grad():
+        weighted = [physics_loss("mae", predicted_amplitude(generator(b), probe), b).item() * len(b)
+                    for b in patterns.split(64)]
+    assert training["initial_val_loss"] == pytest.approx(sum(weighted) / len(patterns), rel=1e-5)
+    assert training["initial_val_loss"] > training["best_val_loss"]
+
+    floor = json.loads(np.load(smoke_data[1])["_metadata"].item())["noise_floor"]["mae"]
+    assert training["noise_floor"] == floor
+    assert training["best_val_loss_over_floor"] == pytest.approx(training["best_val_loss"] / floor)
+    assert training["final_val_loss_over_floor"] == pytest.approx(training["final_val_loss"] / floor)
+
+
 # ----------------------------------------------------------------------------------------- CLI
 def test_smoke_preset_trains_end_to_end_through_the_cli(tmp_path) -> None:
     out = tmp_path / "run"

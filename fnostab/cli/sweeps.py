@@ -52,6 +52,7 @@ def shootout_command(
     arms_file: Optional[Path] = ARMS_FILE_OPTION,
     seeds: Optional[int] = SEEDS_OPTION,
     seed_list: Optional[str] = SEED_LIST_OPTION,
+    lrs: Optional[str] = typer.Option(None, "--lrs", help="Run every arm at each of these peak learning rates, e.g. 1e-3,1e-2,3e-2,1e-1: stable-LR boundary and LR sensitivity per arm.", rich_help_panel=SWEEP_PANEL),
     clip_sweep: Optional[str] = typer.Option(None, "--clip-sweep", help="Add control arms with these global norm clips, e.g. 1,5,10,20,50,100.", rich_help_panel=SWEEP_PANEL),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (at most 20; longer runs belong to `stress`).", rich_help_panel=SWEEP_PANEL),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", rich_help_panel=SWEEP_PANEL),
@@ -68,7 +69,9 @@ def shootout_command(
     """Stage A: arms × seeds on one data set; failure rates and metrics per arm, and the verdict.
 
     Default arms: control (hybrid, no clipping), arch (stable_hybrid, no clipping), opt (hybrid,
-    agc:0.01). Rerunning the same command resumes: finished runs are kept.
+    agc:0.01). With --lrs every arm runs at each learning rate, and the summary adds each arm's
+    stable-LR boundary and LR sensitivity (Stage B on the learning-rate axis). Rerunning the same
+    command resumes: finished runs are kept.
     """
     from fnostab.experiments.arms import parse_number_list, resolve_arms
     from fnostab.experiments.shootout import check_epochs, plan_shootout, resolve_seeds
@@ -83,10 +86,12 @@ def shootout_command(
                            monitor_every=monitor_every, accelerator=accelerator)
     _check_out(out, "shootout")
     data, size = shared_data(train_npz, test_npz, preset)
-    specs = plan_shootout(arms, seed_values, preset, data, overrides)
+    lr_values = parse_number_list(lrs, "--lrs") if lrs else None
+    specs = plan_shootout(arms, seed_values, preset, data, overrides, lr_values)
     validate_specs(specs, size)
     plan_document = {"preset": preset, "data": {"train": str(data.train), "test": str(data.test)},
-                     "arms": {a.name: a.to_dict() for a in arms}, "seeds": seed_values}
+                     "arms": {a.name: a.to_dict() for a in arms}, "seeds": seed_values,
+                     **({"lrs": lr_values} if lr_values else {})}
     summary = run_sweep(out, "shootout", specs, plan_document, execution, output)
     _finish(output, summary, out)
 

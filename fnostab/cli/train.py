@@ -60,6 +60,13 @@ def format_result(result: dict[str, Any], run_dir: Path) -> str:
             f"{training['val_loss_name']}: best {training['best_val_loss']:.4g} (epoch {training['best_epoch']}), "
             f"final {training['final_val_loss']:.4g}; {training['epochs_completed']} epochs, {training['steps']} steps"
         )
+    levels = [f"initial {training['initial_val_loss']:.4g}"] if training.get("initial_val_loss") is not None else []
+    if training.get("noise_floor") is not None:
+        levels.append(f"noise floor {training['noise_floor']:.4g}")
+        if training.get("final_val_loss_over_floor") is not None:
+            levels.append(f"final = {training['final_val_loss_over_floor']:.1f} × floor")
+    if levels:
+        lines.append(f"{training['val_loss_name']}: " + ", ".join(levels))
     metrics = result.get("metrics")
     if metrics:
         base = metrics["baseline"]

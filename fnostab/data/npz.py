@@ -64,6 +64,12 @@ class PtychoSplit:
                 return int(source.shape[0])
         return 1
 
+    def noise_floor(self, loss: str) -> float | None:
+        """The physics loss ``loss`` of the true object on this split, as the simulator recorded it."""
+        floors = self.metadata.get("noise_floor")
+        value = floors.get(loss) if isinstance(floors, dict) else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
     def stride(self) -> int | None:
         """Scan stride from the metadata, or inferred from the patch centres (PtychoPINN files)."""
         if isinstance(self.metadata.get("stride"), int):

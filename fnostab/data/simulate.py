@@ -7,7 +7,10 @@ One call makes the train and test splits:
 3. patches divided by norm_Y_I, the mean over the split's patches of each patch's peak amplitude;
 4. exit wave ψ = Ô·P_sim, far-field amplitude A = |fftshift(FFT2 ψ)|/N;
 5. intensity scale s = sqrt(nphotons / mean Σ|ψ|²) from the train split, reused for test;
-6. counts ~ Poisson(s²A²), stored ``diffraction`` = sqrt(counts)/s.
+6. counts ~ Poisson(s²A²), stored ``diffraction`` = sqrt(counts)/s;
+7. the noise floor of each split: the physics loss of the true object on its own noisy patterns
+   (``_metadata["noise_floor"]``, one value per loss), the scale on which a validation loss is read
+   (docs/method.md#noise-floor).
 
 Everything is vectorised over patches; the same config and seed give byte-identical arrays.
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fnostab import __version__
 from fnostab.config import SimulationConfig
@@ -31,9 +35,10 @@ from fnostab.data.objects import lines_objects
 from fnostab.data.probe import SYNTHETIC_RECIPE, normalise_probe, synthetic_probe
 from fnostab.evaluation.stitching import ground_truth_region
 from fnostab.io import fsync_directory
-from fnostab.physics import far_field_amplitude_np, intensity_scale, poisson_amplitude
+from fnostab.physics import LOSS_NAMES, far_field_amplitude_np, intensity_scale, physics_loss, poisson_amplitude
 
-FORMAT_VERSION = 1
+# 2: _metadata carries the noise floor (cached data sets of format 1 are simulated again).
+FORMAT_VERSION = 2
 SEED_DERIVATION = (
     "numpy SeedSequence(seed).spawn(4) -> train object, test object, train noise, test noise"
 )
@@ -75,6 +80,18 @@ class SimulatedSplit:
     metadata: dict[str, Any]
 
 
+def noise_floor(true_amplitude: np.ndarray, measured_amplitude: np.ndarray) -> dict[str, float]:
+    """{loss name: the physics loss of the true far field against the measured patterns}.
+
+    The whole split is one batch (validation averages per-batch losses; batches of 64 change the
+    floor by under 1%). float64 throughout: at 1e9 photons the floor is
+    ~1e-3, and the float32 sum over millions of pixels would round it.
+    """
+    true = torch.from_numpy(np.asarray(true_amplitude, dtype=np.float64))
+    measured = torch.from_numpy(np.asarray(measured_amplitude, dtype=np.float64))
+    return {name: float(physics_loss(name, true, measured)) for name in LOSS_NAMES}
+
+
 def _probe_pair(config: SimulationConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     if config.probe is None:
         guess = synthetic_probe(config.N)
@@ -104,7 +121,8 @@ def _split(
     psi = patches * probe
     if scale is None:
         scale = intensity_scale(psi, config.nphotons)
-    diffraction = poisson_amplitude(far_field_amplitude_np(psi), scale, noise_rng)
+    amplitude = far_field_amplitude_np(psi)
+    diffraction = poisson_amplitude(amplitude, scale, noise_rng)
 
     n = patches.shape[0]
     channel = (n, config.N, config.N, 1)
@@ -128,6 +146,7 @@ def _split(
         "norm_Y_I": norm_Y_I,
         "intensity_scale": scale,
         "mean_total_counts": float(counts.sum(axis=(1, 2)).mean()),
+        "noise_floor": noise_floor(amplitude, diffraction),
     }
     if name == "test":
         truth = ground_truth_region(objects, centres, config.N, stride)

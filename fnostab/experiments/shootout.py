@@ -7,7 +7,7 @@ from typing import Any
 from fnostab.config import DataSource
 from fnostab.errors import InputError
 from fnostab.experiments.arms import Arm
-from fnostab.experiments.store import RunSpec, shootout_run_dir
+from fnostab.experiments.store import RunSpec, shootout_lr_run_dir, shootout_run_dir
 from fnostab.experiments.sweep import arm_run_config
 
 # Seed 002: "test/comparison runs must use ≤20 epochs unless explicitly labeled as a stress test".
@@ -36,12 +36,29 @@ def resolve_seeds(seeds: int | None, seed_list: list[int] | None) -> list[int]:
 
 
 def plan_shootout(
-    arms: list[Arm], seeds: list[int], preset: str, data: DataSource, overrides: dict[str, dict[str, Any]]
+    arms: list[Arm],
+    seeds: list[int],
+    preset: str,
+    data: DataSource,
+    overrides: dict[str, dict[str, Any]],
+    lrs: list[float] | None = None,
 ) -> list[RunSpec]:
+    """Arms × seeds, or arms × learning rates × seeds when ``lrs`` is given (each run's peak LR).
+
+    Over a learning-rate grid the runs are cells of a sweep grid, as in a stress sweep, so the summary
+    gives each arm's stable-LR boundary and LR sensitivity next to the Stage A comparison
+    (docs/method.md#lr-sensitivity).
+    """
     specs = []
     for arm in arms:
-        for seed in seeds:
-            config = arm_run_config(arm, seed, preset, data, overrides)
-            check_epochs(config.train.epochs)
-            specs.append(RunSpec(arm.name, seed, config, shootout_run_dir(arm.name, seed)))
+        for lr in lrs or [None]:
+            for seed in seeds:
+                extra = {} if lr is None else {"lr": lr}
+                config = arm_run_config(arm, seed, preset, data, overrides, **extra)
+                check_epochs(config.train.epochs)
+                if lr is None:
+                    specs.append(RunSpec(arm.name, seed, config, shootout_run_dir(arm.name, seed)))
+                else:
+                    specs.append(RunSpec(arm.name, seed, config, shootout_lr_run_dir(arm.name, config.train.lr, seed),
+                                         depth=config.model.fno_blocks, lr=config.train.lr))
     return specs

@@ -6,6 +6,7 @@
       sweep.json                  plan: kind, arms, seeds, data, every run and its options
       .lock                       held (flock) by the process running the sweep
       runs/<arm>/seed-<s>/        shootout run dirs
+      runs/<arm>/lr<lr>/seed-<s>/ shootout run dirs over a learning-rate grid (shootout --lrs)
       runs/<arm>/d<depth>-lr<lr>/seed-<s>/   stress run dirs
       summary.json  summary.md  *.png
 
@@ -57,6 +58,10 @@ class RunSpec:
 
 def shootout_run_dir(arm: str, seed: int) -> str:
     return f"runs/{arm}/seed-{seed}"
+
+
+def shootout_lr_run_dir(arm: str, lr: float, seed: int) -> str:
+    return f"runs/{arm}/lr{lr_tag(lr)}/seed-{seed}"
 
 
 def lr_tag(lr: float) -> str:

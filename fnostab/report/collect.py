@@ -32,8 +32,8 @@ class RunRecord:
     result: dict[str, Any]
     arm: str
     kind: str | None  # "shootout", "stress" or None (a plain ``fnostab train`` run)
-    depth: int | None  # stress runs only
-    lr: float | None  # stress runs only
+    depth: int | None  # grid cells only (stress runs, shootout runs of an LR grid)
+    lr: float | None  # grid cells only
     seed: int | None
 
     @property
@@ -51,8 +51,12 @@ class RunRecord:
 
     @property
     def group_key(self) -> tuple[str, int | None, float | None]:
-        """Runs are pooled per arm; stress runs per (arm, depth, lr)."""
+        """Runs are pooled per arm; grid cells per (arm, depth, lr)."""
         return (self.arm, self.depth, self.lr)
+
+    @property
+    def is_grid_cell(self) -> bool:
+        return self.lr is not None or self.depth is not None
 
     @property
     def label(self) -> str:
@@ -140,7 +144,8 @@ def make_record(run_dir: Path, result: dict[str, Any]) -> RunRecord:
     arm = sweep.get("arm") or result.get("name") or f"{arch}/{train_config.get('clip', 'none')}"
     kind = sweep.get("kind")
     depth = lr = None
-    if kind == "stress":
+    # Stress runs, and shootout runs of a learning-rate grid (shootout --lrs), are cells of a sweep grid.
+    if kind == "stress" or (kind == "shootout" and sweep.get("lr") is not None):
         depth = _number(sweep.get("depth", (model.get("config") or {}).get("fno_blocks")), int)
         lr = _number(sweep.get("lr", train_config.get("lr")), float)
     seed = _number(sweep.get("seed", result.get("seed")), int)
@@ -198,8 +203,8 @@ def collect(paths: Sequence[Path | str]) -> Collection:
     collection = Collection(inputs=inputs, runs=runs, unfinished=sorted(unfinished.values()), sweeps=sweeps,
                             outside_plan=outside_plan)
     order = {arm: i for i, arm in enumerate(collection.arm_order)}
-    # Shootout and plain runs first, then stress cells; within each by declared arm order, depth, lr, seed.
-    collection.runs.sort(key=lambda r: (r.kind == "stress", order[r.arm], r.depth or 0, r.lr or 0.0,
+    # Shootout and plain runs first, then grid cells; within each by declared arm order, depth, lr, seed.
+    collection.runs.sort(key=lambda r: (r.is_grid_cell, order[r.arm], r.depth or 0, r.lr or 0.0,
                                         r.seed if r.seed is not None else -1, str(r.dir)))
     return collection
 

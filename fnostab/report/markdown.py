@@ -73,8 +73,50 @@ def _boundary(boundary: Mapping[str, Any], axis: str) -> str:
     return _num(boundary[axis])
 
 
+def _interval(interval: Sequence[float] | None) -> str:
+    return "one seed: no interval" if interval is None else f"[{_num(interval[0], 3)}, {_num(interval[1], 3)}]"
+
+
+def _sensitivity_header() -> list[str]:
+    return ["arm", "depth", "learning rates", "seeds", "stable-LR boundary", "LR sensitivity [95% CI]", "ℓ* (own)",
+            "LR sensitivity, common ℓ* [95% CI]", "ℓ* (common)"]
+
+
+def _sensitivity_rows(stress: Mapping[str, Any]) -> list[list[str]]:
+    """One row per arm and depth: its LR sensitivity (both ℓ*) beside its stable-LR boundary."""
+    boundaries = {(e["arm"], e["depth"]): e["lr"] for a in stress["arms"] for e in
+                  [{"arm": a["arm"], **d} for d in a["lr_by_depth"]]}
+    rows = []
+    for entry in stress.get("lr_sensitivity") or []:
+        common = entry.get("common") or {}
+        grid = entry["grid"]
+        rows.append([
+            entry["arm"], str(entry["depth"]), f"{_num(grid[0])} … {_num(grid[-1])} ({len(grid)})",
+            str(entry["n_seeds"]) + (f" (+{len(entry['excluded_seeds'])} left out)" if entry["excluded_seeds"] else ""),
+            _num(boundaries.get((entry["arm"], entry["depth"]))),
+            f"{_num(entry['mean'], 3)} {_interval(entry['ci95'])}", _num(entry["best_loss"]),
+            f"{_num(common.get('mean'), 3)} {_interval(common.get('ci95'))}", _num(common.get("best_loss")),
+        ])
+    return rows
+
+
+SENSITIVITY_NOTE = (
+    "LR sensitivity = mean over the grid of min(final val loss, ℓ0) − ℓ*, per seed, then the mean over seeds "
+    "(Wortsman et al. 2023): a run that diverged or collapsed scores ℓ0, its loss before training. Lower is more "
+    "stable. ℓ* (own) is the arm's best score on the grid; ℓ* (common) the best of all arms, which puts the arms on "
+    "one scale. Read it beside the loss-vs-LR curves (lr_curves.png): an arm that never learns also scores 0."
+)
+
+
 def _stress_lines(stress: Mapping[str, Any]) -> list[str]:
-    lines = ["## Stress (depth × learning rate)", ""]
+    lines = ["## Learning-rate and depth grid", ""]
+    if stress.get("lr_sensitivity"):
+        lines += ["### LR sensitivity and stable-LR boundary", "", SENSITIVITY_NOTE, ""]
+        lines += _table(_sensitivity_header(), _sensitivity_rows(stress))
+        excluded = [(e["arm"], x) for e in stress["lr_sensitivity"] for x in e["excluded_seeds"]]
+        lines += [f"- {arm} seed {x['seed']} left out: {'; '.join(x['reasons'])}" for arm, x in excluded]
+        lines += [""] if excluded else []
+    lines += ["### Cells", ""]
     lines += _table(
         ["arm", "depth", "lr", "runs", "failed", "statuses", "stable"],
         [[c["arm"], c["depth"], _num(c["lr"]), c["n"] + c["n_infeasible"], c["failures"],
@@ -135,15 +177,25 @@ def render_markdown(document: Mapping[str, Any]) -> str:
     lines += ["## Quality of successful runs vs the constant baseline", "",
               "Median [p25–p75] over runs with status ok; (const …) is the median score of a constant prediction "
               "on the same test data. Phase SSIM is close to its constant baseline by construction (small phase range, "
-              "per-tile offsets at gridsize 1): read it only next to that baseline, never as a pass criterion.", ""]
+              "per-tile offsets at gridsize 1): read it only next to that baseline, never as a pass criterion. "
+              "× floor is the best validation loss as a multiple of the noise floor, the loss of the true object "
+              "on the same data (1 would be a perfect reconstruction).", ""]
     lines += _table(
-        ["arm", "ok runs", "best val loss", "final val loss", "amp SSIM", "amp SSIM − const", "amp MAE", "phase SSIM", "phase SSIM (tile-aligned)"],
-        [[g["label"], g["n_ok"]] + [_metric(g["metrics"][k]) for k in
-          ("best_val_loss", "final_val_loss", "amp_ssim")] + [_metric(g["metrics"]["amp_ssim_gain"], baseline=False)]
+        ["arm", "ok runs", "best val loss", "× floor", "final val loss", "amp SSIM", "amp SSIM − const", "amp MAE", "phase SSIM", "phase SSIM (tile-aligned)"],
+        [[g["label"], g["n_ok"], _metric(g["metrics"]["best_val_loss"]),
+          _metric(g["metrics"]["best_val_loss_over_floor"], iqr=False)] + [_metric(g["metrics"][k]) for k in
+          ("final_val_loss", "amp_ssim")] + [_metric(g["metrics"]["amp_ssim_gain"], baseline=False)]
          + [_metric(g["metrics"][k]) for k in ("amp_mae", "phase_ssim", "phase_aligned_ssim")]
          for g in groups],
     )
 
+    within = [e for e in document.get("seed_spread") or [] if e["within_spread"]]
+    if within:
+        lines += ["Differences within seed spread (the interquartile ranges over seeds overlap, so the medians do "
+                  "not separate the arms at this number of seeds):", ""]
+        lines += [f"- {e['metric']}: {e['label']} {_num(e['median'])} [{_num(e['iqr'][0])}–{_num(e['iqr'][1])}] vs "
+                  f"{e['control']} {_num(e['control_median'])} [{_num(e['control_iqr'][0])}–{_num(e['control_iqr'][1])}]"
+                  for e in within] + [""]
     lines += [f"## Gradient norms (pre-clip global L2, logged steps in metrics.csv; threshold {threshold:g})", ""]
     lines += _table(
         ["arm", "runs logged", "logged steps", "median", "p99", "max", "largest spike at", f"steps > {threshold:g}", "non-finite"],
@@ -182,25 +234,36 @@ def render_markdown(document: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _loss_with_floor(metrics: Mapping[str, Any]) -> str:
+    text = _num(metrics["best_val_loss"]["median"])
+    floor = metrics.get("best_val_loss_over_floor", {}).get("median")
+    return text + (f" ({floor:.0f}×)" if floor is not None else "")
+
+
 def format_summary_table(document: Mapping[str, Any]) -> str:
     """The compact per-arm table for a terminal: failures with CI, loss, SSIM vs constant, grad norms."""
     threshold = document["grad_norm_threshold"]
-    header = ["arm", "n", "failed", "rate [95% CI]", "statuses", "best val loss", "amp SSIM (const)",
+    header = ["arm", "n", "failed", "rate [95% CI]", "statuses", "best val loss (× floor)", "amp SSIM (const)",
               "phase SSIM (const)", f"grad>{threshold:g}", "max grad"]
     rows = []
     for g in document["arms"]:
         metrics, grads = g["metrics"], g["grad_norm"]
         rows.append([
             g["label"], _runs(g), str(g["failures"]), f"{_pct(g['failure_rate'])} [{_ci(g['failure_ci95'])}]",
-            _statuses(g["failures_by_status"]), _num(metrics["best_val_loss"]["median"]),
+            _statuses(g["failures_by_status"]), _loss_with_floor(metrics),
             f"{_num(metrics['amp_ssim']['median'], 3)} ({_num(metrics['amp_ssim']['baseline_median'], 3)})",
             f"{_num(metrics['phase_ssim']['median'], 3)} ({_num(metrics['phase_ssim']['baseline_median'], 3)})",
             _pct(grads["frac_above"]), _num(grads["max"], 3),
         ])
+    return _aligned(header, rows, left=(0, 3, 4))
+
+
+def _aligned(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> str:
+    """A plain-text table: columns padded to their widest cell, numbers right-aligned."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i in (0, 3, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return "\n".join([line(header), *(line(r) for r in rows)])
 
@@ -215,12 +278,15 @@ def format_terminal(document: Mapping[str, Any]) -> str:
         for entry in stress["arms"]:
             infeasible = [str(e["depth"]) for e in entry["lr_by_depth"] if e["infeasible"]]
             lines.append(
-                f"stress {entry['arm']}: boundary lr {_boundary(entry['boundary'], 'lr')}, "
+                f"grid {entry['arm']}: stable boundary lr {_boundary(entry['boundary'], 'lr')}, "
                 f"depth {_boundary(entry['boundary'], 'depth')}"
                 + (f"; infeasible at depth {', '.join(infeasible)}" if infeasible else "")
             )
         lines.append("(boundary: largest value with every seed ok there and below, at every value of the other axis; "
                      "— = unstable already at the smallest tested)")
+        if stress.get("lr_sensitivity"):
+            lines += ["", "LR sensitivity (mean over seeds [95% CI]; lower is more stable; failed runs score ℓ0):",
+                      _aligned(_sensitivity_header(), _sensitivity_rows(stress))]
     lines += ["", f"verdict: {verdict['outcome']}: {verdict['decision']}", verdict["explanation"]]
     lines += [f"next: {step}" for step in verdict["next_steps"]]
     unfinished = document["runs"]["unfinished"]
@@ -232,5 +298,7 @@ def format_terminal(document: Mapping[str, Any]) -> str:
         skipped = len(document["gates"]) - len(checked)
         lines.append(f"gates: {passed}/{len(checked)} passed" + (f" ({skipped} skipped: no run started)" if skipped else ""))
     if document.get("out_dir"):
-        lines.append(f"summary: {document['out_dir']}/summary.md, summary.json, {len(document['plots']['written'])} plots")
+        lines.append(f"summary: {document['out_dir']}/summary.md, summary.json")
+        if document["plots"]["written"]:
+            lines.append(f"plots in {document['out_dir']}: {', '.join(document['plots']['written'])}")
     return "\n".join(lines)

@@ -12,7 +12,9 @@ atomically and records the skipped ones.
 * ``ssim.png``: amplitude and phase SSIM of each successful run per arm, the median as a bar, and
   the constant baseline drawn across each arm (phase SSIM means nothing without it).
 * ``failure_times.png``: step at which each failed run failed, per arm, marker by status.
-* ``stress_map.png`` (stress runs): per arm, failed / run seeds over the depth × LR grid.
+* ``stress_map.png`` (grid runs): per arm, failed / run seeds over the depth × LR grid.
+* ``lr_curves.png`` (a learning-rate grid): final validation loss against the learning rate per arm,
+  seed band, failed runs at ℓ0, each arm's LR sensitivity in the legend.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _colour(index: int) -> str:
 
 def _groups(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The arms the per-arm plots show: shootout arms when there are any (stress cells have their map)."""
-    arms = [g for g in document["arms"] if g.get("kind") != "stress"]
+    arms = [g for g in document["arms"] if not g.get("grid_cell")]
     return arms or list(document["arms"])
 
 
@@ -209,6 +211,52 @@ def plot_stress_map(document: Mapping[str, Any], traces: Any) -> Figure | str:
     return figure
 
 
+def plot_lr_curves(document: Mapping[str, Any], traces: Any) -> Figure | str:
+    """Final validation loss against log learning rate, one line per arm (and depth) with its seed band.
+
+    The line is the median over seeds of each run's score min(final loss, ℓ0), the band its min–max;
+    a run that diverged or collapsed is marked at its ℓ0 (the loss before training), which is what
+    the LR sensitivity in the legend charges it. Runs that are no measurement (oom, error) are left out.
+    """
+    stress = document.get("stress") or {}
+    entries = [e for e in stress.get("lr_sensitivity") or [] if e["per_seed"] or e["excluded_seeds"]]
+    if not entries:
+        return "no learning-rate grid with at least two rates"
+    several_depths = len({e["depth"] for e in entries}) > 1
+    cells = [g for g in document["arms"] if g.get("grid_cell") and g.get("lr") is not None]
+    figure = _figure(7.5, 4.8, bottom=0.12, left=0.12)
+    axes = figure.add_subplot()
+    for index, entry in enumerate(entries):
+        colour = _colour(index)
+        name = entry["arm"] + (f" d{entry['depth']}" if several_depths else "")
+        grid = entry["grid"]
+        if entry["per_seed"]:
+            scores = np.array([seed["scores"] for seed in entry["per_seed"]], dtype=float)
+            interval = entry["ci95"]
+            spread_text = f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else " (one seed)"
+            axes.plot(grid, np.median(scores, axis=0), marker="o", color=colour,
+                      label=f"{name}: LR-sens {entry['mean']:.3g}{spread_text}, n={len(scores)}")
+            if len(scores) > 1:
+                axes.fill_between(grid, scores.min(axis=0), scores.max(axis=0), color=colour, alpha=0.18, linewidth=0)
+        else:
+            axes.plot([], [], color=colour, label=f"{name}: no complete seed")
+        for cell in (c for c in cells if c["arm"] == entry["arm"] and c["depth"] == entry["depth"]):
+            for run in cell["runs"]:
+                if run["status"] in ("diverged", "collapsed") and isinstance(run.get("initial_val_loss"), (int, float)):
+                    axes.scatter([cell["lr"]], [run["initial_val_loss"]], marker=_STATUS_MARKERS[run["status"]],
+                                 color=colour, s=50, zorder=3)
+    from matplotlib.lines import Line2D
+
+    handles, _ = axes.get_legend_handles_labels()
+    handles += [Line2D([], [], marker=_STATUS_MARKERS[s], color="black", linestyle="", label=f"{s} (scored at ℓ0)")
+                for s in ("diverged", "collapsed")]
+    axes.set_xscale("log")
+    axes.set(xlabel="peak learning rate", ylabel="final validation loss, min(ℓ, ℓ0)",
+             title="Loss against learning rate (median and min–max over seeds)")
+    axes.legend(handles=handles, fontsize="small")
+    return figure
+
+
 def _hatched(col: int, row: int) -> Any:
     from matplotlib.patches import Rectangle
 
@@ -221,6 +269,7 @@ PLOTS: dict[str, Callable[[Mapping[str, Any], Any], Figure | str]] = {
     "ssim.png": plot_ssim,
     "failure_times.png": plot_failure_times,
     "stress_map.png": plot_stress_map,
+    "lr_curves.png": plot_lr_curves,
 }
 
 

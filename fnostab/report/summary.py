@@ -10,20 +10,27 @@ summary.json (schema ``fnostab.summary/1``)::
 
     {schema, created, inputs, out_dir, grad_norm_threshold,
      runs: {finished, unfinished: [dirs], outside_plan: [dirs]}, sweeps: [{path, kind, arms, seeds}],
-     arms: [                                  # one entry per arm; per (arm, depth, lr) for stress runs
-       {label, arm, kind, depth, lr, arch, clip, val_loss_names, seeds,
+     arms: [                                  # one entry per arm; per (arm, depth, lr) for grid runs
+       {label, arm, kind, grid_cell, depth, lr, arch, clip, val_loss_names, noise_floor, seeds,
         n, n_infeasible, n_ok, failures, failure_rate, failure_ci95: [lo, hi], failures_by_status: {status: k},
         time_to_failure: {steps, epochs, step: {median, min, max}, epoch: {median, min, max}},
-        metrics: {best_val_loss | final_val_loss | amp_ssim | amp_ssim_gain | amp_mae | phase_ssim
+        metrics: {best_val_loss | final_val_loss | best_val_loss_over_floor | final_val_loss_over_floor
+                  | amp_ssim | amp_ssim_gain | amp_mae | phase_ssim
                   | phase_aligned_ssim: {n, median, p25, p75, baseline_median}},   # successful runs only
         grad_norm: {threshold, runs_with_series, runs_without_series, logged_steps, nonfinite, max,
                     median, p99, above, frac_above, max_run, max_step},           # pooled metrics.csv
-        runs: [{dir, seed, status, failure, best_val_loss, final_val_loss, metrics, grad_norm,
-                first_block_to_blow_up, memory_plan}]}],
-     stress: null | {cells: [{label, arm, depth, lr, arch, clip, n, n_infeasible, failures, statuses, stable, infeasible}],
-                     arms: [{arm, lr_by_depth: [{depth, lr, infeasible}], depth_by_lr: [{lr, depth}],
-                             boundary: {lr, depth}}],
-                     infeasible: [{arm, depth, lr, seeds, dirs, params, total_bytes, geometry_error, reason}]},
+        runs: [{dir, seed, status, failure, initial_val_loss, best_val_loss, final_val_loss, noise_floor, metrics,
+                grad_norm, first_block_to_blow_up, memory_plan}]}],
+     stress: null | {                         # grid runs: stress sweeps and shootouts over --lrs
+        cells: [{label, arm, depth, lr, arch, clip, n, n_infeasible, failures, statuses, stable, infeasible}],
+        arms: [{arm, lr_by_depth: [{depth, lr, infeasible}], depth_by_lr: [{lr, depth}], boundary: {lr, depth},
+                lr_sensitivity: LRS | null (at the arm's deepest depth), lr_sensitivity_by_depth: [LRS]}],
+        lr_sensitivity: [LRS],                # LRS = {arm, depth, grid, n_seeds, excluded_seeds: [{seed, reasons}],
+                                              #        definition: per_arm, best_loss (ℓ*), mean, ci95, per_seed:
+                                              #        [{seed, value, scores, initial_val_loss}],
+                                              #        common: {best_loss, mean, ci95, per_seed}}
+        infeasible: [{arm, depth, lr, seeds, dirs, params, total_bytes, geometry_error, reason}]},
+     seed_spread: [{label, control, metric, median, iqr, control_median, control_iqr, within_spread}],
      verdict: {outcome, decision, explanation, stage_a, stage_b, notes, next_steps},
      gates: [{gate, metric, arm, op, threshold, value, passed (null: skipped, nothing ran)}], gates_passed,
      plots: {written: [file names], skipped: {file name: reason}}, warnings: [...]}
@@ -33,8 +40,9 @@ collapsed, oom or error; ``failures_by_status`` tells them apart). Infeasible ru
 the limit) never started and are counted apart in ``n_infeasible``: a plan that did not fit says
 nothing about stability, so a group of infeasible runs only has no failure rate.
 Every number is JSON-safe (non-finite → null). Quality metrics are conditional on successful runs
-(seed 002) and each comes with the median of the constant-prediction baseline next to it, because a
-phase SSIM of 0.88 is what a constant scores here (cpu-trial).
+and each comes with the median of the constant-prediction baseline next to it, because a phase SSIM
+of 0.88 is what a constant scores here (docs/method.md#the-phase-ssim-trap). LR sensitivity is defined
+in :mod:`fnostab.report.lr_sensitivity`.
 """
 
 from __future__ import annotations
@@ -49,8 +57,10 @@ from fnostab.errors import InputError
 from fnostab.io import check_out_dir, to_jsonable, write_json_atomic, write_text_atomic
 from fnostab.report.collect import Collection, RunRecord, collect, group_label, read_metric_columns
 from fnostab.report.gates import Gate, evaluate_gates, parse_gate
+from fnostab.report.lr_sensitivity import lr_sensitivities, points_from_runs
 from fnostab.report.stats import (
     first_block_to_blow_up,
+    intervals_overlap,
     pooled_series_stats,
     quartiles,
     series_stats,
@@ -67,7 +77,7 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 
 # Quality metrics summarised per arm: from result.json's training block, and from its metrics block.
-TRAINING_METRICS = ("best_val_loss", "final_val_loss")
+TRAINING_METRICS = ("best_val_loss", "final_val_loss", "best_val_loss_over_floor", "final_val_loss_over_floor")
 EVAL_METRICS = ("amp_ssim", "amp_mae", "phase_ssim", "phase_aligned_ssim")
 # amp_ssim minus the constant baseline's, per run: the quality check cpu-trial recommends.
 DERIVED_METRICS = ("amp_ssim_gain",)
@@ -178,8 +188,10 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
             "seed": record.seed,
             "status": record.status,
             "failure": failure,
+            "initial_val_loss": training.get("initial_val_loss"),
             "best_val_loss": training.get("best_val_loss"),
             "final_val_loss": training.get("final_val_loss"),
+            "noise_floor": training.get("noise_floor"),
             "metrics": {name: (record.result.get("metrics") or {}).get(name) for name in EVAL_METRICS}
             if record.result.get("metrics") else None,
             "grad_norm": grad,
@@ -194,11 +206,13 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
         "label": label,
         "arm": first.arm,
         "kind": first.kind,
+        "grid_cell": first.is_grid_cell,
         "depth": first.depth,
         "lr": first.lr,
         "arch": first.arch,
         "clip": first.clip,
         "val_loss_names": val_names,
+        "noise_floor": quartiles((r.result.get("training") or {}).get("noise_floor") for r in records)["median"],
         "seeds": [r.seed for r in records],
         "n": n,
         "n_infeasible": n_infeasible,
@@ -214,9 +228,23 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
     }
 
 
+def _lr_sensitivities(stress_groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One LR-sensitivity entry per (arm, depth) whose grid has at least two learning rates; the
+    common ℓ* is shared by the arms at the same depth."""
+    out = []
+    for depth in dict.fromkeys(g["depth"] for g in stress_groups):
+        points: dict[str, list[Any]] = {}
+        for group in stress_groups:
+            if group["depth"] == depth and group["lr"] is not None:
+                points.setdefault(group["arm"], []).extend(points_from_runs(group["runs"], group["lr"]))
+        out += [{"arm": arm, "depth": depth, **entry} for arm, entry in lr_sensitivities(points).items()]
+    return out
+
+
 def _stress_section(groups: Sequence[dict[str, Any]], records: Sequence[RunRecord]) -> dict[str, Any] | None:
-    """Stress cells (feasible runs only count toward n/failures), boundaries per arm, infeasible plans."""
-    stress_groups = [g for g in groups if g["kind"] == "stress"]
+    """Grid cells (feasible runs only count toward n/failures), boundaries and LR sensitivity per arm,
+    infeasible plans. Cells come from stress sweeps and from shootouts over a learning-rate grid."""
+    stress_groups = [g for g in groups if g["grid_cell"]]
     if not stress_groups:
         return None
     cells = []
@@ -231,13 +259,18 @@ def _stress_section(groups: Sequence[dict[str, Any]], records: Sequence[RunRecor
             "stable": n > 0 and failures == 0,
             "infeasible": n == 0 and group["n_infeasible"] > 0,
         })
+    sensitivities = _lr_sensitivities(stress_groups)
     arms = []
     for arm in dict.fromkeys(c["arm"] for c in cells):
-        arms.append({"arm": arm, **stress_boundaries([c for c in cells if c["arm"] == arm])})
+        by_depth = [e for e in sensitivities if e["arm"] == arm]
+        # The deepest depth stands for the arm, as in Stage B's comparison at the deep setting.
+        deepest = max(by_depth, key=lambda e: e["depth"] if e["depth"] is not None else -1) if by_depth else None
+        arms.append({"arm": arm, **stress_boundaries([c for c in cells if c["arm"] == arm]),
+                     "lr_sensitivity": deepest, "lr_sensitivity_by_depth": by_depth})
     # One entry per infeasible cell: the plan depends on the model, not on the seed.
     infeasible: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in records:
-        if record.kind == "stress" and record.status == "infeasible":
+        if record.is_grid_cell and record.status == "infeasible":
             entry = infeasible.get(record.group_key)
             if entry is None:
                 plan = record.result.get("memory_plan") or {}
@@ -250,7 +283,37 @@ def _stress_section(groups: Sequence[dict[str, Any]], records: Sequence[RunRecor
                 }
             entry["seeds"].append(record.seed)
             entry["dirs"].append(str(record.dir))
-    return {"cells": cells, "arms": arms, "infeasible": list(infeasible.values())}
+    return {"cells": cells, "arms": arms, "lr_sensitivity": sensitivities, "infeasible": list(infeasible.values())}
+
+
+# Quality figures whose seed spread is compared between each arm and the control.
+SPREAD_METRICS = ("best_val_loss", "amp_ssim")
+
+
+def seed_spread(groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per arm (and grid cell) against the control at the same depth and lr: do the seeds' interquartile
+    ranges of each quality figure overlap? Where they do, the difference between the medians is within
+    seed noise. Only groups with at least two successful runs on both sides are compared."""
+    from fnostab.report.verdict import resolve_roles
+
+    control = resolve_roles({g["arm"]: (g.get("arch"), g.get("clip")) for g in groups})["control"]
+    if control is None:
+        return []
+    controls = {(g["depth"], g["lr"]): g for g in groups if g["arm"] == control}
+    out = []
+    for group in groups:
+        reference = controls.get((group["depth"], group["lr"]))
+        if group["arm"] == control or reference is None:
+            continue
+        for name in SPREAD_METRICS:
+            mine, theirs = group["metrics"][name], reference["metrics"][name]
+            if mine["n"] < 2 or theirs["n"] < 2:
+                continue
+            out.append({"label": group["label"], "control": reference["label"], "metric": name,
+                        "median": mine["median"], "iqr": [mine["p25"], mine["p75"]],
+                        "control_median": theirs["median"], "control_iqr": [theirs["p25"], theirs["p75"]],
+                        "within_spread": intervals_overlap([mine["p25"], mine["p75"]], [theirs["p25"], theirs["p75"]])})
+    return out
 
 
 def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[str, Any], Traces]:
@@ -283,6 +346,7 @@ def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[
         "sweeps": [{k: v for k, v in sweep.items() if k != "planned"} for sweep in collection.sweeps],
         "arms": groups,
         "stress": stress,
+        "seed_spread": seed_spread(groups),
         "verdict": decide(groups, stress),
         "gates": [],
         "gates_passed": True,

@@ -1,4 +1,4 @@
-"""The decision logic of seed 002 §5, applied to per-arm statistics.
+"""The study's decision rules (docs/method.md#decision-rules), applied to per-arm statistics.
 
 Roles: ``control`` (the arm named "control", else the hybrid arm without clipping), ``arch`` (the
 arm named "arch", else stable_hybrid without clipping) and ``opt`` (the arm named "opt", else hybrid
@@ -6,11 +6,15 @@ with AGC).
 
 * **Stage A** (shootout at standard depth). arch passes when its median best val loss (successful
   runs) is below the control's AND its failure rate is lower. opt passes when its failure rate is
-  lower AND its median val loss is at most 10% above the control's.
-* **Stage B** (depth/LR stress, only when stress runs are among the inputs). A fix passes when it
+  lower AND its median val loss is at most 10% above the control's. When the plain shootout's
+  control never failed (or there is none) and a learning-rate grid is among the inputs, the
+  comparison is taken at the learning rates where the control does fail, pooled over them.
+* **Stage B** (a depth/LR grid: stress runs, or a shootout over --lrs). A fix passes when it
   scales: on the grid it shares with the control, its stability boundary (largest LR / depth at
   which every seed is ok, see :func:`fnostab.report.stats.stress_boundaries`) lies beyond the
-  control's, or its failure rate at the deep setting (the deepest depth both could build) is lower.
+  control's, or it is less LR-sensitive than the control beyond seed noise (95% intervals apart,
+  :mod:`fnostab.report.lr_sensitivity`, with a best loss within 10% of the control's), or its
+  failure rate at the deep setting (the deepest depth both could build) is lower.
 * **Outcome**: ``gold`` (arch passes A and B: new default architecture), ``pivot`` (both fixes fail
   Stage B — or both already fail Stage A against a control that does fail, where Stage B cannot
   rescue them: investigate LayerScale),
@@ -29,9 +33,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fnostab.report.stats import beyond, intervals_overlap, stress_boundaries, wilson_interval
+from fnostab.report.lr_sensitivity import separated
+from fnostab.report.stats import beyond, intervals_overlap, quartiles, stress_boundaries, wilson_interval
 
-# seed 002 §2, Stage A, opt arm: "model.val_loss_name not worse by >10% (median, successful runs only)".
+# Stage A, opt arm: its median validation loss (successful runs only) may be at most 10% worse.
 OPT_LOSS_TOLERANCE = 0.10
 
 ROLE_NAMES = ("control", "arch", "opt")
@@ -40,13 +45,14 @@ OUTCOMES = {
     "gold": "stable_hybrid passes Stage A and Stage B: make it the default FNO architecture and deprecate PtychoBlock.",
     "silver": "stable_hybrid fails, AGC lowers the failure rate without a >10% median-loss regression: AGC becomes the mandatory training policy for FNO models.",
     "pivot": "neither fix holds up: investigate LayerScale (explicit depth damping).",
-    "inconclusive": "the data cannot decide between the outcomes of seed 002 §5.",
+    "inconclusive": "the data cannot decide between gold, silver and pivot yet (see next steps).",
 }
 
 # The learning-rate axis finds each arm's stability boundary in minutes on a CPU (the cpu preset's
-# control collapsed at lr 3e-2 in tests); depths need N large enough to halve, so they are left to
-# the user (e.g. --preset paper --depths 4,6).
+# control collapses at lr 3e-2); depths need N large enough to halve, so they are left to the user
+# (e.g. --preset paper --depths 4,6).
 STRESS_HINT = "fnostab stress --lrs 1e-3,3e-3,1e-2,3e-2,1e-1 --seeds 3 --out DIR"
+LR_GRID_HINT = "fnostab shootout --lrs 1e-3,1e-2,3e-2,1e-1 --seeds 3 --out DIR"
 
 
 def resolve_roles(arms: Mapping[str, tuple[str | None, str | None]]) -> dict[str, str | None]:
@@ -167,8 +173,28 @@ def _pool(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "failure_ci95": list(wilson_interval(failures, n))}
 
 
-def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: str, fix_arm: str | None) -> dict[str, Any]:
-    """Stage B for ``role`` from stress cells ``{arm, depth, lr, n, failures, infeasible}``."""
+def _lr_sensitivity_check(fix: Mapping[str, Any] | None, control: Mapping[str, Any] | None) -> bool | None:
+    """Is the fix less LR-sensitive than the control beyond seed noise, at a comparable best loss?
+
+    Sensitivity ignores the loss level (an arm that never learns scores 0), so a fix whose best loss ℓ*
+    is more than the Stage A tolerance above the control's does not count as less sensitive.
+    """
+    apart = separated(fix, control)
+    if apart is None:
+        return None
+    if apart and fix["best_loss"] is not None and control["best_loss"] is not None:
+        return fix["best_loss"] <= (1 + OPT_LOSS_TOLERANCE) * control["best_loss"]
+    return apart
+
+
+def _sensitivity_at(sensitivities: Sequence[Mapping[str, Any]], arm: str, depth: Any) -> Mapping[str, Any] | None:
+    return next((e for e in sensitivities if e["arm"] == arm and e["depth"] == depth), None)
+
+
+def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: str, fix_arm: str | None,
+                  sensitivities: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Stage B for ``role`` from grid cells ``{arm, depth, lr, n, failures, infeasible}`` and the
+    LR-sensitivity entries ``{arm, depth, mean, ci95, best_loss, ...}`` of the summary."""
     if fix_arm is None or not any(c["arm"] == fix_arm for c in cells):
         return {"present": False, "passes": None, "reasons": [f"no stress runs of the {role} arm"]}
     cells = [c for c in cells if c["depth"] is not None and c["lr"] is not None]
@@ -200,13 +226,20 @@ def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: st
     if deep is None:
         result.update(passes=None, reasons=["no depth on the shared grid was feasible for both arms"])
         return result
+    control_sens = _sensitivity_at(sensitivities, control_arm, deep)
+    fix_sens = _sensitivity_at(sensitivities, fix_arm, deep)
+    result["control"]["lr_sensitivity"] = control_sens
+    result["fix"]["lr_sensitivity"] = fix_sens
     if sum(c["failures"] for c in control_grid) == 0:
-        result.update(passes=None, checks={"lr_beyond": None, "depth_beyond": None, "lower_deep_failure_rate": None},
-                      reasons=["the control never failed under stress: the grid stops short of its stability boundary"])
+        result.update(passes=None, control_never_failed=True,
+                      checks={"lr_beyond": None, "depth_beyond": None, "less_lr_sensitive": None,
+                              "lower_deep_failure_rate": None},
+                      reasons=["the control never failed on the grid: it stops short of the control's stability boundary"])
         return result
     checks = {
         "lr_beyond": _beyond(fix_bounds, control_bounds, "lr"),
         "depth_beyond": _beyond(fix_bounds, control_bounds, "depth"),
+        "less_lr_sensitive": _lr_sensitivity_check(fix_sens, control_sens),
         "lower_deep_failure_rate": fix_deep["failure_rate"] < control_deep["failure_rate"],
     }
     result["checks"] = checks
@@ -240,38 +273,92 @@ def _stress_arms(cells: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str | No
     return {c["arm"]: (c.get("arch"), c.get("clip")) for c in cells}
 
 
-def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The verdict of seed 002 §5 with the numbers behind it.
+def _grid_arm_numbers(groups: Sequence[Mapping[str, Any]], arm: str, depth: Any, lrs: Sequence[float]) -> dict[str, Any] | None:
+    """Stage A numbers of ``arm`` pooled over its grid cells at ``depth`` and learning rates ``lrs``."""
+    chosen = [g for g in groups if g.get("grid_cell") and g["arm"] == arm and g["depth"] == depth and g["lr"] in lrs]
+    if not chosen:
+        return None
+    n = sum(g["n"] for g in chosen)
+    failures = sum(g["failures"] for g in chosen)
+    best = quartiles(run.get("best_val_loss") for g in chosen for run in g["runs"] if run["status"] == "ok")
+    return {
+        "arm": arm, "n": n, "failures": failures, "failure_rate": failures / n if n else None,
+        "failure_ci95": list(wilson_interval(failures, n)), "median_best_val_loss": best["median"], "n_ok": best["n"],
+        "val_loss_names": sorted({name for g in chosen for name in g.get("val_loss_names") or []}),
+    }
 
-    ``groups``: the summary's per-arm entries (``arm, kind, arch, clip, n, failures, failure_rate,
-    failure_ci95, metrics.best_val_loss.median``); Stage A uses those that are not stress cells.
-    ``stress``: the summary's stress section (``cells``), or None when no stress runs were given.
+
+def _grid_stage_a(groups: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Stage A taken on a learning-rate grid, at the rates where the control failed (at its smallest
+    depth: the standard one); None when there is no grid with a control, or its control never failed."""
+    grid = [g for g in groups if g.get("grid_cell") and g.get("lr") is not None]
+    roles = resolve_roles({g["arm"]: (g.get("arch"), g.get("clip")) for g in grid})
+    if roles["control"] is None:
+        return None
+    control_cells = [g for g in grid if g["arm"] == roles["control"]]
+    depth = min((g["depth"] for g in control_cells if g["depth"] is not None), default=None)
+    failing = sorted(g["lr"] for g in control_cells if g["depth"] == depth and g["failures"] > 0)
+    if not failing:
+        return None
+    numbers = {role: _grid_arm_numbers(groups, arm, depth, failing) for role, arm in roles.items() if arm is not None}
+    return {"roles": roles, "depth": depth, "lrs": failing, "numbers": numbers}
+
+
+def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The verdict of the decision rules (docs/method.md#decision-rules) with the numbers behind it.
+
+    ``groups``: the summary's per-arm entries (``arm, kind, grid_cell, arch, clip, n, failures,
+    failure_rate, failure_ci95, metrics.best_val_loss.median, runs``); Stage A uses those that are not
+    grid cells, or the grid cells at the learning rates where the control failed (see the module doc).
+    ``stress``: the summary's grid section (``cells``, ``lr_sensitivity``), or None without grid runs.
     """
-    shootout = {g["arm"]: g for g in groups if g.get("kind") != "stress"}
+    shootout = {g["arm"]: g for g in groups if not g.get("grid_cell")}
     roles = resolve_roles({arm: (g.get("arch"), g.get("clip")) for arm, g in shootout.items()})
     next_steps: list[str] = []
     notes: list[str] = []
 
-    stage_a: dict[str, Any] = {"measured": bool(shootout), "roles": roles}
+    stage_a: dict[str, Any] = {"measured": bool(shootout), "roles": roles, "source": "shootout"}
     arch_a, opt_a = _absent(), _absent()
-    if roles["control"] is not None:
-        control = _arm_numbers(shootout[roles["control"]])
+    plain_control = _arm_numbers(shootout[roles["control"]]) if roles["control"] is not None else None
+    grid_a = _grid_stage_a(groups) if plain_control is None or plain_control["failures"] == 0 else None
+    if grid_a is not None:
+        roles = grid_a["roles"]
+        stage_a.update(measured=True, roles=roles, source="lr_grid", depth=grid_a["depth"], lrs=grid_a["lrs"])
+        control = grid_a["numbers"]["control"]
+        stage_a["control"] = control
+        arch_a = stage_a_check("arch", control, grid_a["numbers"].get("arch"))
+        opt_a = stage_a_check("opt", control, grid_a["numbers"].get("opt"))
+        if plain_control is not None:
+            notes.append(
+                f"the plain shootout's control never failed in {plain_control['n']} runs, so Stage A is taken at the "
+                f"learning rates where it does fail ({', '.join(f'{lr:g}' for lr in grid_a['lrs'])})"
+            )
+    elif plain_control is not None:
+        control = plain_control
         stage_a["control"] = control
         arch_a = stage_a_check("arch", control, _arm_numbers(shootout[roles["arch"]]) if roles["arch"] else None)
         opt_a = stage_a_check("opt", control, _arm_numbers(shootout[roles["opt"]]) if roles["opt"] else None)
         if control["failures"] == 0:
-            next_steps.append(
-                f"The control never failed in {control['n']} run{'s' if control['n'] != 1 else ''}, so this shootout does not reproduce the instability: "
-                f"add seeds or epochs, or push it with `{STRESS_HINT}`."
-            )
+            grid_lrs = sorted({g["lr"] for g in groups if g.get("grid_cell") and g.get("lr") is not None})
+            if grid_lrs:
+                next_steps.append(
+                    f"The control never failed, neither in the shootout nor on the learning-rate grid (up to "
+                    f"{grid_lrs[-1]:g}): extend the grid upwards until it does, e.g. `{LR_GRID_HINT}` with larger rates."
+                )
+            else:
+                next_steps.append(
+                    f"The control never failed in {control['n']} run{'s' if control['n'] != 1 else ''}, so this shootout "
+                    f"does not reproduce the instability: run it over a learning-rate grid that reaches the unstable "
+                    f"band, `{LR_GRID_HINT}`, or add seeds or epochs."
+                )
     elif shootout:
         notes.append("no control arm (named 'control', or hybrid without clipping) among the shootout runs")
         next_steps.append("Run a shootout with a control arm: `fnostab shootout --out DIR` (arms control, arch, opt).")
     else:
         notes.append("no shootout runs: Stage A was not measured")
-        next_steps.append("Run Stage A: `fnostab shootout --seeds 10 --out DIR` (arms control, arch, opt).")
+        next_steps.append(f"Run Stage A over a learning-rate grid: `{LR_GRID_HINT}` (arms control, arch, opt).")
     for role, check in (("arch", arch_a), ("opt", opt_a)):
-        if roles["control"] is not None and not check["present"]:
+        if stage_a.get("control") is not None and not check["present"]:
             next_steps.append(f"Add the {role} arm to the shootout.")
     stage_a["arch"], stage_a["opt"] = arch_a, opt_a
 
@@ -285,15 +372,21 @@ def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None
             notes.append("no control arm among the stress runs: Stage B cannot compare")
             next_steps.append(f"Stress the control next to the fixes: `{STRESS_HINT}`.")
         else:
-            arch_b = stage_b_check("arch", cells, roles_b["control"], roles_b["arch"])
-            opt_b = stage_b_check("opt", cells, roles_b["control"], roles_b["opt"])
-            if any("never failed under stress" in r for r in arch_b.get("reasons", []) + opt_b.get("reasons", [])):
+            sensitivities = list((stress or {}).get("lr_sensitivity") or [])
+            arch_b = stage_b_check("arch", cells, roles_b["control"], roles_b["arch"], sensitivities)
+            opt_b = stage_b_check("opt", cells, roles_b["control"], roles_b["opt"], sensitivities)
+            if arch_b.get("control_never_failed") or opt_b.get("control_never_failed"):
                 next_steps.append(f"Raise the learning rates or depths until the control fails: `{STRESS_HINT}` with larger values.")
+            for role, check in (("arch", arch_b), ("opt", opt_b)):
+                if check.get("checks", {}).get("less_lr_sensitive") is None and check.get("deep_depth") is not None \
+                        and not check.get("control_never_failed") and not check.get("passes"):
+                    next_steps.append(f"Separate the {role} arm's LR sensitivity from the control's with more seeds "
+                                      f"(95% intervals need at least 2; e.g. --seeds 4 on the same grid).")
             for role, check in (("arch", arch_b), ("opt", opt_b)):
                 if not check["present"] and stage_a.get(role, {}).get("passes") is not False:
                     next_steps.append(f"Stress the {role} arm on the control's grid: `{STRESS_HINT}`.")
     elif arch_a["passes"] is not False:
-        next_steps.append(f"Stage B was not measured: `{STRESS_HINT}` on the control and the fixes.")
+        next_steps.append(f"Stage B was not measured: run the arms over a learning-rate grid, `{LR_GRID_HINT}`.")
     stage_b["arch"], stage_b["opt"] = arch_b, opt_b
 
     arch_fails = arch_a["passes"] is False or arch_b["passes"] is False
@@ -326,7 +419,7 @@ def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None
         )
         next_steps.append("Add seeds to separate the failure-rate intervals before acting on this verdict.")
     if outcome == "inconclusive" and not next_steps:
-        next_steps.append("No rule of seed 002 §5 applies to these results; add seeds, or stress the arms "
+        next_steps.append("No decision rule applies to these results; add seeds, or stress the arms "
                           f"(`{STRESS_HINT}`), until Stage A and Stage B give a pass or a fail.")
     return {
         "outcome": outcome,
@@ -355,18 +448,32 @@ def _stage_b_sentence(role: str, check: Mapping[str, Any]) -> str:
     fix, control = check["fix"], check["control"]
     verdict = {True: "passes", False: "fails", None: "is undecided at"}[check["passes"]]
     why = f" ({'; '.join(check['reasons'])})" if check["reasons"] and check["passes"] is not False else ""
-    return (f"Under stress {role} has stability boundary lr {_bound(fix['boundary'], 'lr')}, depth "
+    sensitivity = ""
+    if fix.get("lr_sensitivity") and control.get("lr_sensitivity"):
+        sensitivity = (f", LR sensitivity {_sensitivity(fix['lr_sensitivity'])} "
+                       f"(control {_sensitivity(control['lr_sensitivity'])})")
+    return (f"On the grid {role} has stability boundary lr {_bound(fix['boundary'], 'lr')}, depth "
             f"{_bound(fix['boundary'], 'depth')} (control: lr {_bound(control['boundary'], 'lr')}, depth "
-            f"{_bound(control['boundary'], 'depth')}) and fails "
+            f"{_bound(control['boundary'], 'depth')}){sensitivity} and fails "
             f"{fix['deep']['failures']}/{fix['deep']['n']} at depth {check['deep_depth']} "
             f"(control {control['deep']['failures']}/{control['deep']['n']}): it {verdict} Stage B{why}.")
+
+
+def _sensitivity(entry: Mapping[str, Any]) -> str:
+    """``0.21 [0.18–0.25]``: mean and 95% interval over seeds (per-arm ℓ*)."""
+    if entry.get("mean") is None:
+        return "n/a"
+    interval = entry.get("ci95")
+    return f"{entry['mean']:.3g}" + (f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else " (one seed)")
 
 
 def _explain(outcome: str, stage_a: Mapping[str, Any], stage_b: Mapping[str, Any], notes: Sequence[str]) -> str:
     """One paragraph: the outcome, then the numbers of each stage that led to it."""
     parts = [f"Outcome {outcome}: {OUTCOMES[outcome]}"]
     if "control" in stage_a:
-        parts.append(f"Stage A: {_describe(stage_a['control'])}.")
+        where = (f" (at the learning rates where the control fails: {', '.join(f'{lr:g}' for lr in stage_a['lrs'])})"
+                 if stage_a.get("source") == "lr_grid" else "")
+        parts.append(f"Stage A{where}: {_describe(stage_a['control'])}.")
         parts.append(_stage_a_sentence("arch", stage_a["arch"]))
         parts.append(_stage_a_sentence("opt", stage_a["opt"]))
     if stage_b["measured"]:

@@ -44,6 +44,9 @@ class PtychoModule(pl.LightningModule):
         self.samples_seen = 0
         self.grad_norms: list[float] = []  # pre-clip norm of every step, for result.json statistics
         self.val_losses: list[float] = []
+        # ℓ0 of the LR-sensitivity metric: the validation loss before the first step (Lightning's
+        # sanity check, run over the whole validation set; see runner._fit).
+        self.initial_val_loss: float | None = None
         self.train_losses: list[float] = []
         self._scheduler: Any = None
         self._epoch_loss_sum = 0.0
@@ -140,11 +143,12 @@ class PtychoModule(pl.LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
         total_loss, total_std, count = self._val_sum.tolist()
         val_loss = total_loss / count if count else math.nan
         relative_std = total_std / count if count else math.nan
+        if self.trainer.sanity_checking:
+            self.initial_val_loss = val_loss
+            return
         self.val_losses.append(val_loss)
         # The spatial std of the predicted amplitude over its mean: how far the output is from the
         # constant image of a collapsed run (logged so a drift towards collapse can be seen).

@@ -7,7 +7,10 @@ Schema ``fnostab.result/1`` (keys in order):
 * ``seed``; ``model``: {arch, params (complex entries once), params_real, config};
 * ``data``: {train, test, N, n_train, n_val, n_test};
 * ``training``: {config (the TrainConfig: clip, lr, optimizer, ...), epochs_requested, epochs_completed, steps, val_loss_name, val_losses (per epoch),
-  train_losses (per epoch mean), best_val_loss, best_epoch, final_val_loss, final_train_loss};
+  train_losses (per epoch mean), best_val_loss, best_epoch, final_val_loss, final_train_loss,
+  initial_val_loss (ℓ0: the validation loss before the first step), noise_floor (the same loss of the
+  true object on the test split, from its simulation metadata; null when the file has none),
+  best_val_loss_over_floor, final_val_loss_over_floor (the losses as multiples of that floor)};
 * ``grad_norm``: statistics of the pre-clip global L2 norm over every step (max, median, p99,
   mean, frac_above_1, steps, max_step) — independent of the logging frequency;
 * ``metrics``: evaluation on the test split (see ``fnostab.evaluation``) with ``baseline``: the
@@ -145,6 +148,19 @@ def read_result(path: Path | str) -> dict[str, Any]:
         raise InputError(f"{path}: invalid {path.name}: key 'failure' must be null exactly when status is ok "
                          f"(status {result['status']!r})")
     return result
+
+
+def loss_levels(initial: float | None, best: float | None, final: float | None,
+                floor: float | None) -> dict[str, float | None]:
+    """ℓ0, the noise floor, and the best and final validation losses as multiples of that floor."""
+
+    def over(value: float | None) -> float | None:
+        if value is None or floor is None or floor <= 0 or not math.isfinite(value):
+            return None
+        return value / floor
+
+    return {"initial_val_loss": initial, "noise_floor": floor,
+            "best_val_loss_over_floor": over(best), "final_val_loss_over_floor": over(final)}
 
 
 def best_and_final(values: list[float]) -> tuple[float | None, int | None, float | None]:

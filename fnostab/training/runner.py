@@ -44,6 +44,7 @@ from fnostab.training.result import (
     RESULT_SCHEMA,
     best_and_final,
     grad_norm_stats,
+    loss_levels,
     now_iso,
     versions,
 )
@@ -218,7 +219,8 @@ def _fit(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        num_sanity_val_steps=0,
+        # The sanity check runs the whole validation set before the first step: the initial loss ℓ0.
+        num_sanity_val_steps=-1,
         deterministic=False,
         callbacks=[_progress_callback(advance)] if advance is not None else [],
     )
@@ -370,6 +372,7 @@ def run_training(
             "best_epoch": best_epoch,
             "final_val_loss": final,
             "final_train_loss": module.train_losses[-1] if module.train_losses else None,
+            **loss_levels(module.initial_val_loss, best, final, prepared.test.noise_floor(config.train.loss)),
         },
         "grad_norm": grad_norm_stats(module.grad_norms),
         "metrics": metrics,
@@ -417,7 +420,8 @@ def record_bare_result(
         "data": {"train": str(config.data.train), "test": str(config.data.test)},
         "training": {"config": config.train.model_dump(mode="json"), "epochs_requested": config.train.epochs,
                      "epochs_completed": 0, "steps": 0, "val_loss_name": val_loss_name(config.train.loss), "val_losses": [], "train_losses": [],
-                     "best_val_loss": None, "best_epoch": None, "final_val_loss": None, "final_train_loss": None},
+                     "best_val_loss": None, "best_epoch": None, "final_val_loss": None, "final_train_loss": None,
+                     **loss_levels(None, None, None, None)},
         "grad_norm": None,
         "metrics": None,
         "evaluation_note": f"not run: {status}" if status == "infeasible" else f"not evaluated: status {status}",
