@@ -195,7 +195,9 @@ def _check_out_dir(out: Path, option: str) -> None:
         name_max = 255
     for part in out.relative_to(existing).parts if out != existing else ():
         if len(os.fsencode(part)) > name_max:
-            raise InputError(f"{out}: the name {part[:40]}... is longer than the {name_max} bytes this file system allows")
+            raise InputError(
+                f"{out}: the name {part[:40]}... is longer than the {name_max} bytes this file system allows"
+            )
     try:
         probe = _create_temp(existing, "fnostab-write-check")
     except OSError as error:

@@ -174,7 +174,8 @@ def test_an_unusable_cache_location_is_exit_2_naming_what_to_set(tmp_path) -> No
     out = tmp_path / "run"
     refused = invoke("train", "--preset", "smoke", "--out", out, env={"FNOSTAB_CACHE": str(tmp_path / "plain" / "c")})
     assert_one_line_error(refused, 2, "data cache", "FNOSTAB_CACHE")
-    refused = invoke("train", "--preset", "smoke", "--out", out, env={"FNOSTAB_CACHE": "", "HOME": str(tmp_path / "plain")})
+    no_home = {"FNOSTAB_CACHE": "", "HOME": str(tmp_path / "plain")}
+    refused = invoke("train", "--preset", "smoke", "--out", out, env=no_home)
     assert_one_line_error(refused, 2, str(tmp_path / "plain" / ".cache"), "HOME", "set FNOSTAB_CACHE")
     assert not out.exists()
 
@@ -247,7 +248,9 @@ def _unevaluable_test_split(smoke_data, tmp_path: Path, fault: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("fault", "fragment"), [("far_centres", "does not fit"), ("small_truth", "ground_truth has shape")])
+@pytest.mark.parametrize(("fault", "fragment"), [
+    ("far_centres", "does not fit"), ("small_truth", "ground_truth has shape"),
+])
 def test_a_test_split_that_cannot_be_evaluated_is_refused_before_training(fault, fragment, smoke_data, tmp_path) -> None:
     bad = _unevaluable_test_split(smoke_data, tmp_path, fault)
     out = tmp_path / "run"

@@ -150,7 +150,8 @@ def command(fn: F) -> F:
             report_failure("error", EXIT_FAILED, describe_os_error(error), json_mode=json_mode)
         except Exception as error:  # noqa: BLE001 - a bug: keep its traceback, still end by the conventions
             _stderr.print("".join(traceback.format_exception(error)).rstrip(), markup=False)
-            report_failure("error", EXIT_FAILED, f"internal error: {type(error).__name__}: {error}", json_mode=json_mode)
+            message = f"internal error: {type(error).__name__}: {error}"
+            report_failure("error", EXIT_FAILED, message, json_mode=json_mode)
 
     return wrapper  # type: ignore[return-value]
 

@@ -50,7 +50,9 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
             "fnostab checkpoint never does"
         ) from None
     except Exception:  # torch raises many types, with multi-line text, for a damaged file
-        raise InputError(f"{path}: not a readable fnostab checkpoint (damaged, truncated or not a torch file)") from None
+        raise InputError(
+            f"{path}: not a readable fnostab checkpoint (damaged, truncated or not a torch file)"
+        ) from None
     if not isinstance(payload, dict) or payload.get("schema") != CHECKPOINT_SCHEMA:
         raise InputError(f"{path}: expected a checkpoint with schema {CHECKPOINT_SCHEMA!r}")
     return payload

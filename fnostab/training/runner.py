@@ -342,7 +342,8 @@ def run_training(
     except OSError as problem:
         # A full disk (or a vanished dir) is an outcome of the run, not a crash: recorded as an
         # error, never as ok with the missing parts silently null.
-        failure = Failure("error", f"could not write the run dir: {problem}"[:500], module.steps_seen, module.current_epoch)
+        reason = f"could not write the run dir: {problem}"[:500]
+        failure = Failure("error", reason, module.steps_seen, module.current_epoch)
         metrics, note = None, "not evaluated: the run dir could not be written"
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
