@@ -22,7 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 import fnostab.io
-from conftest import REPO, assert_clean_usage_error, live_group_members, run_cli, spawn_cli
+from conftest import REPO, assert_clean_usage_error, run_cli, spawn_cli
 from fnostab.cli.app import COMMANDS, app
 from fnostab.errors import InputError
 
@@ -57,20 +57,21 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-def _wait_gone(pgid: int, timeout: float = 10) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (alive := live_group_members(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return alive
-
-
-# ----------------------------------------------------------------------------------------------- signals
-def test_sigterm_to_train_exits_143_with_one_json_document_and_no_result(tmp_path) -> None:
+# ------------------------------------------------------------------------------- signals and concurrency
+def test_a_second_train_into_a_busy_run_dir_is_refused_and_sigterm_stops_the_first_cleanly(
+    smoke_data, tmp_path
+) -> None:
     out = tmp_path / "run"
-    proc = spawn_cli("train", "--preset", "smoke", "--epochs", "200", "--out", out, "--json",
+    proc = spawn_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "200", "--out", out, "--json",
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(out / "config.json", proc)
-    time.sleep(1.0)  # inside the training loop, where Lightning's own SIGTERM handler is installed
+    second = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--seed", "7", "--out", out,
+                     "--force")  # the two used to mix their files in one run dir
+    assert_clean_usage_error(second, "in use by another fnostab process", f"pid {proc.pid}")
+    assert json.loads((out / "config.json").read_text())["train"]["seed"] != 7
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging dir of the refused run
+
+    # Inside the training loop, where Lightning's own SIGTERM handler used to turn it into exit 0.
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
@@ -78,37 +79,6 @@ def test_sigterm_to_train_exits_143_with_one_json_document_and_no_result(tmp_pat
     assert json_document(stdout) == {"status": "interrupted", "exit_code": 143, "message": "interrupted by SIGTERM"}
     assert not (out / "result.json").exists() and not (out / ".logs").exists()
     assert not list(out.rglob(".*.tmp"))
-
-
-def test_sigterm_to_a_parallel_shootout_stops_its_workers_too(smoke_data, tmp_path) -> None:
-    sweep = tmp_path / "sweep"
-    proc = spawn_cli("shootout", *smoke_data, "--preset", "smoke", "--arm", "a", "--seeds", "4", "--epochs", "3",
-                     "--jobs", "2", "--out", sweep, "--quiet", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                     text=True)
-    deadline = time.monotonic() + 120
-    while not list(sweep.glob("runs/a/seed-*/config.json")):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    assert len(live_group_members(proc.pid)) >= 3  # the parent, its workers (and the resource tracker)
-    proc.send_signal(signal.SIGTERM)  # the parent only, as a scheduler or `kill` would
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143, stderr
-    assert "Traceback" not in stderr and "interrupted" in stderr
-    assert _wait_gone(proc.pid) == []  # no worker outlives the command (they used to finish and sleep forever)
-    assert not list(sweep.glob("runs/**/result.json"))  # the stopped runs restart on resume
-
-
-# ------------------------------------------------------------------------------------------ concurrency
-def test_a_second_train_into_a_busy_run_dir_is_refused(smoke_data, tmp_path) -> None:
-    out = tmp_path / "run"
-    first = spawn_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "200", "--out", out,
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(out / "config.json", first)
-    second = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--seed", "7", "--out", out,
-                     "--force")
-    assert_clean_usage_error(second, "in use by another fnostab process", f"pid {first.pid}")
-    assert json.loads((out / "config.json").read_text())["train"]["seed"] != 7
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging dir of the refused run
 
 
 def _write_sweep_json(directory: Path, kind: str) -> None:
