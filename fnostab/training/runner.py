@@ -18,6 +18,7 @@ import logging
 import math
 import shutil
 import signal
+import threading
 import time
 import traceback
 import warnings
@@ -246,7 +247,8 @@ def _fit(
     except Exception as error:  # every other failure is an outcome, recorded by the caller
         return error
     finally:
-        signal.signal(signal.SIGINT, previous_sigint)
+        if threading.current_thread() is threading.main_thread():  # signal.signal fails in any other
+            signal.signal(signal.SIGINT, previous_sigint)
     return None
 
 
