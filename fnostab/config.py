@@ -137,7 +137,8 @@ class TrainConfig(_Model):
     )
     monitor_every: int = Field(0, ge=0, description="per-block monitors every N steps (0: off)")
     val_patches: int | None = Field(None, ge=1, description="fixed validation subset (None: all)")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
+    # torch.set_num_threads overflows past a C int, and a pool of 100 000 threads crashes torch at exit.
+    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (None: torch default)")
 
     @field_validator("lr", "weight_decay", "blowup_factor")
     @classmethod

@@ -119,6 +119,15 @@ def test_check_out_dir_rejects_what_cannot_be_written_and_leaves_nothing(kind, t
     assert not (tmp_path / "new").exists()
 
 
+def test_check_out_dir_rejects_a_read_only_file_system(tmp_path, monkeypatch) -> None:
+    def read_only(directory: Path, name: str) -> Path:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(directory / name))
+
+    monkeypatch.setattr(fnostab.io, "_create_temp", read_only)  # root writes anywhere else: no chmod test
+    with pytest.raises(InputError, match="Read-only file system"):
+        fnostab.io.check_out_dir(tmp_path / "out")
+
+
 @pytest.mark.parametrize(("command", "kind"), [
     ("train", "under_proc"), ("simulate", "under_file"), ("shootout", "long_name"), ("stress", "under_proc"),
     ("summarize", "under_file"), ("probe-activations", "long_name"), ("grad-gain", "under_proc"),
@@ -302,6 +311,8 @@ def test_options_that_expect_a_file_reject_a_directory_and_seeds_stay_in_numpy_b
                           "--checkpoint expects a checkpoint file, found a directory")
     # Lightning's seed_everything raises for a seed numpy cannot take: after config.json was written.
     assert_one_line_error(invoke("train", "--seed", str(2**32), "--out", tmp_path / "r"), 2, "--seed")
+    # torch.set_num_threads raises past a C int (and crashes at exit with 100 000 threads).
+    assert_one_line_error(invoke("train", "--threads", str(2**40), "--out", tmp_path / "r"), 2, "--threads")
     assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
 
 
