@@ -28,7 +28,7 @@ class _Model(BaseModel):
 
 
 class SimulationConfig(_Model):
-    """A grid-lines data set (design §4): one lines object per image, scanned on a regular grid."""
+    """A grid-lines data set (docs/data.md): one lines object per image, scanned on a regular grid."""
 
     N: int = Field(64, description="patch (and diffraction pattern) size in pixels")
     object_size: int = Field(392, ge=16, description="side S of each square object in pixels")
@@ -79,7 +79,7 @@ class SimulationConfig(_Model):
 
 
 class ModelConfig(_Model):
-    """A generator (design §5); options map one to one onto ``fnostab.models.build_generator``."""
+    """A generator (docs/generators.md); options map one to one onto ``fnostab.models.build_generator``."""
 
     arch: Literal["fno", "hybrid", "stable_hybrid"] = "hybrid"
     width: int = Field(32, ge=1)
@@ -136,6 +136,10 @@ class TrainConfig(_Model):
         0.01, gt=0, lt=1, description="predicted amplitude std / mean below this on validation → collapsed"
     )
     monitor_every: int = Field(0, ge=0, description="per-block monitors every N steps (0: off)")
+    precursors_every: int = Field(0, ge=0, description="per-block precursor signals logged every N steps (0: off)")
+    curvature_every: int = Field(0, ge=0, description="sharpness and preconditioned sharpness every N steps (0: off)")
+    batch_sharpness_every: int = Field(0, ge=0, description="batch sharpness alone (one Hessian-vector product) every N steps (0: off)")
+    precursor_window: int = Field(100, ge=2, description="steps of every signal kept before a spike or failure")
     val_patches: int | None = Field(None, ge=1, description="fixed validation subset (None: all)")
     # torch.set_num_threads overflows past a C int, and a pool of 100 000 threads crashes torch at exit.
     threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (None: torch default)")
@@ -164,7 +168,7 @@ class TrainConfig(_Model):
 
 
 # ------------------------------------------------------------------------------------------ presets
-# Calibrated on a 2-core machine (reference/cpu-trial.md, BENCHMARKS.md): `smoke` runs a whole
+# Calibrated on a 2-core machine (BENCHMARKS.md): `smoke` runs a whole
 # train + evaluation in seconds, `cpu` beats the constant prediction in about two minutes, `paper`
 # is the Stage A configuration for a GPU.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -177,7 +181,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "data": dict(N=32, object_size=392, stride_train=8, stride_test=10, nphotons=1e9),
         "model": dict(arch="hybrid", width=16, modes=8, fno_blocks=2),
         # Validation each epoch on a fixed 256-pattern subset of the test split (evaluation at the
-        # end always uses all of it): a fifth of the wall time saved, as in reference/cpu-trial.md.
+        # end always uses all of it): a fifth of the wall time saved (BENCHMARKS.md).
         "train": dict(epochs=20, batch_size=16, lr=1e-3, val_patches=256),
     },
     "paper": {

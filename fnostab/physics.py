@@ -1,6 +1,6 @@
 """Forward model of far-field ptychography at gridsize 1, shared by the simulator and training.
 
-Conventions (design §4):
+Conventions (docs/data.md):
 
 * exit wave ψ = O·P for an object patch O and probe P, both complex N×N;
 * far-field amplitude A = |fftshift(FFT2(ψ))| / N, so that Σ A² = Σ |ψ|² (Parseval);

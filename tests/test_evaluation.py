@@ -32,10 +32,10 @@ S = 96  # object side: small, so every test runs in milliseconds
 
 
 def grid_lines_object(n_images: int, size: int = S, seed: int = 0) -> np.ndarray:
-    """A small grid-lines object (design.md §4): blurred random lines, phase π·tanh(...).
+    """A small grid-lines object (docs/data.md): blurred random lines, phase π·tanh(...).
 
     100 lines on the 2S canvas keep the line density of the real 400 lines on 784², and with it the
-    phase statistics (std ≈ 0.22 rad here, 0.25 rad in cpu-trial.md).
+    phase statistics (std ≈ 0.22 rad here, 0.25 rad on the cpu preset's object).
     """
     rng = np.random.default_rng(seed)
     objects = []
@@ -316,7 +316,7 @@ def test_a_constant_prediction_scores_exactly_its_baseline(scene):
 
 
 def test_constant_phase_already_scores_a_high_phase_ssim_on_grid_lines(scene):
-    """The phase-SSIM trap (cpu-trial.md): small phase std ⇒ a flat phase scores about 0.88."""
+    """The phase-SSIM trap (docs/method.md): small phase std ⇒ a flat phase scores about 0.88."""
     baseline = evaluate(scene[0] / 2.0, scene)["baseline"]
     assert 0.85 < baseline["phase_ssim"] < 0.95
     assert baseline["amp_ssim"] < 0.3

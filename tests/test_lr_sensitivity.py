@@ -13,7 +13,7 @@ from conftest import run_cli
 from fnostab.config import DataSource
 from fnostab.experiments.arms import DEFAULT_ARMS
 from fnostab.experiments.shootout import plan_shootout
-from fnostab.report.lr_sensitivity import LrPoint, arm_lr_sensitivity, lr_sensitivities, score
+from fnostab.report.lr_sensitivity import LrPoint, arm_lr_sensitivity, lr_sensitivities, score, seeds_to_separate
 from fnostab.report.stats import wilson_interval
 from fnostab.report.verdict import decide
 
@@ -121,9 +121,14 @@ def test_stage_b_passes_on_lower_lr_sensitivity_beyond_seed_noise_only() -> None
     assert check["passes"] is True
     assert "LR sensitivity 0.2 [0.1, 0.3] (control 0.5 [0.4, 0.6])" in decide(groups, stress)["explanation"]
 
+    # Lower but within seed noise: undecided, not failed, and the next step says how many seeds would tell.
     overlapping = {**stress, "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]),
                                                 _sensitivity("opt", 0.35, [0.25, 0.45])]}
-    assert decide(groups, overlapping)["stage_b"]["opt"]["checks"]["less_lr_sensitive"] is False
+    undecided = decide(groups, overlapping)
+    assert undecided["stage_b"]["opt"]["checks"]["less_lr_sensitive"] is None
+    assert undecided["stage_b"]["opt"]["passes"] is None
+    higher = {**stress, "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]), _sensitivity("opt", 0.55, [0.5, 0.6])]}
+    assert decide(groups, higher)["stage_b"]["opt"]["passes"] is False
     # An arm that barely learns is "insensitive" for free: its best loss must be within 10% of the control's.
     lazy = {**stress, "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]),
                                          _sensitivity("opt", 0.01, [0.0, 0.02], best=0.5)]}
@@ -180,3 +185,21 @@ def test_stress_summary_lr_sensitivity_equals_the_definition_from_the_run_dirs(t
     assert all(arm["noise_floor"] == floor for arm in document["arms"])
     markdown = (out / "summary.md").read_text()
     assert "LR sensitivity and stable-LR boundary" in markdown and "lr_curves.png" in document["plots"]["written"]
+
+
+def test_seeds_to_separate_solves_the_t_intervals_for_the_measured_spread() -> None:
+    fix = {"mean": 0.2, "per_seed": [{"value": 0.15}, {"value": 0.25}]}       # sd 0.0707
+    control = {"mean": 0.4, "per_seed": [{"value": 0.35}, {"value": 0.45}]}   # sd 0.0707
+    n = seeds_to_separate(fix, control)
+    # Smallest n with t(0.975, n−1)·(0.0707 + 0.0707)/√n < 0.2: n = 4 gives 3.182·0.1414/2 = 0.225, n = 5 gives 0.176.
+    assert n == 5
+    assert seeds_to_separate(control, fix) is None  # the "fix" is worse: no number of seeds helps
+
+
+def test_a_gate_reads_the_loss_as_a_multiple_of_the_noise_floor() -> None:
+    from fnostab.report.gates import evaluate_gates, parse_gate
+
+    group = {"arm": "control", "label": "control", "n": 2,
+             "metrics": {"best_val_loss_over_floor": {"median": 80.0, "n": 2}}}
+    (entry,) = evaluate_gates([parse_gate("best_val_loss_over_floor[control]<=50")], [group])
+    assert entry["value"] == 80.0 and entry["passed"] is False

@@ -78,5 +78,5 @@ def test_spatial_lifter_is_conv_gelu_conv_with_biases() -> None:
     expected = lifter.conv_out(F.gelu(lifter.conv_in(x)))
     torch.testing.assert_close(lifter(x), expected)
     assert lifter(x).shape == (2, 8, 12, 12)
-    # 9·1·8 + 8 + 9·8·8 + 8 (notes §1.8, lifter term with C = 1)
+    # 9·1·8 + 8 + 9·8·8 + 8 (docs/generators.md, lifter term with C = 1)
     assert sum(p.numel() for p in lifter.parameters()) == 9 * 8 + 8 + 9 * 64 + 8

@@ -31,7 +31,7 @@ def test_plan_counts_hybrid_parameters_exactly_without_allocating(
     p = plan("hybrid", batch_size=16, N=N, width=32, modes=12, fno_blocks=fno_blocks, max_hidden_channels=cap)
     assert p.params == params
     assert p.geometry_error is None and p.activation_bytes > 0
-    if cap is None:  # about 86.6 % of the parameters are spectral at every depth (notes §1.8)
+    if cap is None:  # about 86.6 % of the parameters are spectral at every depth (docs/generators.md, Parameter counts)
         assert 0.86 < p.complex_params / p.params < 0.87
     assert p.params_real == p.params + p.complex_params
     assert p.weight_bytes == 8 * p.complex_params + 4 * (p.params - p.complex_params)

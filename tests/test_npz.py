@@ -1,4 +1,4 @@
-"""The NPZ data contract: what loads, and a clear exit-2 error for every violation (design §3)."""
+"""The NPZ data contract: what loads, and a clear exit-2 error for every violation (docs/data.md)."""
 
 from __future__ import annotations
 

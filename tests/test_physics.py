@@ -1,4 +1,4 @@
-"""Physics identities of the forward model and the losses (design §4)."""
+"""Physics identities of the forward model and the losses (docs/data.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The grid-lines simulator and its NPZ output (design §3–§4)."""
+"""The grid-lines simulator and its NPZ output (docs/data.md)."""
 
 from __future__ import annotations
 

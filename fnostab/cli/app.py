@@ -14,6 +14,7 @@ except ImportError:  # pragma: no cover - older typer
 
 from fnostab import __version__
 from fnostab.cli.common import EXIT_OK
+from fnostab.cli.explain import explain_command
 from fnostab.cli.grad_gain import grad_gain_command
 from fnostab.cli.probe import probe_activations_command
 from fnostab.cli.simulate import simulate_command
@@ -37,6 +38,7 @@ COMMANDS = {
     "shootout": shootout_command,
     "stress": stress_command,
     "summarize": summarize_command,
+    "explain": explain_command,
     "probe-activations": probe_activations_command,
     "grad-gain": grad_gain_command,
 }

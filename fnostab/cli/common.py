@@ -1,4 +1,4 @@
-"""Conventions every subcommand follows.
+"""Conventions every subcommand follows (README.md, The commands).
 
 * Exit codes: 0 done; 1 the job ran and failed (a failed run, a failed write such as a full disk),
   or a requested gate failed; 2 bad usage or bad input (one line on stderr, no traceback, nothing

@@ -54,6 +54,8 @@ def format_result(result: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"status: {result['status']} at step {failure['step']} (epoch {failure['epoch']}): {failure['reason']}")
     else:
         lines.append("status: ok")
+    if (run_dir / "precursors.csv").is_file():
+        lines.append(f"precursor windows (spikes, failure) in precursors.csv: `fnostab explain {run_dir}` says why")
     training = result["training"]
     if training["best_val_loss"] is not None:
         lines.append(
@@ -177,6 +179,10 @@ def train_command(
     log_grad_norm: Optional[bool] = typer.Option(None, "--log-grad-norm/--no-log-grad-norm", help="Log grad_norm_preclip/postclip to metrics.csv.", rich_help_panel=RUN_PANEL),
     grad_norm_log_freq: Optional[int] = typer.Option(None, "--grad-norm-log-freq", help="Log grad norms every N steps.", rich_help_panel=RUN_PANEL),
     monitor_every: Optional[int] = typer.Option(None, "--monitor-every", help="Log per-block gradient norm and activation mean every N steps.", rich_help_panel=RUN_PANEL),
+    precursors_every: Optional[int] = typer.Option(None, "--precursors-every", help="Per-block precursor signals (gradient, weight and update norms, update/weight ratio, update/gradient cosine, Adam second moment) logged every N steps; a window of every step is kept before each spike or failure.", rich_help_panel=RUN_PANEL),
+    curvature_every: Optional[int] = typer.Option(None, "--curvature-every", help="Sharpness and Adam-preconditioned sharpness (Hessian-vector products) every N steps, beside 2/η and 38/η.", rich_help_panel=RUN_PANEL),
+    batch_sharpness_every: Optional[int] = typer.Option(None, "--batch-sharpness-every", help="Batch sharpness gᵀHg/‖g‖² alone (one Hessian-vector product, cheap) every N steps, beside 2/η.", rich_help_panel=RUN_PANEL),
+    precursor_window: Optional[int] = typer.Option(None, "--precursor-window", help="Steps kept before a spike or failure (default 100).", rich_help_panel=RUN_PANEL),
     val_patches: Optional[int] = typer.Option(None, "--val-patches", help="Validate each epoch on a fixed subset of this many test patterns.", rich_help_panel=RUN_PANEL),
     force: bool = typer.Option(False, "--force", help="Replace an existing run dir.", rich_help_panel=RUN_PANEL),
     json_output: bool = JSON_OPTION,
@@ -199,7 +205,9 @@ def train_command(
                    batch_size=batch_size, seed=seed, blowup_factor=blowup_factor, collapse_threshold=collapse_threshold,
                    accelerator=accelerator,
                    precision=precision, devices=devices, threads=threads, log_grad_norm=log_grad_norm,
-                   grad_norm_log_freq=grad_norm_log_freq, monitor_every=monitor_every, val_patches=val_patches),
+                   grad_norm_log_freq=grad_norm_log_freq, monitor_every=monitor_every, val_patches=val_patches,
+                   precursors_every=precursors_every, curvature_every=curvature_every,
+                   batch_sharpness_every=batch_sharpness_every, precursor_window=precursor_window),
     )
     from fnostab.training.runner import prepare_run, run_training
 

@@ -1,4 +1,4 @@
-"""Read, validate and write the NPZ data contract (design §3; PtychoPINN-compatible).
+"""Read, validate and write the NPZ data contract (docs/data.md; PtychoPINN-compatible).
 
 Every violation is an :class:`~fnostab.errors.InputError` naming the file, the key, what was
 expected and what was found, so the CLI can report it on one line (exit 2). Files are always read
@@ -218,7 +218,7 @@ def _objects(path: Path, arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
     if objects.ndim == 4 and objects.shape[-1] == 1:
         objects = objects[..., 0]
     elif objects.ndim == 3 and objects.shape[0] == objects.shape[1] and objects.shape[2] == 1:
-        # PtychoPINN test files store one image as (L, L, 1), not L images of L×1 (notes §4.7).
+        # PtychoPINN test files store one image as (L, L, 1), not L images of L×1.
         objects = objects[..., 0]
     if objects.ndim == 2:
         objects = objects[None]

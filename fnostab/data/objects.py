@@ -1,4 +1,4 @@
-"""The grid-lines test object of PtychoPINN (design §4, notes §4.3).
+"""The grid-lines test object of PtychoPINN (docs/data.md, The object).
 
 Random line segments are drawn on a canvas twice the object size, blurred at three scales
 (amplitude = g₁ + 2·g₅ + 5·g₁₀, Gaussian σ in pixels), and the centre S×S is kept. With ``set_phi``

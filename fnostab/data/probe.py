@@ -4,7 +4,7 @@ The measured probe of the original study is not public, so fnostab ships a synth
 one: a focused beam made by a circular pupil of radius N/8 (in Fourier pixels) carrying a quadratic
 defocus phase of π·N/24 rad at the pupil edge, propagated to the sample plane by an inverse FFT and
 scaled to unit peak amplitude. Its RMS radius is about 8 px at N=32 and 16 px at N=64, so a patch
-is well illuminated over its central half (reference/cpu-trial.md). A user probe can replace it.
+is well illuminated over its central half (docs/data.md, Probe). A user probe can replace it.
 
 Both are then normalised as PtychoPINN's simulator does: P_sim = P / (4 · mean_{N×N} |M·P|) with M a
 hard disk of radius N/4. ``probeGuess`` stores P, ``probe_simulated`` stores P_sim, and the

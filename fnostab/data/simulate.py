@@ -1,4 +1,4 @@
-"""Simulate a grid-lines ptychography data set (design §3–§4, notes §4).
+"""Simulate a grid-lines ptychography data set (docs/data.md).
 
 One call makes the train and test splits:
 

@@ -1,4 +1,4 @@
-"""Activation probe of a generator (seed 003): forward statistics per layer against block depth.
+"""Activation probe of a generator (docs/probes.md): forward statistics per layer against block depth.
 
 :func:`probe_activations` runs the first ``max_samples`` patterns through the generator in batches of
 ``batch_size`` (eval mode, no grad) with an :class:`~fnostab.hooks.ActivationMonitor` attached, and

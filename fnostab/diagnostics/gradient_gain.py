@@ -1,4 +1,4 @@
-"""Backward gradient gain of a generator's blocks under the physics loss (seed 004), over K batches.
+"""Backward gradient gain of a generator's blocks under the physics loss (docs/probes.md), over K batches.
 
 For each of K batches — consecutive slices of the patterns in file order, batch ``k`` holding
 patterns ``[k·B, (k+1)·B)`` — :func:`measure_grad_gain` runs the training forward model

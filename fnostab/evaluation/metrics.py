@@ -1,4 +1,4 @@
-"""Reconstruction metrics for stitched ptychography objects (ptychopinn-notes §5.2), in float64.
+"""Reconstruction metrics for stitched ptychography objects (docs/data.md, Stitching and metrics), in float64.
 
 The conventions follow PtychoPINN's ``eval_reconstruction`` where it is sound, and state every choice:
 
@@ -12,7 +12,7 @@ The conventions follow PtychoPINN's ``eval_reconstruction`` where it is sound, a
   to (φ + π)/(2π) and uses data_range = 1, as the original does.
 - **Phase SSIM is a weak signal** on grid-lines data: the ground-truth phase std is only about
   0.25 rad, i.e. 0.04 in (φ + π)/(2π) units, so a *constant* phase already scores about 0.88
-  (cpu-trial.md). Every metric is therefore reported next to the same metric for a constant
+  (docs/method.md#the-phase-ssim-trap). Every metric is therefore reported next to the same metric for a constant
   prediction (``"baseline"``).
 - At gridsize 1 the loss leaves each patch's global phase free, and each stitched tile comes from one
   patch, so ``phase_aligned_*`` also scores the phase after removing the best phase offset per tile
@@ -26,7 +26,7 @@ similarity", IEEE TIP 13(4):600–612, with their settings: an 11×11 Gaussian w
 truncated at 3.5σ), K1 = 0.01, K2 = 0.03, population (co)variances and an explicit data range. It
 equals ``skimage.metrics.structural_similarity(a, b, data_range=R, gaussian_weights=True,
 sigma=1.5, use_sample_covariance=False)``, not skimage's default (7×7 uniform window, sample
-covariance), which scores differently (anchors.md §5).
+covariance), which scores differently.
 """
 
 from __future__ import annotations

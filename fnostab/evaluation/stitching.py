@@ -1,4 +1,4 @@
-"""Stitch per-patch predictions into whole images, gridsize 1 (ptychopinn-notes §5.1).
+"""Stitch per-patch predictions into whole images, gridsize 1 (docs/data.md, Stitching and metrics).
 
 Every test patch is an N×N window of one object image, taken on a regular scan grid with step
 ``stride``. Only the central ``stride``×``stride`` crop of each patch is kept, and the crops are

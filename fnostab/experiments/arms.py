@@ -1,4 +1,4 @@
-"""Arms of a sweep: a name plus model and training options on top of the preset (seed 002, Stage A).
+"""Arms of a sweep: a name plus model and training options on top of the preset (docs/method.md, Stage A).
 
 An arm is written ``NAME:key=val,key=val`` on the command line or as a ``[arms.NAME]`` table in a
 TOML file; keys are the fields of :class:`~fnostab.config.ModelConfig` and
@@ -34,7 +34,7 @@ class Arm:
         return {"model": dict(self.model), "train": dict(self.train)}
 
 
-# Stage A of the strategy (seed 002): negative control, architectural fix, optimisation fix.
+# Stage A of the study (docs/method.md): negative control, architectural fix, optimisation fix.
 DEFAULT_ARMS = (
     Arm("control", {"arch": "hybrid"}, {"clip": "none"}),
     Arm("arch", {"arch": "stable_hybrid"}, {"clip": "none"}),
@@ -109,7 +109,7 @@ def load_arms_file(path: Path) -> list[Arm]:
 
 
 def clip_sweep_arms(values: list[float], base: Arm) -> list[Arm]:
-    """Control arms with global norm clipping at each value (seed 002's control sensitivity sweep)."""
+    """Control arms with global norm clipping at each value (the study's check that conclusions are not artifacts of the clip value)."""
     return [
         Arm(f"{base.name}_norm{value:g}", dict(base.model), {**base.train, "clip": f"norm:{value:g}"})
         for value in values

@@ -1,4 +1,4 @@
-"""Stage A of the strategy (seed 002): arms × seeds on one shared data set, at most 20 epochs."""
+"""Stage A of the study (docs/method.md): arms × seeds on one shared data set, at most 20 epochs."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from fnostab.experiments.arms import Arm
 from fnostab.experiments.store import RunSpec, shootout_lr_run_dir, shootout_run_dir
 from fnostab.experiments.sweep import arm_run_config
 
-# Seed 002: "test/comparison runs must use ≤20 epochs unless explicitly labeled as a stress test".
+# The study compares arms over at most 20 epochs; longer runs are stress tests (docs/method.md).
 MAX_SHOOTOUT_EPOCHS = 20
 
 
 def check_epochs(epochs: int | None) -> None:
     if epochs is not None and epochs > MAX_SHOOTOUT_EPOCHS:
         raise InputError(
-            f"invalid --epochs: a shootout runs at most {MAX_SHOOTOUT_EPOCHS} epochs (seed 002's comparison rule), "
+            f"invalid --epochs: a shootout runs at most {MAX_SHOOTOUT_EPOCHS} epochs (the study's comparison rule, docs/method.md), "
             f"found {epochs}; longer runs are stress tests: use `fnostab stress`"
         )
 

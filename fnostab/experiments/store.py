@@ -1,4 +1,4 @@
-"""The on-disk layout of a sweep, its lock, and what resuming means (design §7).
+"""The on-disk layout of a sweep, its lock, and what resuming means.
 
 ::
 

@@ -1,4 +1,4 @@
-"""Stage B (seed 002): depth and learning-rate stress with a memory plan before anything is built.
+"""Stage B (docs/method.md): depth and learning-rate stress with a memory plan before anything is built.
 
 Each configuration (arm × depth × learning rate) gets a plan of parameters and memory (weights,
 gradients, optimiser state, activations) computed on the meta device. A plan over the memory limit,

@@ -1,6 +1,6 @@
 """Forward activation statistics of a generator's lifter, residual blocks and their branches.
 
-The question it answers (ptychopinn-notes §6): before a run blows up or collapses, do activations
+The question it answers (docs/probes.md): before a run blows up or collapses, do activations
 grow with depth, does the spectral branch drown the local one, do the GELUs go dead, does the
 representation lose its high frequencies? A forward hook on each selected module reduces its output
 to running sums on the output's device; :meth:`ActivationMonitor.report` turns them into numbers.

@@ -1,4 +1,4 @@
-"""Generators of the PtychoPINN family and their memory plan (design §5, ptychopinn-notes §1).
+"""Generators of the PtychoPINN family and their memory plan (docs/generators.md).
 
 Public API::
 

@@ -1,4 +1,4 @@
-"""Building blocks of the PtychoPINN generators (ptychopinn-notes §1.2–§1.4, design §5).
+"""Building blocks of the PtychoPINN generators (docs/generators.md, Blocks).
 
 * ``SpatialLifter``: Conv3×3 → GELU → Conv3×3, lifting the diffraction amplitude to the hidden width.
 * ``PtychoBlock``: y = x + GELU(Spectral(x) + Conv3×3(x)), the block of ``fno`` and ``hybrid``.
@@ -30,7 +30,7 @@ BLOCK_INITS: tuple[str, ...] = ("zero_gamma", "layerscale")
 class SpatialLifter(nn.Module):
     """Conv3×3(in→out) → GELU → Conv3×3(out→out), padding 1, with biases: (B, in, H, W) → (B, out, H, W).
 
-    PtychoPINN's lifter with ``hidden = out`` and no input transform (notes §1.2).
+    PtychoPINN's lifter with ``hidden = out`` and no input transform (docs/generators.md, Blocks).
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -44,7 +44,7 @@ class SpatialLifter(nn.Module):
 
 
 class PtychoBlock(nn.Module):
-    """y = x + GELU(Spectral(x) + Conv3×3(x)) on (B, C, H, W) (notes §1.3).
+    """y = x + GELU(Spectral(x) + Conv3×3(x)) on (B, C, H, W) (docs/generators.md, Blocks).
 
     No normalisation and an identity residual: with every branch weight at zero the block is the
     identity. The spectral output is float32 even under autocast, so the sum is float32.
@@ -64,7 +64,7 @@ class StablePtychoBlock(nn.Module):
     """Norm-last residual block: y = x + λ ⊙ IN(GELU(Spectral(x) + Conv3×3(x))) on (B, C, H, W).
 
     IN is ``InstanceNorm2d(C, affine=True)`` (eps 1e-5, no running statistics, so it normalises each
-    instance in eval mode too). Two initialisations (notes §1.4):
+    instance in eval mode too). Two initialisations (docs/generators.md, Blocks):
 
     * ``"zero_gamma"`` (the v1 ``stable_hybrid``, FNO-STABILITY-OVERHAUL-001 Phase 2): IN weight and bias
       start at 0 and there is no λ, so the block is exactly the identity at init. The gradient reaching

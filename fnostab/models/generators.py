@@ -1,6 +1,6 @@
 """The generators: diffraction amplitude (B, 1, N, N) float32 → complex object (B, 1, N, N) complex64.
 
-Read top to bottom like the architecture diagrams of ptychopinn-notes §1.5–§1.6 (design §5):
+Read top to bottom like the architecture descriptions of docs/generators.md:
 
     fno            lifter → n × PtychoBlock (full resolution) → 1×1 → k × [3×3, GELU] → head
     hybrid         lifter → n encoder levels [PtychoBlock, skip, 2×2/2 conv] → bottleneck PtychoBlock
@@ -39,7 +39,7 @@ HEADS: tuple[str, ...] = ("real_imag", "amp_phase")
 class RealImagHead(nn.Module):
     """Conv1×1(h → 2), channel 0 the real part and channel 1 the imaginary part, both unbounded.
 
-    The PtychoPINN ``real_imag`` output (notes §1.5), the default of ``hybrid``.
+    The PtychoPINN ``real_imag`` output (docs/generators.md, hybrid), the default of ``hybrid``.
     """
 
     def __init__(self, channels: int) -> None:
@@ -54,7 +54,7 @@ class RealImagHead(nn.Module):
 class AmpPhaseHead(nn.Module):
     """Two Conv1×1(h → 1): amplitude = sigmoid(·) in (0, 1), phase = π·tanh(·) in (−π, π) radians.
 
-    The ``amp_phase`` output of the later PtychoPINN generators (notes §1.5–§1.6); returns amp·e^{iφ}.
+    The ``amp_phase`` output of the later PtychoPINN generators (docs/generators.md); returns amp·e^{iφ}.
     """
 
     def __init__(self, channels: int) -> None:
@@ -89,7 +89,7 @@ def run_block(block: nn.Module, x: Tensor, gradient_checkpointing: bool) -> Tens
 
 
 # ---------------------------------------------------------------------------------------------
-# fno: the cascaded FNO ("Arch A", notes §1.6)
+# fno: the cascaded FNO ("Arch A")
 
 
 class CascadedFNOGenerator(nn.Module):
@@ -97,7 +97,7 @@ class CascadedFNOGenerator(nn.Module):
     ``cnn_blocks`` × [Conv3×3(h→h), GELU] → head.
 
     No resampling, so it works at any N. At the PtychoPINN defaults (h=32, m=12, 4 + 2 blocks) it has
-    656,002 parameters (notes §1.6).
+    656,002 parameters (docs/generators.md, fno).
     """
 
     def __init__(
@@ -141,7 +141,7 @@ class CascadedFNOGenerator(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# hybrid: the U-shaped neural operator ("Arch B", HybridUNOGenerator, notes §1.5)
+# hybrid: the U-shaped neural operator ("Arch B", HybridUNOGenerator)
 
 
 class DecoderStage(nn.Module):
@@ -149,7 +149,7 @@ class DecoderStage(nn.Module):
 
     ConvTranspose2d(c_in → c, kernel 2, stride 2); concat [upsampled, skip] → 2c channels;
     Conv3×3(2c → c) → GELU → Conv3×3(c → c). Plain CNN: no spectral layer, residual or norm, and no
-    activation after the second conv (notes §1.5).
+    activation after the second conv (docs/generators.md, hybrid).
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -165,7 +165,7 @@ class DecoderStage(nn.Module):
 
 
 def encoder_widths(width: int, fno_blocks: int, max_hidden_channels: int | None) -> list[int]:
-    """Channel width of each encoder level: c_0 = h, c_{i+1} = min(2·c_i, cap) (notes §1.5)."""
+    """Channel width of each encoder level: c_0 = h, c_{i+1} = min(2·c_i, cap) (docs/generators.md, hybrid)."""
     cap = math.inf if max_hidden_channels is None else max_hidden_channels
     widths = [width]
     for _ in range(fno_blocks - 1):
@@ -182,7 +182,7 @@ class HybridUNOGenerator(nn.Module):
     N must be divisible by 2^(n−1) and the bottleneck map at least 2×2.
 
     Parameters grow about 4× per level while the width doubles: 17,202,402 at n=4 and 4,417,975,522 at
-    n=8 for h=32, m=12 (notes §1.8); ``max_hidden_channels`` caps the width.
+    n=8 for h=32, m=12 (docs/generators.md, Parameter counts); ``max_hidden_channels`` caps the width.
 
     ``block`` builds the encoder and bottleneck blocks, ``block(channels, modes) -> nn.Module``
     (PtychoPINN's ``block_cls``); it defaults to :class:`PtychoBlock` with ``bands``.
@@ -246,7 +246,7 @@ class HybridUNOGenerator(nn.Module):
 
 
 class StableHybridUNOGenerator(HybridUNOGenerator):
-    """``hybrid`` with :class:`StablePtychoBlock` in the encoder and the bottleneck (notes §1.4–§1.5).
+    """``hybrid`` with :class:`StablePtychoBlock` in the encoder and the bottleneck (docs/generators.md, Blocks).
 
     ``block_init="zero_gamma"`` makes every spectral block the identity at init (the Stage-A
     ``stable_hybrid`` arm, which collapsed to a constant amplitude); ``"layerscale"`` uses IN at its

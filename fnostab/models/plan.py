@@ -1,7 +1,7 @@
 """Parameters and training memory of a generator, computed without allocating it.
 
 The model is built on PyTorch's ``meta`` device (shapes and dtypes, no storage), so planning the
-4.4-billion-parameter 8-level ``hybrid`` of the Stage-B OOM (notes §1.8) takes about a second and no
+4.4-billion-parameter 8-level ``hybrid`` of the Stage-B OOM (docs/generators.md, Parameter counts) takes about a second and no
 memory. Activation memory is measured, not estimated: one training step (forward, a scalar loss,
 backward) runs on the meta model while an allocation tracker records every storage an op creates and
 the moment autograd frees it.

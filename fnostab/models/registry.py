@@ -99,7 +99,7 @@ def geometry_error(name: str, *, N: int, fno_blocks: int) -> str | None:
     """Why generator ``name`` with ``fno_blocks`` levels cannot run on N×N inputs, or None if it can.
 
     The hybrids halve the map at each of their ``fno_blocks − 1`` downsamplings, so N must be a multiple
-    of 2^(fno_blocks − 1) and the bottleneck map N / 2^(fno_blocks − 1) at least 2×2 (notes §1.5: at
+    of 2^(fno_blocks − 1) and the bottleneck map N / 2^(fno_blocks − 1) at least 2×2 (docs/generators.md: at
     N=64, 8 levels would mean a 0.5-pixel map). ``fno`` runs at full resolution and only needs N ≥ 2.
     """
     _require_int("N", N, 1)

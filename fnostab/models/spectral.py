@@ -3,8 +3,8 @@
 ``SpectralConv2d`` multiplies a low-frequency block of the 2-D real FFT of its input by learned complex
 weights, one (in × out) matrix per kept mode, and transforms back. With ``bands="positive"`` (the
 default) it is the layer that actually ran in PtychoPINN, ``_FallbackSpectralConv2d``
-(ptychopinn-notes §1.1): only the non-negative row frequencies ``[0, min(m, H))`` are kept, so the
-published parameter counts (17,202,402 for the Stage-A ``hybrid``, notes §1.8) come out exactly.
+(docs/generators.md, Spectral convolution): only the non-negative row frequencies ``[0, min(m, H))`` are kept, so the
+published parameter counts (17,202,402 for the Stage-A ``hybrid``, docs/generators.md) come out exactly.
 ``bands="both"`` adds the negative row band with a second weight, as the standard FNO does.
 """
 
@@ -42,7 +42,7 @@ class SpectralConv2d(nn.Module):
     Args:
         in_channels, out_channels: channel counts.
         modes: m, the number of kept frequencies per axis. The weights are always allocated at m × m,
-            whatever the map size, so the parameter count does not depend on N (notes §1.8); on a
+            whatever the map size, so the parameter count does not depend on N (docs/generators.md, Parameter counts); on a
             small map only the block that fits is used and the rest gets zero gradient.
         bands: which row frequencies are kept.
 

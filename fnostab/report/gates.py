@@ -31,6 +31,7 @@ GATE_METRICS: dict[str, str] = {
     "n": "number of finished runs",
     "best_val_loss": "median best validation loss, successful runs",
     "final_val_loss": "median final validation loss, successful runs",
+    "best_val_loss_over_floor": "median best validation loss as a multiple of the noise floor, successful runs",
     "amp_ssim": "median amplitude SSIM, successful runs",
     "amp_ssim_gain": "median of amplitude SSIM minus the constant baseline's, successful runs",
     "amp_mae": "median amplitude MAE, successful runs",

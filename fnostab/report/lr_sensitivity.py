@@ -168,3 +168,27 @@ def separated(fix: Mapping[str, Any] | None, control: Mapping[str, Any] | None) 
     if not fix or not control or fix.get("ci95") is None or control.get("ci95") is None:
         return None
     return fix["ci95"][1] < control["ci95"][0]
+
+
+def seeds_to_separate(fix: Mapping[str, Any], control: Mapping[str, Any], limit: int = 50) -> int | None:
+    """Seeds per arm at which the two 95% intervals would no longer overlap, if the seed spread and the
+    means stayed as measured; None when the fix is not lower, a spread is unknown, or over ``limit``."""
+    from scipy.stats import t
+
+    def spread(entry: Mapping[str, Any]) -> float | None:
+        values = [seed["value"] for seed in entry.get("per_seed") or []]
+        if len(values) < 2:
+            return None
+        mean = sum(values) / len(values)
+        return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+    fix_sd, control_sd = spread(fix), spread(control)
+    if fix_sd is None or control_sd is None or fix.get("mean") is None or control.get("mean") is None:
+        return None
+    gap = control["mean"] - fix["mean"]
+    if gap <= 0:
+        return None
+    for n in range(2, limit + 1):
+        if float(t.ppf(0.975, n - 1)) * (fix_sd + control_sd) / math.sqrt(n) < gap:
+            return n
+    return None

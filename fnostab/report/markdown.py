@@ -144,6 +144,26 @@ def _stress_lines(stress: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _first_signal_lines(groups: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Why runs failed: each arm's diverged/collapsed runs counted by first precursor signal, then one line per run."""
+    failed = [g for g in groups if g.get("failures_by_first_signal")]
+    if not failed:
+        return []
+    lines = ["## Why runs failed (first precursor signal)", "",
+             "`fnostab explain` per diverged or collapsed run: the earliest per-block signal that left its own recent "
+             "range in the window before the failure (docs/diagnostics.md#explain); `none`: no signal moved, or the run "
+             "was trained without --precursors-every.", ""]
+    lines += _table(["arm", "failed runs", "by first signal"],
+                    [[g["label"], sum(g["failures_by_first_signal"].values()),
+                      ", ".join(f"{name} {count}" for name, count in g["failures_by_first_signal"].items())] for g in failed])
+    rows = [[g["label"], f"`{r['dir']}`", e["event"], e["event_step"], e["text"] or "—",
+             "—" if e["steps_before_event"] is None else e["steps_before_event"]]
+            for g in failed for r in g["runs"] for e in [r.get("explanation")] if e and e.get("event")]
+    if rows:
+        lines += _table(["arm", "run", "failure", "step", "first signal", "steps before"], rows)
+    return lines
+
+
 def render_markdown(document: Mapping[str, Any]) -> str:
     """summary.md: verdict first, then failures, time to failure, quality, gradients, stress, gates."""
     groups = document["arms"]
@@ -216,6 +236,7 @@ def render_markdown(document: Mapping[str, Any]) -> str:
               f"{'yes' if b['crossed'] else 'no'} ({b['threshold_factor']:g}×)"]
              for g, r in blocks for b in [r["first_block_to_blow_up"]]],
         )
+    lines += _first_signal_lines(groups)
     if document.get("stress"):
         lines += _stress_lines(document["stress"])
     if document["gates"]:

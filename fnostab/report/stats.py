@@ -5,12 +5,12 @@
   where a seed sweep of 5–10 runs lives.
 * :func:`quartiles` — median and IQR of the finite values (linear interpolation, numpy's default).
 * :func:`series_stats` — a gradient-norm trace read from metrics.csv: max, median, p99, the
-  fraction of logged steps above a threshold (seed 000's "exceeds 1.0 for ~97.8% of steps") and the
+  fraction of logged steps above a threshold (the original runs' "exceeds 1.0 for ~97.8% of steps", docs/probes.md) and the
   largest spike with its step.
 * :func:`first_block_to_blow_up` — which residual block's gradient norm left its own running median
   first, and by the largest factor.
 * :func:`stable_boundary` / :func:`stress_boundaries` — the stability boundary of a depth × LR stress
-  grid (seed 002, Stage B).
+  grid (docs/method.md, Stage A and Stage B).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ Z_95 = 1.959963984540054
 
 # A block counts as "blown up" at the first logged step where its gradient norm exceeds this
 # multiple of the median of its own earlier steps. 10× separates a blow-up from ordinary
-# step-to-step noise (cpu-trial: in healthy runs p99/median of the global norm is about 4).
+# step-to-step noise (in healthy cpu-preset runs p99/median of the global norm is about 4).
 BLOWUP_FACTOR = 10.0
 
 

@@ -20,7 +20,8 @@ summary.json (schema ``fnostab.summary/1``)::
         grad_norm: {threshold, runs_with_series, runs_without_series, logged_steps, nonfinite, max,
                     median, p99, above, frac_above, max_run, max_step},           # pooled metrics.csv
         runs: [{dir, seed, status, failure, initial_val_loss, best_val_loss, final_val_loss, noise_floor, metrics,
-                grad_norm, first_block_to_blow_up, memory_plan}]}],
+                grad_norm, first_block_to_blow_up, memory_plan, explanation}],
+       failures_by_first_signal: {signal: k}}],   # diverged/collapsed runs by `fnostab explain`'s first signal
      stress: null | {                         # grid runs: stress sweeps and shootouts over --lrs
         cells: [{label, arm, depth, lr, arch, clip, n, n_infeasible, failures, statuses, stable, infeasible}],
         arms: [{arm, lr_by_depth: [{depth, lr, infeasible}], depth_by_lr: [{lr, depth}], boundary: {lr, depth},
@@ -56,6 +57,7 @@ from typing import Any
 from fnostab.errors import InputError
 from fnostab.io import check_out_dir, to_jsonable, write_json_atomic, write_text_atomic
 from fnostab.report.collect import Collection, RunRecord, collect, group_label, read_metric_columns
+from fnostab.report.explain import count_first_signals, run_explanation
 from fnostab.report.gates import Gate, evaluate_gates, parse_gate
 from fnostab.report.lr_sensitivity import lr_sensitivities, points_from_runs
 from fnostab.report.stats import (
@@ -79,7 +81,7 @@ SUMMARY_MD = "summary.md"
 # Quality metrics summarised per arm: from result.json's training block, and from its metrics block.
 TRAINING_METRICS = ("best_val_loss", "final_val_loss", "best_val_loss_over_floor", "final_val_loss_over_floor")
 EVAL_METRICS = ("amp_ssim", "amp_mae", "phase_ssim", "phase_aligned_ssim")
-# amp_ssim minus the constant baseline's, per run: the quality check cpu-trial recommends.
+# amp_ssim minus the constant baseline's, per run: the quality check to read (docs/method.md#the-phase-ssim-trap).
 DERIVED_METRICS = ("amp_ssim_gain",)
 METRIC_NAMES = TRAINING_METRICS + EVAL_METRICS[:1] + DERIVED_METRICS + EVAL_METRICS[1:]
 
@@ -197,6 +199,7 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
             "grad_norm": grad,
             "first_block_to_blow_up": _first_block(columns) if record.status not in ("ok", "infeasible") else None,
             "memory_plan": record.result.get("memory_plan"),
+            "explanation": run_explanation(record.dir) if record.status in ("diverged", "collapsed") else None,
         })
     pooled = pooled_series_stats(series, threshold)
     pooled["threshold"] = threshold
@@ -221,6 +224,7 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
         "failure_rate": len(failed) / n if n else None,
         "failure_ci95": list(wilson_interval(len(failed), n)),
         "failures_by_status": by_status,
+        "failures_by_first_signal": count_first_signals(runs),
         "time_to_failure": {"steps": steps, "epochs": epochs, "step": spread(steps), "epoch": spread(epochs)},
         "metrics": metrics,
         "grad_norm": pooled,

@@ -13,8 +13,9 @@ with AGC).
   scales: on the grid it shares with the control, its stability boundary (largest LR / depth at
   which every seed is ok, see :func:`fnostab.report.stats.stress_boundaries`) lies beyond the
   control's, or it is less LR-sensitive than the control beyond seed noise (95% intervals apart,
-  :mod:`fnostab.report.lr_sensitivity`, with a best loss within 10% of the control's), or its
-  failure rate at the deep setting (the deepest depth both could build) is lower.
+  :mod:`fnostab.report.lr_sensitivity`, with a best loss within 10% of the control's), or — when
+  depth was swept — its failure rate at the deep setting (the deepest depth both could build) is
+  lower. A lower sensitivity within seed noise leaves Stage B undecided.
 * **Outcome**: ``gold`` (arch passes A and B: new default architecture), ``pivot`` (both fixes fail
   Stage B — or both already fail Stage A against a control that does fail, where Stage B cannot
   rescue them: investigate LayerScale),
@@ -33,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fnostab.report.lr_sensitivity import separated
+from fnostab.report.lr_sensitivity import seeds_to_separate, separated
 from fnostab.report.stats import beyond, intervals_overlap, quartiles, stress_boundaries, wilson_interval
 
 # Stage A, opt arm: its median validation loss (successful runs only) may be at most 10% worse.
@@ -176,15 +177,19 @@ def _pool(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def _lr_sensitivity_check(fix: Mapping[str, Any] | None, control: Mapping[str, Any] | None) -> bool | None:
     """Is the fix less LR-sensitive than the control beyond seed noise, at a comparable best loss?
 
-    Sensitivity ignores the loss level (an arm that never learns scores 0), so a fix whose best loss ℓ*
-    is more than the Stage A tolerance above the control's does not count as less sensitive.
+    True: its 95% interval lies below the control's and its best loss ℓ* is within the Stage A tolerance
+    of the control's (sensitivity ignores the loss level: an arm that never learns scores 0). False: its
+    mean is not below the control's, or it only looks stable because it learns less. None: lower but
+    within seed noise (the intervals overlap, or one seed gives none) — more seeds would decide.
     """
-    apart = separated(fix, control)
-    if apart is None:
+    if not fix or not control or fix.get("mean") is None or control.get("mean") is None:
         return None
-    if apart and fix["best_loss"] is not None and control["best_loss"] is not None:
-        return fix["best_loss"] <= (1 + OPT_LOSS_TOLERANCE) * control["best_loss"]
-    return apart
+    if fix["mean"] >= control["mean"]:
+        return False
+    if fix.get("best_loss") is not None and control.get("best_loss") is not None \
+            and fix["best_loss"] > (1 + OPT_LOSS_TOLERANCE) * control["best_loss"]:
+        return False
+    return True if separated(fix, control) else None
 
 
 def _sensitivity_at(sensitivities: Sequence[Mapping[str, Any]], arm: str, depth: Any) -> Mapping[str, Any] | None:
@@ -236,20 +241,37 @@ def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: st
                               "lower_deep_failure_rate": None},
                       reasons=["the control never failed on the grid: it stops short of the control's stability boundary"])
         return result
+    # The failure rate "at the deep setting" means something only when depth was swept; on a pure
+    # learning-rate grid it would pool every rate, and the boundary and sensitivity already say more.
+    depth_swept = len(depths) > 1
     checks = {
         "lr_beyond": _beyond(fix_bounds, control_bounds, "lr"),
         "depth_beyond": _beyond(fix_bounds, control_bounds, "depth"),
         "less_lr_sensitive": _lr_sensitivity_check(fix_sens, control_sens),
-        "lower_deep_failure_rate": fix_deep["failure_rate"] < control_deep["failure_rate"],
+        "lower_deep_failure_rate": fix_deep["failure_rate"] < control_deep["failure_rate"] if depth_swept else None,
     }
     result["checks"] = checks
     result["intervals_overlap"] = intervals_overlap(fix_deep["failure_ci95"], control_deep["failure_ci95"])
-    result["passes"] = any(value is True for value in checks.values())
-    if not result["passes"]:
+    sensitivity_undecided = checks["less_lr_sensitive"] is None and fix_sens is not None and control_sens is not None \
+        and fix_sens.get("mean") is not None and control_sens.get("mean") is not None
+    if any(value is True for value in checks.values()):
+        result["passes"] = True
+    elif sensitivity_undecided:
+        result["passes"] = None
+        result["seeds_to_separate"] = seeds_to_separate(fix_sens, control_sens)
+        result["reasons"].append(
+            f"its LR sensitivity {_sensitivity(fix_sens)} is below the control's {_sensitivity(control_sens)} "
+            "but within seed noise"
+        )
+    else:
+        result["passes"] = False
+        deep_text = (f", and failure rate at depth {deep} {_pct(fix_deep['failure_rate'])} not below the control's "
+                     f"{_pct(control_deep['failure_rate'])}") if depth_swept else ""
+        sens_text = (f", LR sensitivity {_sensitivity(fix_sens)} not below the control's {_sensitivity(control_sens)} "
+                     "at a comparable best loss") if fix_sens and control_sens else ""
         result["reasons"].append(
             f"boundary lr {_bound(fix_bounds, 'lr')} / depth {_bound(fix_bounds, 'depth')} not beyond the control's "
-            f"{_bound(control_bounds, 'lr')} / {_bound(control_bounds, 'depth')}, and failure rate at depth {deep} "
-            f"{_pct(fix_deep['failure_rate'])} not below the control's {_pct(control_deep['failure_rate'])}"
+            f"{_bound(control_bounds, 'lr')} / {_bound(control_bounds, 'depth')}{sens_text}{deep_text}"
         )
     return result
 
@@ -378,10 +400,14 @@ def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None
             if arch_b.get("control_never_failed") or opt_b.get("control_never_failed"):
                 next_steps.append(f"Raise the learning rates or depths until the control fails: `{STRESS_HINT}` with larger values.")
             for role, check in (("arch", arch_b), ("opt", opt_b)):
-                if check.get("checks", {}).get("less_lr_sensitive") is None and check.get("deep_depth") is not None \
-                        and not check.get("control_never_failed") and not check.get("passes"):
-                    next_steps.append(f"Separate the {role} arm's LR sensitivity from the control's with more seeds "
-                                      f"(95% intervals need at least 2; e.g. --seeds 4 on the same grid).")
+                if "seeds_to_separate" in check:
+                    needed = check["seeds_to_separate"]
+                    how_many = (f"about {needed} seeds would separate them at the spread seen" if needed
+                                else "the spread seen is too large to separate them with a few more seeds")
+                    next_steps.append(
+                        f"{role} looks less LR-sensitive than the control but within seed noise: {how_many}; rerun "
+                        f"the same command with --seeds {needed or 'N'} on the same --out (finished runs are kept)."
+                    )
             for role, check in (("arch", arch_b), ("opt", opt_b)):
                 if not check["present"] and stage_a.get(role, {}).get("passes") is not False:
                     next_steps.append(f"Stress the {role} arm on the control's grid: `{STRESS_HINT}`.")

@@ -1,4 +1,4 @@
-"""Failure of a run as an outcome (design §6): which status, when, and why.
+"""Failure of a run as an outcome: which status, when, and why.
 
 Statuses: ``ok``, ``diverged`` (non-finite loss or gradient norm, or a loss blow-up), ``collapsed``
 (the predicted amplitude is a constant image on validation), ``oom``, ``infeasible`` (a memory plan

@@ -1,4 +1,4 @@
-"""The LightningModule of one physics-informed training run (design §6).
+"""The LightningModule of one physics-informed training run.
 
 Manual optimisation, so that every step is explicit: physics loss → backward → pre-clip global L2
 gradient norm → clip → post-clip norm → optimiser step. The loss and the pre-clip norm are read
@@ -20,6 +20,7 @@ from fnostab.config import TrainConfig
 from fnostab.physics import physics_loss, predicted_amplitude, train_loss_name, val_loss_name
 from fnostab.training.failure import Failure, FailureDetector
 from fnostab.training.monitoring import BlockMonitor
+from fnostab.training.precursors import recorder_for
 from fnostab.training.schedules import build_optimizer, build_scheduler
 
 
@@ -38,6 +39,7 @@ class PtychoModule(pl.LightningModule):
         self.val_key = val_loss_name(config.loss)
         self.detector = FailureDetector(config.blowup_factor, config.collapse_threshold)
         self.monitor = BlockMonitor(generator) if config.monitor_every else None
+        self.precursors = recorder_for(generator, config)  # fnostab.training.precursors; run dir set by the runner
         self.steps_seen = 0
         # Epochs whose every training step ran (a run that fails mid-epoch has not completed it).
         self.epochs_completed = 0
@@ -83,6 +85,8 @@ class PtychoModule(pl.LightningModule):
             self.manual_backward(loss)
         finally:
             block_stats = self.monitor.detach() if monitored else {}
+        if self.precursors is not None:
+            self.precursors.capture(step, optimizer, lambda: self._loss(batch)[0])
         logs_norms = self.config.log_grad_norm and step % self.config.grad_norm_log_freq == 0
         # The post-clip norm is another pass over every gradient: only on the steps that log it.
         pre, post = clip_gradients_(self.generator, self.clip_spec, post_norm=logs_norms and self.clipping)
@@ -95,9 +99,13 @@ class PtychoModule(pl.LightningModule):
         failure = self.detector.check_step(loss_value, pre_value, step=step, epoch=self.current_epoch)
         if failure is not None:
             self.trainer.should_stop = True
+            if self.precursors is not None:
+                block_stats.update(self.precursors.finish(step, loss_value, pre_value, optimizer, stepped=False, failure=failure))
             self._log_step(loss_value, pre_value, post_value, logs_norms, step, block_stats)
             return
         optimizer.step()
+        if self.precursors is not None:
+            block_stats.update(self.precursors.finish(step, loss_value, pre_value, optimizer, stepped=True))
         self._epoch_loss_sum += loss_value
         self._epoch_steps += 1
         self._log_step(loss_value, pre_value, post_value, logs_norms, step, block_stats)
@@ -164,3 +172,5 @@ class PtychoModule(pl.LightningModule):
         )
         if failure is not None:
             self.trainer.should_stop = True
+            if self.precursors is not None:
+                self.precursors.record_failure(failure)

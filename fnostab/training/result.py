@@ -39,7 +39,7 @@ from fnostab.training.failure import STATUSES
 
 RESULT_SCHEMA = "fnostab.result/1"
 RESULT_NAME = "result.json"
-# The other files of a run dir (design §6).
+# The other files of a run dir.
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.csv"
 
@@ -59,7 +59,7 @@ def now_iso() -> str:
 
 
 def grad_norm_stats(norms: list[float], threshold: float = 1.0) -> dict[str, Any] | None:
-    """Summary of per-step pre-clip norms; the fraction above ``threshold`` is seed 000's figure."""
+    """Summary of per-step pre-clip norms; the fraction above ``threshold`` is the figure of the original investigation (docs/probes.md)."""
     if not norms:
         return None
     values = np.asarray(norms, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""One training run, end to end: validate → train → evaluate → write the run dir (design §7).
+"""One training run, end to end: validate → train → evaluate → write the run dir.
 
 :func:`prepare_run` does everything that can fail on bad input (loading and checking the data,
 planning the model, resolving the device) before anything is written; :func:`run_training` then
@@ -317,6 +317,8 @@ def run_training(
         if prepared.accelerator == "cpu":
             channels_last_convs(generator)
     module = PtychoModule(generator, prepared.train.probe, config.train)
+    if module.precursors is not None:
+        module.precursors.out_dir = run_dir
     log_dir = run_dir / ".logs"
     _log(output, f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...")
 

@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules, each actually stepped (unlike the original, notes §2.5).
+"""Optimisers and learning-rate schedules, each actually stepped (the original never stepped its schedulers).
 
 Schedules act per epoch: ``constant``; ``warmup_cosine`` (linear warm-up from 0.1·lr to lr over
 ``warmup_epochs``, then a cosine from lr down to ``min_lr_ratio``·lr, the shape of PtychoPINN's
