@@ -12,6 +12,7 @@ SIGTERM still stops such a process.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -27,3 +28,16 @@ def raise_on_sigterm() -> None:
     """SIGTERM raises Terminated in the main thread from now on (a no-op off the main thread)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _exit_now(signum: int, frame: FrameType | None) -> None:
+    os._exit(128 + signum)
+
+
+def exit_on_sigterm() -> None:
+    """For pool workers: SIGTERM ends the process at once, idle or mid-run, also inside Lightning's
+    fit (whose own handler would only set a flag and let the run go on). Its run dir has no
+    result.json, so the run restarts on resume; an exception instead would print a traceback from
+    an idle worker's loop."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_now)

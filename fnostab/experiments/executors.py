@@ -22,7 +22,7 @@ from typing import Any
 
 from fnostab.errors import InputError
 from fnostab.experiments.store import RunSpec
-from fnostab.interrupts import raise_on_sigterm
+from fnostab.interrupts import exit_on_sigterm
 
 Outcome = dict[str, Any]
 _DATA_CACHE: dict[tuple[str, str], Any] = {}
@@ -97,9 +97,9 @@ def _pool_pass(
     """Run ``queue`` (consumed) with at most ``jobs`` runs in flight; on a dead worker, return the
     runs that were in flight with the exit code of the dead process, leaving the rest queued."""
     context = multiprocessing.get_context("spawn")
-    # Workers turn SIGTERM into Terminated as the CLI does, so stopping them below ends their run
-    # without a result.json (it restarts on resume) instead of finishing it behind our back.
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=raise_on_sigterm)
+    # Workers die at once on SIGTERM, so stopping them below ends their run without a result.json
+    # (it restarts on resume) instead of Lightning finishing it behind our back.
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=exit_on_sigterm)
     in_flight: dict[Future, RunSpec] = {}
     processes: dict[int, multiprocessing.Process] = {}
     try:
