@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	    sed "s/^torch==.*/torch==$$pin/" constraints.txt > $(VENV)/constraints.txt; \
 	  else cp constraints.txt $(VENV)/constraints.txt; fi
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[test,ray]"
+	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[test,ray,tensorboard,mlflow]"
 	@touch $(STAMP)
 
 # The three Stage A arms over a learning-rate grid that reaches the unstable band (scripts/bench_shootout.py

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fnostab.errors import InputError
 
 SIMULATION_SIZES = (32, 64, 128)
+GRIDSIZES = (1, 2)
 # numpy's Poisson sampler refuses rates above ~9.2e18 ("lam value too large"). The brightest pixel of
 # a simulated pattern holds about 6% of the mean count per pattern at the presets, and at most the
 # whole of its pattern; this cap keeps the rate below numpy's limit even for a pattern ~9,000 times
@@ -41,6 +42,15 @@ class SimulationConfig(_Model):
     probe: Path | None = Field(None, description="NPZ with a complex N×N 'probeGuess'")
     seed: int = Field(1, ge=0)
     n_lines: int | None = Field(None, ge=1, description="lines per object (default scales with S)")
+    gridsize: int = Field(1, description="g: each sample is a g×g group of patterns (C = g² channels)")
+    offset: int = Field(4, ge=1, description="inner offset between the patterns of a group (px, gridsize > 1)")
+
+    @field_validator("gridsize")
+    @classmethod
+    def _supported_gridsize(cls, value: int) -> int:
+        if value not in GRIDSIZES:
+            raise ValueError(f"expected one of {', '.join(map(str, GRIDSIZES))}, got {value}")
+        return value
 
     @field_validator("N")
     @classmethod
@@ -61,10 +71,18 @@ class SimulationConfig(_Model):
             )
         return value
 
+    @property
+    def window(self) -> int:
+        """Side of a group's outer window: N + (g − 1)·offset (N at gridsize 1)."""
+        return self.N + (self.gridsize - 1) * self.offset
+
     @model_validator(mode="after")
     def _fits(self) -> "SimulationConfig":
-        if self.object_size < self.N:
-            raise ValueError(f"object_size {self.object_size} is smaller than N {self.N}")
+        if self.object_size < self.window:
+            what = "N" if self.gridsize == 1 else "the group window N + (gridsize−1)·offset"
+            raise ValueError(f"object_size {self.object_size} is smaller than {what} {self.window}")
+        if self.gridsize > 1 and self.offset >= self.N:
+            raise ValueError(f"offset {self.offset} must be smaller than N {self.N}: the patterns of a group must overlap")
         if self.stride_test > self.N:
             raise ValueError(
                 f"stride_test {self.stride_test} is larger than N {self.N}: stitching keeps the "
@@ -93,9 +111,12 @@ class ModelConfig(_Model):
     cnn_blocks: int = Field(2, ge=0)
     checkpointing: bool = False
 
-    def generator_kwargs(self, N: int) -> dict[str, Any]:
+    def generator_kwargs(self, N: int, channels: int = 1) -> dict[str, Any]:
+        """Options of ``build_generator`` for N×N patterns in groups of ``channels`` (C = gridsize²)."""
         return dict(
             N=N,
+            in_channels=channels,
+            out_channels=channels,
             width=self.width,
             modes=self.modes,
             fno_blocks=self.fno_blocks,
@@ -128,7 +149,8 @@ class TrainConfig(_Model):
     seed: int = Field(42, ge=0, le=2**32 - 1)  # Lightning's seed_everything (numpy) rejects larger seeds
     accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["32", "bf16-mixed"] = "32"
-    devices: int = Field(1, ge=1)
+    devices: int = Field(1, ge=1, description="processes of one run (DDP when more than 1)")
+    strategy: Literal["auto", "ddp"] = Field("auto", description="auto: one process, or DDP when devices > 1")
     log_grad_norm: bool = False
     grad_norm_log_freq: int = Field(1, ge=1)
     blowup_factor: float = Field(1e3, gt=1, description="loss above this × best so far → diverged")
@@ -178,7 +200,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": dict(epochs=2, batch_size=16, lr=1e-3),
     },
     "cpu": {
-        "data": dict(N=32, object_size=392, stride_train=8, stride_test=10, nphotons=1e9),
+        # gridsize 2 (docs/gridsize.md): at equal training time it beat gridsize 1 on amplitude and
+        # phase SSIM for every seed (BENCHMARKS.md, Gridsize).
+        "data": dict(N=32, object_size=392, stride_train=8, stride_test=10, nphotons=1e9, gridsize=2),
         "model": dict(arch="hybrid", width=16, modes=8, fno_blocks=2),
         # Validation each epoch on a fixed 256-pattern subset of the test split (evaluation at the
         # end always uses all of it): a fifth of the wall time saved (BENCHMARKS.md).
@@ -242,6 +266,14 @@ class DataSource(_Model):
     train: Path | None = None
     test: Path | None = None
     simulation: SimulationConfig | None = None
+    gridsize: int | None = Field(None, description="gridsize the files must have (None: whatever they hold)")
+
+    @field_validator("gridsize")
+    @classmethod
+    def _supported_gridsize(cls, value: int | None) -> int | None:
+        if value is not None and value not in GRIDSIZES:
+            raise ValueError(f"expected one of {', '.join(map(str, GRIDSIZES))}, got {value}")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSource":

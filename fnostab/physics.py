@@ -1,4 +1,4 @@
-"""Forward model of far-field ptychography at gridsize 1, shared by the simulator and training.
+"""Forward model of far-field ptychography, shared by the simulator and training.
 
 Conventions (docs/data.md):
 
@@ -9,16 +9,20 @@ Conventions (docs/data.md):
 
 The torch functions work on batched tensors on any device (the last two dims are the image) and
 serve training. The numpy functions are what the simulator calls, with the same formulas, so data and
-loss share one definition of the forward model.
+loss share one definition of the forward model. At gridsize > 1 the C patches of a group are first
+made to agree on their overlaps (:mod:`fnostab.groups`, docs/gridsize.md).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.fft
 import torch
+
+if TYPE_CHECKING:
+    from fnostab.groups import GroupGeometry
 
 LossName = Literal["mae", "poisson"]
 LOSS_NAMES: tuple[str, ...] = ("mae", "poisson")
@@ -40,8 +44,15 @@ def far_field_amplitude(psi: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(spectrum, dim=(-2, -1)).abs()
 
 
-def predicted_amplitude(obj: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
-    """Far-field amplitude of object patches ``obj`` (B, C, N, N) under ``probe`` (N, N)."""
+def predicted_amplitude(obj: torch.Tensor, probe: torch.Tensor, groups: GroupGeometry | None = None) -> torch.Tensor:
+    """Far-field amplitude of object patches ``obj`` (B, C, N, N) under ``probe`` (N, N).
+
+    With ``groups`` at gridsize > 1 the C patches of each sample are first reassembled into their
+    shared object region (overlaps averaged) and re-extracted, so the amplitudes compared with the
+    data come from one object per group (PtychoPINN's object_big; docs/gridsize.md).
+    """
+    if groups is not None:
+        obj = groups.enforce_overlap(obj)
     return far_field_amplitude(exit_wave(obj, probe))
 
 
@@ -70,6 +81,16 @@ def physics_loss(name: LossName, pred_amp: torch.Tensor, obs_amp: torch.Tensor) 
         return mae_loss(pred_amp, obs_amp)
     if name == "poisson":
         return poisson_loss(pred_amp, obs_amp)
+    raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
+
+
+def loss_denominator(name: LossName, obs_amp: torch.Tensor) -> torch.Tensor:
+    """The detached batch mean that :func:`physics_loss` divides by (mean A_obs for ``mae``, mean A_obs²
+    for ``poisson``): a batch split into parts has the loss Σ_parts loss_part·n_part·den_part / Σ n·den."""
+    if name == "mae":
+        return obs_amp.detach().mean()
+    if name == "poisson":
+        return obs_amp.detach().square().mean()
     raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
 
 

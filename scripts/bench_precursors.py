@@ -69,7 +69,7 @@ def main() -> int:
     model = ModelConfig(**PRESETS["cpu"]["model"])
     N = PRESETS["cpu"]["data"]["N"]
     patterns_np, probe_np = load_patterns(args.random_data, 512, N)
-    patterns = torch.from_numpy(patterns_np).unsqueeze(1).to(device)
+    patterns = torch.from_numpy(patterns_np).to(device)  # (n, 1, N, N)
     probe = torch.from_numpy(probe_np).to(device)
     torch.manual_seed(0)
     generator = build_generator(model.arch, **model.generator_kwargs(N)).to(device)

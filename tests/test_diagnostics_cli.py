@@ -128,7 +128,7 @@ def test_grad_gain_norms_equal_autograd_of_the_physics_loss_at_the_block_outputs
     generator = build_generator("hybrid", N=32, width=8, modes=8, fno_blocks=2)
     outputs: list[torch.Tensor] = []
     handles = [b.register_forward_hook(lambda m, i, o: outputs.append(o)) for b in generator.blocks]
-    batch = torch.from_numpy(split.diffraction[:8]).unsqueeze(1)
+    batch = torch.from_numpy(split.diffraction[:8])  # (8, 1, N, N)
     loss = physics_loss("mae", predicted_amplitude(generator(batch), torch.from_numpy(split.probe)), batch)
     grads = torch.autograd.grad(loss, outputs)
     for handle in handles:

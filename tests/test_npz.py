@@ -27,7 +27,7 @@ def test_patch_arrays_load_with_or_without_the_channel_axis(smoke_data, tmp_path
     arrays = _arrays(smoke_data[0])
     np.savez(tmp_path / "flat.npz", **{k: (v[..., 0] if k in ("diffraction", "Y_I", "Y_phi") else v) for k, v in arrays.items()})
     with_channel, without = load_split(smoke_data[0]), load_split(tmp_path / "flat.npz")
-    assert with_channel.diffraction.shape == without.diffraction.shape == (289, 32, 32)
+    assert with_channel.diffraction.shape == without.diffraction.shape == (289, 1, 32, 32)
     np.testing.assert_array_equal(with_channel.diffraction, without.diffraction)
 
 

@@ -119,7 +119,8 @@ def test_the_simulator_uses_the_physics_module_far_field(monkeypatch) -> None:
 
     monkeypatch.setattr(fnostab.data.simulate, "far_field_amplitude_np", spy)
     train, test = simulate(SimulationConfig(N=32, object_size=64, seed=1))
-    assert calls == [train.arrays["Y_I"].shape[:3], test.arrays["Y_I"].shape[:3]]
+    # one call per split on all its (n, C, N, N) exit waves; the stored layout is (n, N, N, C)
+    assert calls == [tuple(np.moveaxis(s.arrays["Y_I"], -1, 1).shape) for s in (train, test)]
 
 
 def test_noise_free_resimulation_from_stored_ground_truth_reproduces_diffraction(tmp_path) -> None:

@@ -246,7 +246,8 @@ def test_summarize_writes_json_markdown_and_plots_into_the_sweep_dir(shootout: P
     assert "NaN" not in (shootout / "summary.json").read_text()
     markdown = (shootout / "summary.md").read_text()
     assert "## Verdict" in markdown and "| control | 4 | 2 | 50% |" in markdown
-    assert set(document["plots"]["written"]) == {"val_loss.png", "grad_norm.png", "ssim.png", "failure_times.png"}
+    assert set(document["plots"]["written"]) == {"val_loss.png", "grad_norm.png", "train_loss.png", "ssim.png",
+                                                 "failure_times.png"}
     assert document["plots"]["skipped"] == {"stress_map.png": "no stress runs",
                                             "lr_curves.png": "no learning-rate grid with at least two rates"}
     for name in document["plots"]["written"]:

@@ -156,7 +156,7 @@ def test_same_seed_gives_identical_results_and_another_seed_does_not(smoke_data,
 def test_a_poisoned_batch_ends_the_run_as_diverged_at_its_step(smoke_data, tmp_path) -> None:
     prepared = prepare_run(_config(smoke_data, epochs=2, batch_size=300))  # one batch = the whole split
     poisoned = prepared.train.diffraction.copy()
-    poisoned[5, 3, 3] = np.nan
+    poisoned[5, 0, 3, 3] = np.nan
     prepared = replace(prepared, train=replace(prepared.train, diffraction=poisoned))
     result = run_training(prepared, tmp_path / "run")
     assert result["status"] == "diverged"
@@ -266,7 +266,7 @@ def test_initial_loss_noise_floor_and_floor_multiples_in_result_json(smoke_data,
     pl.seed_everything(config.train.seed, verbose=False)
     generator = build_generator("hybrid", N=32, width=8, modes=8, fno_blocks=2).eval()
     probe = torch.from_numpy(prepared.test.probe)
-    patterns = torch.from_numpy(prepared.test.diffraction).unsqueeze(1)
+    patterns = torch.from_numpy(prepared.test.diffraction)  # (n, C, N, N), C = 1
     with torch.no_grad():
         weighted = [physics_loss("mae", predicted_amplitude(generator(b), probe), b).item() * len(b)
                     for b in patterns.split(64)]

@@ -159,6 +159,12 @@ def command(fn: F) -> F:
 # Option declarations shared by several subcommands, so that they read the same everywhere.
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout; logs go to stderr.")
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars or log lines on stderr.")
+LOGGER_OPTION = typer.Option(
+    None, "--logger", help="Also log to tensorboard or mlflow (repeatable; metrics.csv is always written).", rich_help_panel="Logging"
+)
+MLFLOW_URI_OPTION = typer.Option(
+    None, "--mlflow-uri", help="MLflow tracking URI (default: a file store mlruns/ in the run or sweep dir).", rich_help_panel="Logging"
+)
 PRESET_HELP = "Size preset: smoke (tests, seconds), cpu (default, minutes on 2 cores), paper (Stage A, GPU)."
 
 # The generator options of `train`, `probe-activations` and `grad-gain`, one help text each. They
@@ -177,3 +183,14 @@ MODEL_OPTION_HELP = {
 def model_option(flag: str, panel: str) -> Any:
     """The declaration of generator option ``flag`` (a key of :data:`MODEL_OPTION_HELP`) in help panel ``panel``."""
     return typer.Option(None, flag, help=MODEL_OPTION_HELP[flag], rich_help_panel=panel)
+
+
+GRIDSIZE_HELP = (
+    "Patterns per sample as a g×g group (PtychoPINN's gridsize, 1 or 2; docs/gridsize.md). Without data "
+    "files it picks the simulated data set; with files it must match what they hold (default: theirs)."
+)
+
+
+def gridsize_option(panel: str | None = None) -> Any:
+    """The ``--gridsize`` declaration shared by the commands that train or probe a generator."""
+    return typer.Option(None, "--gridsize", help=GRIDSIZE_HELP, rich_help_panel=panel)

@@ -78,12 +78,13 @@ def grad_gain_command(
     output.log(f"measuring gradient gain of {model_info['architecture']} ({model_info['source']}) on {train_npz} ...")
     report = measure_grad_gain(
         split.diffraction, probe, generator, loss=settings.loss, batches=settings.batches,
-        batch_size=settings.batch_size, norm_type=settings.norm, device=target,
+        batch_size=settings.batch_size, norm_type=settings.norm, device=target, groups=split.groups,
     )  # fmt: skip
     used, requested = report["settings"]["batches_used"], report["settings"]["batches_requested"]
     if used < requested:
         output.warn(f"{train_npz} holds {split.n} patterns: only {used} of the {requested} requested batches of {settings.batch_size} exist")
     report["model"] = model_info
-    report["data"] = {"path": str(train_npz), "N": split.N, "n_patterns": split.n, "probe": "synthetic" if warning else "npz"}
+    report["data"] = {"path": str(train_npz), "N": split.N, "gridsize": split.gridsize, "n_samples": split.n,
+                      "n_patterns": split.n * split.channels, "probe": "synthetic" if warning else "npz"}
     paths = write_grad_gain_report(report, out)
     output.result(format_grad_gain_report(report, paths), report)

@@ -46,7 +46,7 @@ def load_diagnostic_inputs(
     target = resolve_device(device)
     check_out_dir(out)
     split = load_split(train_npz)
-    generator, model_info = load_model(source, split.N)
+    generator, model_info = load_model(source, split.N, split.gridsize)
     return target, split, generator, model_info
 
 
@@ -97,6 +97,7 @@ def probe_activations_command(
         split.diffraction, generator, batch_size=settings.batch_size, max_samples=settings.max_samples, device=target
     )
     report["model"] = model_info
-    report["data"] = {"path": str(train_npz), "N": split.N, "n_patterns": split.n}
+    report["data"] = {"path": str(train_npz), "N": split.N, "gridsize": split.gridsize, "n_samples": split.n,
+                      "n_patterns": split.n * split.channels}
     paths = write_activation_report(report, out)
     output.result(format_activation_report(report, paths), report)

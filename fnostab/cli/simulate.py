@@ -26,13 +26,16 @@ def _check_destination(out: Path, force: bool) -> None:
 def format_summary(summary: dict, out: Path) -> str:
     lines = [
         f"wrote {out / 'train.npz'} and {out / 'test.npz'}",
-        f"N {summary['N']}, object {summary['object_size']}×{summary['object_size']}, "
+        f"N {summary['N']}, gridsize {summary['gridsize']}"
+        + (f" (offset {summary['offset']} px)" if summary["gridsize"] > 1 else "")
+        + f", object {summary['object_size']}×{summary['object_size']}, "
         f"nphotons {summary['nphotons']:.3g}, intensity scale {summary['intensity_scale']:.4g}, probe {summary['probe']}",
     ]
     for split in ("train", "test"):
         s = summary[split]
         lines.append(
-            f"{split:5s}: {s['patches']} patches ({s['nimgs']} image(s), grid {s['grid_shape'][0]}×{s['grid_shape'][1]}, "
+            f"{split:5s}: {s['patches']} {'patches' if s['patterns'] == s['patches'] else 'groups'}"
+            + f" ({s['nimgs']} image(s), {s['patterns']} patterns, grid {s['grid_shape'][0]}×{s['grid_shape'][1]}, "
             f"stride {s['stride']}), mean counts/pattern {s['mean_total_counts']:.4g}, "
             f"diffraction mean {s['diffraction_mean']:.4f} std {s['diffraction_std']:.4f}"
         )
@@ -53,6 +56,8 @@ def simulate_command(
     set_phi: Optional[bool] = typer.Option(None, "--set-phi/--no-set-phi", help="Give the object a phase (default on)."),
     probe: Optional[Path] = typer.Option(None, "--probe", help="NPZ whose 'probeGuess' (complex N×N) replaces the synthetic probe."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed of objects and noise."),
+    gridsize: Optional[int] = typer.Option(None, "--gridsize", help="g: each sample a g×g group of overlapping patterns, C = g² channels (1 or 2; docs/gridsize.md)."),
+    offset: Optional[int] = typer.Option(None, "--offset", help="Spacing of the patterns inside a group in px (gridsize 2; default 4)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing train.npz / test.npz."),
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -62,7 +67,7 @@ def simulate_command(
     overrides = dict(
         N=N, object_size=object_size, nimgs_train=nimgs_train, nimgs_test=nimgs_test,
         stride_train=stride_train, stride_test=stride_test, nphotons=nphotons, set_phi=set_phi,
-        probe=probe, seed=seed,
+        probe=probe, seed=seed, gridsize=gridsize, offset=offset,
     )
     config: SimulationConfig = build(SimulationConfig, merge(preset, "data", overrides))
     _check_destination(out, force)

@@ -7,7 +7,16 @@ from typing import Any, Optional
 
 import typer
 
-from fnostab.cli.common import JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
+from fnostab.cli.common import (
+    JSON_OPTION,
+    LOGGER_OPTION,
+    MLFLOW_URI_OPTION,
+    PRESET_HELP,
+    QUIET_OPTION,
+    Output,
+    command,
+    gridsize_option,
+)
 from fnostab.config import DEFAULT_PRESET
 from fnostab.errors import InputError
 from fnostab.io import check_out_dir
@@ -59,10 +68,13 @@ def shootout_command(
     fno_blocks: Optional[int] = typer.Option(None, "--fno-blocks", help="Depth for every arm (arms may override).", rich_help_panel=SWEEP_PANEL),
     val_patches: Optional[int] = typer.Option(None, "--val-patches", help="Fixed validation subset per epoch.", rich_help_panel=SWEEP_PANEL),
     monitor_every: Optional[int] = typer.Option(None, "--monitor-every", help="Per-block monitors every N steps.", rich_help_panel=SWEEP_PANEL),
+    gridsize: Optional[int] = gridsize_option(SWEEP_PANEL),
     accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=EXEC_PANEL),
     jobs: int = JOBS_OPTION,
     executor: str = EXECUTOR_OPTION,
     ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    logger: Optional[list[str]] = LOGGER_OPTION,
+    mlflow_uri: Optional[str] = MLFLOW_URI_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -85,15 +97,23 @@ def shootout_command(
     overrides = _overrides(epochs=epochs, batch_size=batch_size, fno_blocks=fno_blocks, val_patches=val_patches,
                            monitor_every=monitor_every, accelerator=accelerator)
     _check_out(out, "shootout")
-    data, size = shared_data(train_npz, test_npz, preset)
+    logging = _logging(logger, mlflow_uri, out)
+    data, size = shared_data(train_npz, test_npz, preset, gridsize)
     lr_values = parse_number_list(lrs, "--lrs") if lrs else None
     specs = plan_shootout(arms, seed_values, preset, data, overrides, lr_values)
     validate_specs(specs, size)
-    plan_document = {"preset": preset, "data": {"train": str(data.train), "test": str(data.test)},
+    plan_document = {"preset": preset, "data": {"train": str(data.train), "test": str(data.test), "gridsize": data.gridsize},
                      "arms": {a.name: a.to_dict() for a in arms}, "seeds": seed_values,
                      **({"lrs": lr_values} if lr_values else {})}
-    summary = run_sweep(out, "shootout", specs, plan_document, execution, output)
+    summary = run_sweep(out, "shootout", specs, plan_document, execution, output, logging=logging)
     _finish(output, summary, out)
+
+
+def _logging(logger: list[str] | None, mlflow_uri: str | None, out: Path) -> Any:
+    """The sweep's loggers; MLflow's experiment is named after the sweep dir."""
+    from fnostab.training.loggers import parse_logging
+
+    return parse_logging(logger, mlflow_uri, out, experiment=out.resolve().name)
 
 
 def _check_out(out: Path, kind: str) -> None:
@@ -132,10 +152,13 @@ def stress_command(
     val_patches: Optional[int] = typer.Option(None, "--val-patches", rich_help_panel=SWEEP_PANEL),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory of the machine the runs share, e.g. 24GiB (default: the device's free memory, or 75% of RAM on CPU); with --jobs K each run's plan must fit in a K-th of it.", rich_help_panel=SWEEP_PANEL),
     plan_only: bool = typer.Option(False, "--plan-only", help="Print the memory plans and exit; nothing is built or written.", rich_help_panel=SWEEP_PANEL),
+    gridsize: Optional[int] = gridsize_option(SWEEP_PANEL),
     accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=EXEC_PANEL),
     jobs: int = JOBS_OPTION,
     executor: str = EXECUTOR_OPTION,
     ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    logger: Optional[list[str]] = LOGGER_OPTION,
+    mlflow_uri: Optional[str] = MLFLOW_URI_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -169,29 +192,36 @@ def stress_command(
     if plan_only:
         from fnostab.config import DataSource
 
-        size = N
-        if size is None and train_npz is not None:
+        size, grid = N, gridsize
+        if train_npz is not None:
             from fnostab.data.npz import load_split
 
-            size = load_split(train_npz).N
-        elif size is None:
-            size = build(SimulationConfig, merge(preset, "data", {})).N
-        placeholder = DataSource(train=Path("train.npz"), test=Path("test.npz"))
+            split = load_split(train_npz)
+            if grid is not None and grid != split.gridsize:
+                raise InputError(f"gridsize mismatch: --gridsize {grid}, but {train_npz} holds gridsize {split.gridsize}")
+            size, grid = size or split.N, split.gridsize
+        elif size is None or grid is None:
+            simulation = build(SimulationConfig, merge(preset, "data", {"gridsize": grid}))
+            size, grid = size or simulation.N, simulation.gridsize
+        placeholder = DataSource(train=Path("train.npz"), test=Path("test.npz"), gridsize=grid)
         specs, infeasible = plan_stress(arms, seed_values, depth_values, lr_values, preset, placeholder, overrides, size, limit)
         table, rows = plan_table(specs, infeasible)
-        text = f"memory plans at N={size}, batch {specs[0].config.train.batch_size}; limit {format_bytes(limit)} ({limit_source})\n\n{table}"
-        output.result(text, {"N": size, "memory_limit": limit, "memory_limit_source": limit_source, "plans": rows})
+        text = (f"memory plans at N={size}, gridsize {grid}, batch {specs[0].config.train.batch_size}; "
+                f"limit {format_bytes(limit)} ({limit_source})\n\n{table}")
+        output.result(text, {"N": size, "gridsize": grid, "memory_limit": limit, "memory_limit_source": limit_source,
+                             "plans": rows})
         return
     if N is not None:
         raise InputError("--N only applies to --plan-only; a sweep uses the data's N")
     assert out is not None
     _check_out(out, "stress")
-    data, size = shared_data(train_npz, test_npz, preset)
+    logging = _logging(logger, mlflow_uri, out)
+    data, size = shared_data(train_npz, test_npz, preset, gridsize)
     specs, infeasible = plan_stress(arms, seed_values, depth_values, lr_values, preset, data, overrides, size, limit)
     table, _ = plan_table(specs, infeasible)
     output.log(f"memory plans (limit {format_bytes(limit)}, {limit_source}):\n{table}")
-    plan_document = {"preset": preset, "data": {"train": str(data.train), "test": str(data.test)},
+    plan_document = {"preset": preset, "data": {"train": str(data.train), "test": str(data.test), "gridsize": data.gridsize},
                      "arms": {a.name: a.to_dict() for a in arms}, "seeds": seed_values,
                      "depths": depth_values, "lrs": lr_values, "memory_limit": limit}
-    summary = run_sweep(out, "stress", specs, plan_document, execution, output, infeasible=infeasible)
+    summary = run_sweep(out, "stress", specs, plan_document, execution, output, infeasible=infeasible, logging=logging)
     _finish(output, summary, out)

@@ -10,7 +10,18 @@ from typing import Any, Optional
 
 import typer
 
-from fnostab.cli.common import EXIT_FAILED, JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command, model_option
+from fnostab.cli.common import (
+    EXIT_FAILED,
+    JSON_OPTION,
+    LOGGER_OPTION,
+    MLFLOW_URI_OPTION,
+    PRESET_HELP,
+    QUIET_OPTION,
+    Output,
+    command,
+    gridsize_option,
+    model_option,
+)
 from fnostab.config import (
     DEFAULT_PRESET,
     DataSource,
@@ -38,12 +49,19 @@ def build_run_config(
     model: dict[str, Any],
     train: dict[str, Any],
     name: str | None = None,
+    gridsize: int | None = None,
 ) -> RunConfig:
-    """Preset values, explicit options on top, validated; data from files or the preset's simulation."""
+    """Preset values, explicit options on top, validated; data from files or the preset's simulation.
+
+    ``gridsize`` picks the simulated data set's gridsize, or (with files) the gridsize they must hold.
+    """
     model_config = build(ModelConfig, merge(preset, "model", model))
     train_config = build(TrainConfig, merge(preset, "train", train))
-    simulation = None if train_npz is not None else build(SimulationConfig, preset_values(preset, "data"))
-    data = build(DataSource, {"train": train_npz, "test": test_npz, "simulation": simulation}, source="TRAIN.npz TEST.npz")
+    simulation = None if train_npz is not None else build(SimulationConfig, merge(preset, "data", {"gridsize": gridsize}))
+    data = build(
+        DataSource, {"train": train_npz, "test": test_npz, "simulation": simulation, "gridsize": gridsize},
+        source="TRAIN.npz TEST.npz",
+    )  # fmt: skip
     return RunConfig(name=name, preset=preset, data=data, model=model_config, train=train_config)
 
 
@@ -122,14 +140,14 @@ def _prepare_out(out: Path | None, config: RunConfig, force: bool) -> tuple[Path
     return out, replacing
 
 
-def _train_replacing(prepared: Any, run_dir: Path, output: Output) -> dict[str, Any]:
+def _train_replacing(prepared: Any, run_dir: Path, output: Output, logging: Any) -> dict[str, Any]:
     """Train into a staging dir beside ``run_dir`` and swap it in only once the new run is written,
     so an interrupted ``--force`` rerun leaves the old run as it was."""
     from fnostab.training.runner import run_training
 
     staging = make_temp_dir(run_dir.parent, f".{run_dir.name}", ".partial")
     try:
-        result = run_training(prepared, staging, output=output)
+        result = run_training(prepared, staging, output=output, logging=logging)
         retired = staging.with_suffix(".old")
         os.replace(run_dir, retired)
         try:
@@ -159,6 +177,7 @@ def train_command(
     checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing", help="Gradient checkpointing of encoder and bottleneck blocks.", rich_help_panel=MODEL_PANEL),
     block_init: Optional[str] = model_option("--block-init", MODEL_PANEL),
     head: Optional[str] = typer.Option(None, "--head", help="Output head: real_imag or amp_phase.", rich_help_panel=MODEL_PANEL),
+    gridsize: Optional[int] = gridsize_option(MODEL_PANEL),
     clip: Optional[str] = typer.Option(None, "--clip", help="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ.", rich_help_panel=TRAIN_PANEL),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam, adamw or sgd.", rich_help_panel=TRAIN_PANEL),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate.", rich_help_panel=TRAIN_PANEL),
@@ -174,7 +193,8 @@ def train_command(
     collapse_threshold: Optional[float] = typer.Option(None, "--collapse-threshold", help="Predicted amplitude std/mean below this on validation → collapsed (default 0.01).", rich_help_panel=TRAIN_PANEL),
     accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=RUN_PANEL),
     precision: Optional[str] = typer.Option(None, "--precision", help="32 or bf16-mixed.", rich_help_panel=RUN_PANEL),
-    devices: Optional[int] = typer.Option(None, "--devices", help="Devices per run (1).", rich_help_panel=RUN_PANEL),
+    devices: Optional[int] = typer.Option(None, "--devices", help="Processes (CPU) or GPUs of this one run: K > 1 trains with DDP, the global --batch-size split across them.", rich_help_panel=RUN_PANEL),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="auto or ddp (the strategy of --devices > 1).", rich_help_panel=RUN_PANEL),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads.", rich_help_panel=RUN_PANEL),
     log_grad_norm: Optional[bool] = typer.Option(None, "--log-grad-norm/--no-log-grad-norm", help="Log grad_norm_preclip/postclip to metrics.csv.", rich_help_panel=RUN_PANEL),
     grad_norm_log_freq: Optional[int] = typer.Option(None, "--grad-norm-log-freq", help="Log grad norms every N steps.", rich_help_panel=RUN_PANEL),
@@ -185,6 +205,8 @@ def train_command(
     precursor_window: Optional[int] = typer.Option(None, "--precursor-window", help="Steps kept before a spike or failure (default 100).", rich_help_panel=RUN_PANEL),
     val_patches: Optional[int] = typer.Option(None, "--val-patches", help="Validate each epoch on a fixed subset of this many test patterns.", rich_help_panel=RUN_PANEL),
     force: bool = typer.Option(False, "--force", help="Replace an existing run dir.", rich_help_panel=RUN_PANEL),
+    logger: Optional[list[str]] = LOGGER_OPTION,
+    mlflow_uri: Optional[str] = MLFLOW_URI_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -198,6 +220,7 @@ def train_command(
         train_npz=train_npz,
         test_npz=test_npz,
         preset=preset,
+        gridsize=gridsize,
         model=dict(arch=arch, fno_blocks=fno_blocks, width=width, modes=modes, max_hidden_channels=max_hidden_channels,
                    bands=bands, checkpointing=checkpointing, block_init=block_init, head=head),
         train=dict(clip=clip, optimizer=optimizer, lr=lr, weight_decay=weight_decay, scheduler=scheduler,
@@ -209,8 +232,10 @@ def train_command(
                    precursors_every=precursors_every, curvature_every=curvature_every,
                    batch_sharpness_every=batch_sharpness_every, precursor_window=precursor_window),
     )
+    from fnostab.training.loggers import parse_logging
     from fnostab.training.runner import prepare_run, run_training
 
+    logging = parse_logging(logger, mlflow_uri, experiment="fnostab-train")
     run_dir, _ = _prepare_out(out, config, force)
     if config.data.train is None:
         output.log(f"no data given: using the {preset} preset's simulated data set (cached)")
@@ -226,9 +251,9 @@ def train_command(
                 shutil.rmtree(run_dir, ignore_errors=True)  # ours, holding only the lock: leave nothing
             raise
         if replacing:
-            result = _train_replacing(prepared, run_dir, output)
+            result = _train_replacing(prepared, run_dir, output, logging)
         else:
-            result = run_training(prepared, run_dir, output=output)
+            result = run_training(prepared, run_dir, output=output, logging=logging)
     output.result(format_result(result, run_dir), {"run_dir": str(run_dir), **result})
     if result["status"] != "ok":
         raise typer.Exit(EXIT_FAILED)

@@ -2,7 +2,9 @@
 
 Every violation is an :class:`~fnostab.errors.InputError` naming the file, the key, what was
 expected and what was found, so the CLI can report it on one line (exit 2). Files are always read
-with ``allow_pickle=False``. Patch arrays may be (n, N, N, 1) as PtychoPINN writes them or (n, N, N).
+with ``allow_pickle=False``. Patch arrays may be (n, N, N, C) as PtychoPINN writes them (C = gridsize²
+patterns per sample, docs/gridsize.md) or (n, N, N) at gridsize 1; in memory they are channel-first
+(n, C, N, N), the layout the generators take.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from fnostab.data.probe import normalise_probe
 from fnostab.errors import InputError
+from fnostab.groups import GroupGeometry
 from fnostab.io import atomic_path
 
 NON_NEGATIVE_KEYS = ("diffraction", "Y_I")
@@ -31,9 +34,10 @@ COMPLEX_KINDS = (np.complexfloating, np.floating, np.integer)
 class PtychoSplit:
     """One split (train or test) as the rest of fnostab uses it; optional parts may be None.
 
-    Patch arrays are (n, N, N); ``centres`` is (n, 2) [row, col]; ``ground_truth`` is
-    (n_images, L, L) complex; ``probe`` is the probe the simulator used (``probe_simulated``, or a
-    ``probeGuess`` normalised the same way).
+    Patch arrays are (n, C, N, N) with C = gridsize² patterns per sample; ``centres`` is (n, 2)
+    [row, col], the group centres (the patch centres at gridsize 1); ``groups`` says where the C
+    members sit around them; ``ground_truth`` is (n_images, L, L) complex; ``probe`` is the probe the
+    simulator used (``probe_simulated``, or a ``probeGuess`` normalised the same way).
     """
 
     path: Path
@@ -46,10 +50,24 @@ class PtychoSplit:
     ground_truth: np.ndarray | None = None
     norm_Y_I: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    groups: GroupGeometry | None = None
+
+    def __post_init__(self) -> None:
+        if self.groups is None:
+            object.__setattr__(self, "groups", GroupGeometry(self.N))
 
     @property
     def N(self) -> int:
         return int(self.diffraction.shape[-1])
+
+    @property
+    def channels(self) -> int:
+        """C: patterns per sample (gridsize²)."""
+        return int(self.diffraction.shape[1])
+
+    @property
+    def gridsize(self) -> int:
+        return self.groups.gridsize
 
     @property
     def n(self) -> int:
@@ -134,26 +152,31 @@ def _check_dtype(path: Path, key: str, array: np.ndarray, kinds: tuple[type, ...
         raise InputError(f"{path}: key {key!r}: expected {expected}, found dtype {array.dtype}")
 
 
-def _patches(path: Path, arrays: dict[str, np.ndarray], key: str, n_N: tuple[int, int] | None) -> np.ndarray:
+def _patches(path: Path, arrays: dict[str, np.ndarray], key: str, n_N_C: tuple[int, int, int] | None) -> np.ndarray:
+    """(n, C, N, N) float32 from (n, N, N) or (n, N, N, C), checked."""
     array = arrays[key]
     stored_shape = array.shape  # messages name the shape as it is in the file
-    if array.ndim == 4 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
+    if array.ndim == 3:
+        array = array[..., None]
+    if array.ndim != 4:
         raise InputError(
-            f"{path}: key {key!r}: expected shape (n, N, N) or (n, N, N, 1), found {array.shape}"
+            f"{path}: key {key!r}: expected shape (n, N, N) or (n, N, N, C), found {stored_shape}"
         )
-    if array.shape[0] == 0 or array.shape[1] == 0:
+    if 0 in array.shape:
         raise InputError(f"{path}: key {key!r}: expected a non-empty array, found shape {stored_shape}")
     if array.shape[1] != array.shape[2]:
         raise InputError(f"{path}: key {key!r}: expected square N×N patches, found shape {stored_shape}")
-    if n_N is not None and array.shape[:2] != n_N:
+    C = array.shape[3]
+    if round(np.sqrt(C)) ** 2 != C:
         raise InputError(
-            f"{path}: key {key!r}: expected {n_N[0]} patches of {n_N[1]}×{n_N[1]} to match "
-            f"'diffraction', found shape {stored_shape}"
+            f"{path}: key {key!r}: expected C = gridsize² channels (1, 4, …) in (n, N, N, C), found shape {stored_shape}"
         )
+    if n_N_C is not None and (array.shape[0], array.shape[1], C) != n_N_C:
+        n, N, C = n_N_C
+        what = f"{n} patches of {N}×{N}" if C == 1 else f"{n} groups of {C} {N}×{N} patches"
+        raise InputError(f"{path}: key {key!r}: expected {what} to match 'diffraction', found shape {stored_shape}")
     _check_dtype(path, key, array, REAL_KINDS, "a real float array")
-    array = np.asarray(array, dtype=np.float32)
+    array = np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(0, 3, 1, 2))
     if not np.isfinite(array).all():
         raise InputError(f"{path}: key {key!r}: expected finite values, found NaN or inf")
     if key in NON_NEGATIVE_KEYS and (array < 0).any():
@@ -161,6 +184,32 @@ def _patches(path: Path, arrays: dict[str, np.ndarray], key: str, n_N: tuple[int
             f"{path}: key {key!r}: expected non-negative amplitudes, found minimum {float(array.min()):g}"
         )
     return array
+
+
+def _groups(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, Any], n: int, N: int, C: int) -> GroupGeometry:
+    """Where the C members of each sample sit: from ``coords_nominal`` (relative offsets), else the metadata."""
+    if "coords_nominal" in arrays:
+        coords = arrays["coords_nominal"]
+        _check_dtype(path, "coords_nominal", coords, REAL_KINDS, "real (row, col) relative offsets")
+        if coords.size != 2 * n * C:
+            raise InputError(
+                f"{path}: key 'coords_nominal': expected relative offsets of shape ({n}, 1, 2, {C}), found {coords.shape}"
+            )
+        relative = np.asarray(coords, dtype=np.float64).reshape(n, 2, C)
+        if not np.isfinite(relative).all():
+            raise InputError(f"{path}: key 'coords_nominal': expected finite offsets, found NaN or inf")
+        if np.abs(relative - relative[:1]).max() > 1e-3:
+            raise InputError(f"{path}: key 'coords_nominal': expected the same relative offsets in every group")
+        return GroupGeometry.from_relative_offsets(relative[0].T, N, f"{path}: key 'coords_nominal'")
+    if C == 1:
+        return GroupGeometry(N)
+    offset = metadata.get("offset")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 1 <= offset < N:
+        raise InputError(
+            f"{path}: {C} channels per sample but neither 'coords_nominal' nor an integer '_metadata' offset "
+            "says where the patterns of a group sit"
+        )
+    return GroupGeometry(N, round(np.sqrt(C)), offset)
 
 
 def _probe(path: Path, arrays: dict[str, np.ndarray], key: str, N: int) -> np.ndarray:
@@ -243,12 +292,14 @@ def load_split(path: Path | str, *, require: tuple[str, ...] = ("diffraction",))
             present = ", ".join(sorted(arrays)) or "none"
             raise InputError(f"{path}: missing key {key!r} (keys present: {present})")
     diffraction = _patches(path, arrays, "diffraction", None)
-    n, N = diffraction.shape[:2]
-    fields: dict[str, Any] = {"path": path, "diffraction": diffraction, "metadata": _metadata(path, arrays)}
+    n, C, N = diffraction.shape[:3]
+    metadata = _metadata(path, arrays)
+    fields: dict[str, Any] = {"path": path, "diffraction": diffraction, "metadata": metadata}
+    fields["groups"] = _groups(path, arrays, metadata, n, N, C)
 
     for key in ("Y_I", "Y_phi"):
         if key in arrays:
-            fields[key] = _patches(path, arrays, key, (n, N))
+            fields[key] = _patches(path, arrays, key, (n, N, C))
     if "probe_simulated" in arrays:
         fields["probe"] = _probe(path, arrays, "probe_simulated", N)
     elif "probeGuess" in arrays:
@@ -268,16 +319,28 @@ def load_split(path: Path | str, *, require: tuple[str, ...] = ("diffraction",))
 
 
 def load_pair(train_path: Path | str, test_path: Path | str) -> tuple[PtychoSplit, PtychoSplit]:
-    """Load train and test splits for training: both need a probe and the same N."""
+    """Load train and test splits for training: both need a probe, the same N and the same groups."""
     train = load_split(train_path)
     test = load_split(test_path)
     if train.N != test.N:
         raise InputError(
             f"N mismatch: {train.path} has {train.N}×{train.N} patches, {test.path} has {test.N}×{test.N}"
         )
+    if train.groups != test.groups:
+        raise InputError(
+            f"gridsize mismatch: {train.path} has {describe_groups(train.groups)}, "
+            f"{test.path} has {describe_groups(test.groups)}"
+        )
     if train.probe is None:
         raise InputError(f"{train.path}: missing key 'probe_simulated' or 'probeGuess' (the probe is needed for the physics loss)")
     return train, test
+
+
+def describe_groups(groups: GroupGeometry) -> str:
+    """``gridsize 1`` or ``gridsize 2 (4 channels, offset 4 px)``, for messages."""
+    if groups.gridsize == 1:
+        return "gridsize 1"
+    return f"gridsize {groups.gridsize} ({groups.channels} channels, offset {groups.offset} px)"
 
 
 def load_probe_guess(path: Path | str, N: int) -> np.ndarray:

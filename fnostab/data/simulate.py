@@ -4,6 +4,8 @@ One call makes the train and test splits:
 
 1. a lines object per image (train and test objects from independent random streams);
 2. N×N patches on a regular grid (stride ``stride_train`` / ``stride_test``), row-major, image by image;
+   at gridsize g, outer windows of side N + (g − 1)·offset on that grid, each cut into its g×g
+   member patches ``offset`` apart (C = g² channels, docs/gridsize.md);
 3. patches divided by norm_Y_I, the mean over the split's patches of each patch's peak amplitude;
 4. exit wave ψ = Ô·P_sim, far-field amplitude A = |fftshift(FFT2 ψ)|/N;
 5. intensity scale s = sqrt(nphotons / mean Σ|ψ|²) from the train split, reused for test;
@@ -34,6 +36,7 @@ from fnostab.data.npz import load_probe_guess, write_npz
 from fnostab.data.objects import lines_objects
 from fnostab.data.probe import SYNTHETIC_RECIPE, normalise_probe, synthetic_probe
 from fnostab.evaluation.stitching import ground_truth_region
+from fnostab.groups import GroupGeometry
 from fnostab.io import fsync_directory
 from fnostab.physics import LOSS_NAMES, far_field_amplitude_np, intensity_scale, physics_loss, poisson_amplitude
 
@@ -72,6 +75,11 @@ class ScanGrid:
         windows = np.lib.stride_tricks.sliding_window_view(objects, (self.N, self.N), axis=(1, 2))
         picked = windows[:, :: self.stride, :: self.stride][:, : self.steps, : self.steps]
         return np.ascontiguousarray(picked).reshape(-1, self.N, self.N)
+
+
+def group_geometry(config: SimulationConfig) -> GroupGeometry:
+    """The group layout of a simulated data set (one member at offset 0 at gridsize 1)."""
+    return GroupGeometry(config.N, config.gridsize, config.offset if config.gridsize > 1 else 0)
 
 
 @dataclass(frozen=True)
@@ -114,9 +122,10 @@ def _split(
     scale: float | None,
 ) -> tuple[SimulatedSplit, float]:
     objects = lines_objects(n_images, config.object_size, config.lines_per_object, config.set_phi, object_rng)
-    grid = ScanGrid(config.object_size, config.N, stride)
-    patches = grid.patches(objects)
-    norm_Y_I = float(np.abs(patches).max(axis=(1, 2)).mean(dtype=np.float64))
+    groups = group_geometry(config)
+    grid = ScanGrid(config.object_size, groups.window, stride)  # outer windows; the patches at gridsize 1
+    patches = groups.member_patches(grid.patches(objects))  # (n, C, N, N)
+    norm_Y_I = float(np.abs(patches).max(axis=(2, 3)).mean(dtype=np.float64))
     patches = (patches / np.float32(norm_Y_I)).astype(np.complex64)
     psi = patches * probe
     if scale is None:
@@ -124,16 +133,20 @@ def _split(
     amplitude = far_field_amplitude_np(psi)
     diffraction = poisson_amplitude(amplitude, scale, noise_rng)
 
-    n = patches.shape[0]
-    channel = (n, config.N, config.N, 1)
-    centres = grid.centres(n_images)
+    n, C = patches.shape[:2]
+    centres = grid.centres(n_images)  # group centres (the patch centres at gridsize 1)
+
+    def channels_last(array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
+
+    relative = np.broadcast_to(groups.relative_offsets.T[None, None], (n, 1, 2, C)).astype(np.float32)
     arrays: dict[str, np.ndarray] = {
-        "diffraction": diffraction.reshape(channel),
-        "Y_I": np.abs(psi).astype(np.float32).reshape(channel),
-        "Y_phi": np.angle(patches).astype(np.float32).reshape(channel),
+        "diffraction": channels_last(diffraction),
+        "Y_I": channels_last(np.abs(psi).astype(np.float32)),
+        "Y_phi": channels_last(np.angle(patches).astype(np.float32)),
         "coords_offsets": centres.reshape(n, 1, 2, 1),
-        "coords_nominal": np.zeros((n, 1, 2, 1), np.float32),
-        "coords_true": np.zeros((n, 1, 2, 1), np.float32),
+        "coords_nominal": relative,
+        "coords_true": relative.copy(),
         "YY_full": objects[..., None],
     }
     counts = (scale * diffraction.astype(np.float64)) ** 2
@@ -143,13 +156,20 @@ def _split(
         "stride": stride,
         "grid_shape": [grid.steps, grid.steps],
         "n_patches": n,
+        "n_patterns": n * C,
+        "gridsize": groups.gridsize,
+        "offset": groups.offset,
+        "window": groups.window,
+        "coords_type": "relative",
         "norm_Y_I": norm_Y_I,
         "intensity_scale": scale,
-        "mean_total_counts": float(counts.sum(axis=(1, 2)).mean()),
+        "mean_total_counts": float(counts.sum(axis=(2, 3)).mean()),
+        # over every pattern of every group: the true patches agree on their overlaps, so the
+        # gridsize-2 forward model gives the true object exactly these amplitudes (docs/gridsize.md)
         "noise_floor": noise_floor(amplitude, diffraction),
     }
     if name == "test":
-        truth = ground_truth_region(objects, centres, config.N, stride)
+        truth = ground_truth_region(objects, centres, groups.window, stride)
         arrays["YY_ground_truth"] = truth[..., None]
         arrays["norm_Y_I"] = np.array(norm_Y_I, dtype=np.float64)
     return SimulatedSplit(arrays, metadata), scale
@@ -223,6 +243,7 @@ def dataset_summary(train: SimulatedSplit, test: SimulatedSplit) -> dict[str, An
         diffraction = split.arrays["diffraction"]
         return {
             "patches": int(diffraction.shape[0]),
+            "patterns": int(diffraction.shape[0] * diffraction.shape[-1]),
             "grid_shape": split.metadata["grid_shape"],
             "stride": split.metadata["stride"],
             "nimgs": split.metadata["nimgs"],
@@ -234,6 +255,8 @@ def dataset_summary(train: SimulatedSplit, test: SimulatedSplit) -> dict[str, An
 
     return {
         "N": train.metadata["N"],
+        "gridsize": train.metadata["gridsize"],
+        "offset": train.metadata["offset"],
         "object_size": train.metadata["object_size"],
         "nphotons": train.metadata["nphotons"],
         "intensity_scale": train.metadata["intensity_scale"],

@@ -51,6 +51,7 @@ from fnostab.hooks.gradient_gain import (
     summarize_gains,
 )
 from fnostab.io import write_json_atomic
+from fnostab.groups import GroupGeometry
 from fnostab.physics import LOSS_NAMES, physics_loss, predicted_amplitude
 
 GRAD_GAIN_SCHEMA = "fnostab.grad_gain/1"
@@ -108,11 +109,13 @@ def measure_grad_gain(
     norm_type: str = "l2",
     device: str | torch.device = "cpu",
     eps: float = 1e-30,
+    groups: GroupGeometry | None = None,
 ) -> dict[str, Any]:
     """Per-block gradient norms and backward gains of the physics loss, averaged over ``batches`` batches.
 
     Args:
-        diffraction: amplitudes (n, N, N) or (n, N, N, 1), float32: network input and loss target.
+        diffraction: amplitudes (n, N, N), (n, N, N, 1) or groups (n, C, N, N), float32: network
+            input and loss target.
         probe: complex (N, N) probe of the forward model (e.g. :func:`probe_for`).
         generator: a fnostab generator with ``blocks``; moved to ``device`` and left there, run in
             train mode (its mode is restored), its parameters' ``.grad`` untouched.
@@ -124,6 +127,8 @@ def measure_grad_gain(
         norm_type: ``l2``, ``l1``, ``linf`` or ``mean`` (see :class:`GradientGainMonitor`).
         device: ``cpu``, ``cuda``, ``auto`` or a torch.device.
         eps: norms ≤ eps count as zero when forming gains.
+        groups: the group layout at gridsize > 1 (a split's ``groups``): the loss then goes through the
+            overlap-enforcing forward model, as in training.
 
     Returns:
         The report described in the module docstring: ``schema``, ``architecture``, ``block_names``,
@@ -158,7 +163,7 @@ def measure_grad_gain(
             for k in range(used):
                 monitor.reset()
                 batch = patterns[k * batch_size : (k + 1) * batch_size].to(target)
-                value = physics_loss(loss, predicted_amplitude(generator(batch), probe_t), batch)  # type: ignore[arg-type]
+                value = physics_loss(loss, predicted_amplitude(generator(batch), probe_t, groups), batch)  # type: ignore[arg-type]
                 # Same graph as value.backward(), without accumulating into the parameters' .grad.
                 torch.autograd.grad(value, params, allow_unused=True)
                 # One read of the norms per batch; the gains follow on the host by the monitor's rules.

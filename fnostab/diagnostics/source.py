@@ -45,13 +45,18 @@ def resolve_device(requested: str | torch.device) -> torch.device:
 
 # ------------------------------------------------------------------------------------------- data
 def as_patterns(diffraction: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Diffraction amplitudes (n, N, N) or (n, N, N, 1) → a (n, 1, N, N) float32 CPU tensor (the generator input)."""
+    """Diffraction amplitudes (n, N, N), (n, N, N, 1) or channel-first groups (n, C, N, N) (a loaded
+    split's ``diffraction``) → a (n, C, N, N) float32 CPU tensor (the generator input)."""
     array = diffraction.detach().cpu().numpy() if isinstance(diffraction, torch.Tensor) else np.asarray(diffraction)
-    if array.ndim == 4 and array.shape[-1] == 1:
+    if array.ndim == 4 and array.shape[-1] == 1 and array.shape[1] == array.shape[2] and array.shape[1] > 1:
         array = array[..., 0]
-    if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] != array.shape[2]:
-        raise ValueError(f"diffraction must be a non-empty (n, N, N) array of square patterns, got shape {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).unsqueeze(1)
+    if array.ndim == 3:
+        array = array[:, None]
+    if array.ndim != 4 or array.shape[0] == 0 or array.shape[1] == 0 or array.shape[2] != array.shape[3]:
+        raise ValueError(
+            f"diffraction must be a non-empty (n, N, N) or (n, C, N, N) array of square patterns, got shape {array.shape}"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def block_names(generator: torch.nn.Module) -> list[str]:
@@ -136,8 +141,10 @@ def resolve_model_source(
     return ModelSource(model=model, preset=preset, seed=DEFAULT_SEED if seed is None else seed)
 
 
-def load_model(source: ModelSource, N: int) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The generator of ``source`` built for N×N patterns, and a JSON-ready description of it.
+def load_model(source: ModelSource, N: int, gridsize: int = 1) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The generator of ``source`` built for groups of gridsize² N×N patterns, and a JSON-ready description of it.
+
+    A checkpoint trained at another gridsize is an :class:`InputError` (its input and output channels differ).
 
     A checkpoint's weights are loaded into its architecture built at N (spectral weights do not depend
     on N); an architecture whose geometry does not fit N is an :class:`InputError`. A fresh generator
@@ -145,9 +152,14 @@ def load_model(source: ModelSource, N: int) -> tuple[torch.nn.Module, dict[str, 
     is untouched and the weights equal those ``fnostab train`` starts from with the same seed.
     """
     from fnostab.models import build_generator
-    from fnostab.training.checkpoint import load_generator
+    from fnostab.training.checkpoint import checkpoint_gridsize, load_generator, read_checkpoint
 
     if source.checkpoint is not None:
+        trained = checkpoint_gridsize(read_checkpoint(source.checkpoint))
+        if trained != gridsize:
+            raise InputError(
+                f"{source.checkpoint}: the checkpoint was trained at gridsize {trained}, the NPZ holds gridsize {gridsize}"
+            )
         try:
             generator, model = load_generator(source.checkpoint, N)
         except ConfigError as error:  # build_generator: the geometry does not fit N
@@ -156,11 +168,13 @@ def load_model(source: ModelSource, N: int) -> tuple[torch.nn.Module, dict[str, 
             raise InputError(
                 f"{source.checkpoint}: not a usable fnostab checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})"
             ) from None
-        info = {"source": "checkpoint", "checkpoint": str(source.checkpoint), "config": model.model_dump(mode="json")}
+        info = {"source": "checkpoint", "checkpoint": str(source.checkpoint), "config": model.model_dump(mode="json"),
+                "gridsize": gridsize}
         return generator, {"architecture": model.arch, **info}
     assert source.model is not None and source.seed is not None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(source.seed)
-        generator = build_generator(source.model.arch, **source.model.generator_kwargs(N))
-    info = {"source": "fresh", "preset": source.preset, "seed": source.seed, "config": source.model.model_dump(mode="json")}
+        generator = build_generator(source.model.arch, **source.model.generator_kwargs(N, gridsize**2))
+    info = {"source": "fresh", "preset": source.preset, "seed": source.seed, "config": source.model.model_dump(mode="json"),
+            "gridsize": gridsize}
     return generator, {"architecture": source.model.arch, **info}

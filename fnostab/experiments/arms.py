@@ -18,7 +18,7 @@ from fnostab.errors import InputError
 
 MODEL_KEYS = frozenset(ModelConfig.model_fields)
 # Keys a sweep sets for every run itself; an arm may not override them.
-SWEEP_OWNED_KEYS = frozenset({"seed", "log_grad_norm", "threads", "accelerator", "devices"})
+SWEEP_OWNED_KEYS = frozenset({"seed", "log_grad_norm", "threads", "accelerator", "devices", "strategy"})
 TRAIN_KEYS = frozenset(TrainConfig.model_fields) - SWEEP_OWNED_KEYS
 ARM_KEYS = MODEL_KEYS | TRAIN_KEYS
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -57,21 +57,36 @@ def execute_run(spec_document: dict[str, Any], sweep_dir: str, kind: str, thread
     run_dir = Path(sweep_dir) / spec_document["dir"]
     sweep = {"kind": kind, **{k: spec_document[k] for k in ("arm", "seed", "depth", "lr")}}
     extra = {"sweep": sweep, "memory_plan": spec_document.get("plan")}
-    result = run_training(prepared, run_dir, extra=extra)
+    logging = spec_document.get("logging")
+    if logging is not None:
+        from fnostab.training.loggers import LoggingOptions
+
+        logging = LoggingOptions.from_dict(logging)
+    result = run_training(prepared, run_dir, extra=extra, logging=logging)
     return {"dir": spec_document["dir"], "status": result["status"], "failure": result["failure"]}
 
 
-def _document(spec: RunSpec) -> dict[str, Any]:
-    return {**spec.to_dict(), "config": spec.config.to_json_dict()}
+def _document(spec: RunSpec, logging: Any = None) -> dict[str, Any]:
+    """What a worker gets for one run: the spec, its config, and its loggers (an MLflow run named after
+    its dir in the sweep, tagged with arm, seed, depth and lr)."""
+    document = {**spec.to_dict(), "config": spec.config.to_json_dict()}
+    if logging is not None and logging.loggers:
+        name = spec.relative_dir.removeprefix("runs/")
+        tags = {"arm": spec.arm, "seed": spec.seed, "depth": spec.depth, "lr": spec.lr}
+        document["logging"] = logging.for_run(name, tags).to_dict()
+    return document
 
 
-def run_in_process(specs: list[RunSpec], sweep_dir: Path, kind: str, threads: int) -> Iterator[Outcome]:
+def run_in_process(
+    specs: list[RunSpec], sweep_dir: Path, kind: str, threads: int, logging: Any = None
+) -> Iterator[Outcome]:
     for spec in specs:
-        yield execute_run(_document(spec), str(sweep_dir), kind, threads)
+        yield execute_run(_document(spec, logging), str(sweep_dir), kind, threads)
 
 
 def run_in_pool(
-    specs: list[RunSpec], sweep_dir: Path, kind: str, jobs: int, threads: int, worker: Callable[..., Outcome] = execute_run
+    specs: list[RunSpec], sweep_dir: Path, kind: str, jobs: int, threads: int,
+    worker: Callable[..., Outcome] = execute_run, logging: Any = None,
 ) -> Iterator[Outcome]:
     """K runs at once in spawned worker processes (spawn: torch and fork do not mix safely).
 
@@ -83,16 +98,17 @@ def run_in_pool(
     """
     queue = deque(specs)
     while queue:
-        lost = yield from _pool_pass(queue, sweep_dir, kind, jobs, threads, worker)
+        lost = yield from _pool_pass(queue, sweep_dir, kind, jobs, threads, worker, logging)
         for spec, _ in lost:
             shutil.rmtree(sweep_dir / spec.relative_dir, ignore_errors=True)  # half-written by the dead pool
-            again = yield from _pool_pass(deque([spec]), sweep_dir, kind, 1, threads, worker)
+            again = yield from _pool_pass(deque([spec]), sweep_dir, kind, 1, threads, worker, logging)
             if again:
                 yield _record_worker_death(spec, sweep_dir, kind, again[0][1])
 
 
 def _pool_pass(
-    queue: deque[RunSpec], sweep_dir: Path, kind: str, jobs: int, threads: int, worker: Callable[..., Outcome]
+    queue: deque[RunSpec], sweep_dir: Path, kind: str, jobs: int, threads: int, worker: Callable[..., Outcome],
+    logging: Any = None,
 ) -> Generator[Outcome, None, list[tuple[RunSpec, int | None]]]:
     """Run ``queue`` (consumed) with at most ``jobs`` runs in flight; on a dead worker, return the
     runs that were in flight with the exit code of the dead process, leaving the rest queued."""
@@ -106,7 +122,7 @@ def _pool_pass(
         while queue or in_flight:
             while queue and len(in_flight) < jobs:
                 spec = queue.popleft()
-                in_flight[pool.submit(worker, _document(spec), str(sweep_dir), kind, threads)] = spec
+                in_flight[pool.submit(worker, _document(spec, logging), str(sweep_dir), kind, threads)] = spec
                 processes.update(getattr(pool, "_processes", None) or {})
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
@@ -165,7 +181,8 @@ def _record_worker_death(spec: RunSpec, sweep_dir: Path, kind: str, exit_code: i
 
 
 def run_on_ray(
-    specs: list[RunSpec], sweep_dir: Path, kind: str, threads: int, address: str | None, gpus_per_run: float
+    specs: list[RunSpec], sweep_dir: Path, kind: str, threads: int, address: str | None, gpus_per_run: float,
+    logging: Any = None,
 ) -> Iterator[Outcome]:
     """Each run a Ray task asking for ``threads`` CPUs (and GPUs); results land in ``sweep_dir``.
 
@@ -190,7 +207,7 @@ def run_on_ray(
         else:
             ray.init(num_cpus=available_cores(), **options)
     task = ray.remote(num_cpus=threads, num_gpus=gpus_per_run, max_retries=0)(execute_run)
-    pending = [task.remote(_document(spec), str(sweep_dir.resolve()), kind, threads) for spec in specs]
+    pending = [task.remote(_document(spec, logging), str(sweep_dir.resolve()), kind, threads) for spec in specs]
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -225,15 +242,17 @@ def execute(
     ray_address: str | None = None,
     gpus_per_run: float = 0.0,
     on_outcome: Callable[[Outcome], None] | None = None,
+    logging: Any = None,
 ) -> list[Outcome]:
-    """Run ``specs`` with the chosen executor, calling ``on_outcome`` as each run finishes."""
+    """Run ``specs`` with the chosen executor, calling ``on_outcome`` as each run finishes;
+    ``logging`` (:class:`fnostab.training.loggers.LoggingOptions`) adds TensorBoard / MLflow loggers."""
     threads = threads_per_run(jobs)
     if executor == "ray":
-        stream = run_on_ray(specs, sweep_dir, kind, threads, ray_address, gpus_per_run)
+        stream = run_on_ray(specs, sweep_dir, kind, threads, ray_address, gpus_per_run, logging)
     elif jobs == 1 or len(specs) <= 1:
-        stream = run_in_process(specs, sweep_dir, kind, threads)
+        stream = run_in_process(specs, sweep_dir, kind, threads, logging)
     else:
-        stream = run_in_pool(specs, sweep_dir, kind, min(jobs, len(specs)), threads)
+        stream = run_in_pool(specs, sweep_dir, kind, min(jobs, len(specs)), threads, logging=logging)
     outcomes = []
     for outcome in stream:
         outcomes.append(outcome)

@@ -35,8 +35,14 @@ class ExecutionOptions:
             check_ray_address(self.ray_address)
 
 
-def shared_data(train: Path | None, test: Path | None, preset: str) -> tuple[DataSource, int]:
-    """One data set for every run: the given files, or the preset's simulated set (cached once); and its N."""
+def shared_data(
+    train: Path | None, test: Path | None, preset: str, gridsize: int | None = None
+) -> tuple[DataSource, int]:
+    """One data set for every run: the given files, or the preset's simulated set (cached once); and its N.
+
+    The returned source records the data's gridsize, so every run's config.json says it and each run
+    checks it. ``gridsize`` picks the simulated set's gridsize; with files it must match theirs.
+    """
     if (train is None) != (test is None):
         raise InputError("give both TRAIN.npz and TEST.npz, or neither to simulate the preset's data")
     if train is not None:
@@ -45,13 +51,18 @@ def shared_data(train: Path | None, test: Path | None, preset: str) -> tuple[Dat
         from fnostab.training.runner import check_evaluable
 
         loaded, loaded_test = load_pair(train, test)  # validate once, before anything is written
+        if gridsize is not None and gridsize != loaded.gridsize:
+            raise InputError(
+                f"gridsize mismatch: --gridsize {gridsize}, but {train} holds gridsize {loaded.gridsize} "
+                f"({loaded.channels} channel(s) per sample)"
+            )
         check_evaluable(loaded_test)
-        return DataSource(train=train.resolve(), test=test.resolve()), loaded.N
+        return DataSource(train=train.resolve(), test=test.resolve(), gridsize=loaded.gridsize), loaded.N
     from fnostab.data.cache import load_cached_pair
 
-    simulation = build(SimulationConfig, merge(preset, "data", {}))
+    simulation = build(SimulationConfig, merge(preset, "data", {"gridsize": gridsize}))
     train_split, test_split = load_cached_pair(simulation)  # checked (and rebuilt if damaged) before the runs
-    return DataSource(train=train_split.path, test=test_split.path), simulation.N
+    return DataSource(train=train_split.path, test=test_split.path, gridsize=simulation.gridsize), simulation.N
 
 
 def arm_run_config(
@@ -90,13 +101,18 @@ def run_sweep(
     output: Any,
     *,
     infeasible: dict[str, str] | None = None,
+    logging: Any = None,
 ) -> dict[str, Any]:
     """Run (or resume) the sweep under its lock and return the summary document.
+
+    ``logging`` (:class:`fnostab.training.loggers.LoggingOptions`) sends every run to TensorBoard
+    and/or MLflow too, each run as its own MLflow run in the sweep's experiment.
 
     ``infeasible`` maps a run's relative dir to the reason it cannot run (its memory plan): such
     runs get a result of status ``infeasible`` without building anything.
     """
     from fnostab.report import summarize
+    from fnostab.training.loggers import prepare_store
     from fnostab.training.runner import record_bare_result
 
     infeasible = infeasible or {}
@@ -105,6 +121,7 @@ def run_sweep(
         document = {"kind": kind, "created": now_iso(), "command": sys.argv[1:], **plan_document,
                     "runs": [spec.to_dict() for spec in specs]}
         write_sweep_plan(sweep_dir, document)
+        prepare_store(logging)
         runnable = [spec for spec in to_run if spec.relative_dir not in infeasible]
         for spec in to_run:
             if spec.relative_dir in infeasible:
@@ -125,5 +142,5 @@ def run_sweep(
 
             gpus = 1.0 if any(spec.config.train.accelerator == "cuda" for spec in runnable) else 0.0
             execute(runnable, sweep_dir, kind, jobs=execution.jobs, executor=execution.executor,
-                    ray_address=execution.ray_address, gpus_per_run=gpus, on_outcome=report)
+                    ray_address=execution.ray_address, gpus_per_run=gpus, on_outcome=report, logging=logging)
         return summarize([sweep_dir], out_dir=sweep_dir)

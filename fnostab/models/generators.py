@@ -1,4 +1,7 @@
-"""The generators: diffraction amplitude (B, 1, N, N) float32 → complex object (B, 1, N, N) complex64.
+"""The generators: diffraction amplitudes (B, C, N, N) float32 → complex object patches (B, C, N, N) complex64.
+
+C = gridsize² is the number of patterns per sample: 1 at gridsize 1, 4 for PtychoPINN's 2×2 groups
+(docs/gridsize.md); ``in_channels`` and ``out_channels`` are both C for the physics-trained runs.
 
 Read top to bottom like the architecture descriptions of docs/generators.md:
 
@@ -33,34 +36,36 @@ HEADS: tuple[str, ...] = ("real_imag", "amp_phase")
 
 
 # ---------------------------------------------------------------------------------------------
-# Output heads: hidden features (B, h, N, N) → complex object (B, 1, N, N) complex64
+# Output heads: hidden features (B, h, N, N) → complex object patches (B, C, N, N) complex64
 
 
 class RealImagHead(nn.Module):
-    """Conv1×1(h → 2), channel 0 the real part and channel 1 the imaginary part, both unbounded.
+    """Conv1×1(h → 2C): channels 0…C−1 the real parts and C…2C−1 the imaginary parts, unbounded.
 
     The PtychoPINN ``real_imag`` output (docs/generators.md, hybrid), the default of ``hybrid``.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, out_channels: int = 1) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(channels, 2, 1)
+        self.out_channels = out_channels
+        self.proj = nn.Conv2d(channels, 2 * out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.proj(x).float()  # float32 even under autocast, so the result is complex64
-        return torch.complex(y[:, 0:1], y[:, 1:2])
+        c = self.out_channels
+        return torch.complex(y[:, :c], y[:, c:])
 
 
 class AmpPhaseHead(nn.Module):
-    """Two Conv1×1(h → 1): amplitude = sigmoid(·) in (0, 1), phase = π·tanh(·) in (−π, π) radians.
+    """Two Conv1×1(h → C): amplitude = sigmoid(·) in (0, 1), phase = π·tanh(·) in (−π, π) radians.
 
     The ``amp_phase`` output of the later PtychoPINN generators (docs/generators.md); returns amp·e^{iφ}.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, out_channels: int = 1) -> None:
         super().__init__()
-        self.amp = nn.Conv2d(channels, 1, 1)
-        self.phase = nn.Conv2d(channels, 1, 1)
+        self.amp = nn.Conv2d(channels, out_channels, 1)
+        self.phase = nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         amp = torch.sigmoid(self.amp(x).float())
@@ -68,12 +73,12 @@ class AmpPhaseHead(nn.Module):
         return torch.polar(amp, phase)
 
 
-def make_head(head: Head, channels: int) -> nn.Module:
-    """The output head named ``head`` on ``channels`` hidden channels."""
+def make_head(head: Head, channels: int, out_channels: int = 1) -> nn.Module:
+    """The output head named ``head`` on ``channels`` hidden channels, giving ``out_channels`` patches."""
     if head == "real_imag":
-        return RealImagHead(channels)
+        return RealImagHead(channels, out_channels)
     if head == "amp_phase":
-        return AmpPhaseHead(channels)
+        return AmpPhaseHead(channels, out_channels)
     raise ConfigError(f"unknown head {head!r}: expected one of {', '.join(HEADS)}")
 
 
@@ -104,6 +109,7 @@ class CascadedFNOGenerator(nn.Module):
         self,
         *,
         in_channels: int = 1,
+        out_channels: int = 1,
         width: int = 32,
         modes: int = 12,
         fno_blocks: int = 4,
@@ -114,7 +120,7 @@ class CascadedFNOGenerator(nn.Module):
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = dict(
-            in_channels=in_channels, width=width, modes=modes, fno_blocks=fno_blocks,
+            in_channels=in_channels, out_channels=out_channels, width=width, modes=modes, fno_blocks=fno_blocks,
             cnn_blocks=cnn_blocks, bands=bands, head=head, gradient_checkpointing=gradient_checkpointing,
         )  # fmt: skip
         self.gradient_checkpointing = gradient_checkpointing
@@ -124,7 +130,7 @@ class CascadedFNOGenerator(nn.Module):
         self.intermediate = nn.Conv2d(h, h, 1)
         refiners = [(nn.Conv2d(h, h, 3, padding=1), nn.GELU()) for _ in range(cnn_blocks)]
         self.refiner = nn.Sequential(*(layer for pair in refiners for layer in pair))
-        self.head = make_head(head, h)
+        self.head = make_head(head, h, out_channels)
 
     @staticmethod
     def downsampling(fno_blocks: int) -> int:
@@ -132,7 +138,7 @@ class CascadedFNOGenerator(nn.Module):
         return 1
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, in_channels, N, N) float → (B, 1, N, N) complex64."""
+        """(B, in_channels, N, N) float → (B, out_channels, N, N) complex64."""
         x = self.lifter(x)
         for block in self.blocks:
             x = run_block(block, x, self.gradient_checkpointing)
@@ -192,6 +198,7 @@ class HybridUNOGenerator(nn.Module):
         self,
         *,
         in_channels: int = 1,
+        out_channels: int = 1,
         width: int = 32,
         modes: int = 12,
         fno_blocks: int = 4,
@@ -203,7 +210,7 @@ class HybridUNOGenerator(nn.Module):
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = dict(
-            in_channels=in_channels, width=width, modes=modes, fno_blocks=fno_blocks,
+            in_channels=in_channels, out_channels=out_channels, width=width, modes=modes, fno_blocks=fno_blocks,
             max_hidden_channels=max_hidden_channels, bands=bands, head=head,
             gradient_checkpointing=gradient_checkpointing,
         )  # fmt: skip
@@ -217,7 +224,7 @@ class HybridUNOGenerator(nn.Module):
         self.down = nn.ModuleList(nn.Conv2d(c[i], c[i + 1], 2, stride=2) for i in range(fno_blocks - 1))
         # Decoder stages from deep to shallow: c_{i+1} → c_i for i = n−2 … 0.
         self.decoder = nn.ModuleList(DecoderStage(c[i + 1], c[i]) for i in reversed(range(fno_blocks - 1)))
-        self.head = make_head(head, width)
+        self.head = make_head(head, width, out_channels)
 
     @staticmethod
     def downsampling(fno_blocks: int) -> int:
@@ -225,7 +232,7 @@ class HybridUNOGenerator(nn.Module):
         return 2 ** (fno_blocks - 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, in_channels, N, N) float → (B, 1, N, N) complex64."""
+        """(B, in_channels, N, N) float → (B, out_channels, N, N) complex64."""
         factor = self.downsampling(len(self.encoder_channels))
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise InputError(
@@ -257,6 +264,7 @@ class StableHybridUNOGenerator(HybridUNOGenerator):
         self,
         *,
         in_channels: int = 1,
+        out_channels: int = 1,
         width: int = 32,
         modes: int = 12,
         fno_blocks: int = 4,
@@ -269,7 +277,7 @@ class StableHybridUNOGenerator(HybridUNOGenerator):
     ) -> None:
         block = partial(StablePtychoBlock, bands=bands, init=block_init, layerscale_init=layerscale_init)
         super().__init__(
-            in_channels=in_channels, width=width, modes=modes, fno_blocks=fno_blocks,
+            in_channels=in_channels, out_channels=out_channels, width=width, modes=modes, fno_blocks=fno_blocks,
             max_hidden_channels=max_hidden_channels, bands=bands, head=head,
             gradient_checkpointing=gradient_checkpointing, block=block,
         )  # fmt: skip

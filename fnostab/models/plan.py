@@ -118,6 +118,7 @@ def plan(
     layerscale_init: float = 1e-3,
     cnn_blocks: int = 2,
     in_channels: int = 1,
+    out_channels: int = 1,
     gradient_checkpointing: bool = False,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
@@ -134,7 +135,7 @@ def plan(
     options = dict(
         width=width, modes=modes, fno_blocks=fno_blocks, max_hidden_channels=max_hidden_channels,
         bands=bands, head=head, block_init=block_init, layerscale_init=layerscale_init,
-        cnn_blocks=cnn_blocks, in_channels=in_channels, gradient_checkpointing=gradient_checkpointing,
+        cnn_blocks=cnn_blocks, in_channels=in_channels, out_channels=out_channels, gradient_checkpointing=gradient_checkpointing,
     )  # fmt: skip
     cls = check_options(name, **options)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -66,6 +66,7 @@ def check_options(
     layerscale_init: float,
     cnn_blocks: int,
     in_channels: int,
+    out_channels: int,
     gradient_checkpointing: bool,
 ) -> type[nn.Module]:
     """Validate every option that does not depend on N; returns the generator class.
@@ -79,6 +80,7 @@ def check_options(
     _require_int("fno_blocks", fno_blocks, 1)
     _require_int("cnn_blocks", cnn_blocks, 0)
     _require_int("in_channels", in_channels, 1)
+    _require_int("out_channels", out_channels, 1)
     if max_hidden_channels is not None:
         _require_int("max_hidden_channels", max_hidden_channels, 1)
         if max_hidden_channels < width:
@@ -139,9 +141,10 @@ def build_generator(
     layerscale_init: float = 1e-3,
     cnn_blocks: int = 2,
     in_channels: int = 1,
+    out_channels: int = 1,
     gradient_checkpointing: bool = False,
 ) -> nn.Module:
-    """Build generator ``name`` for N×N inputs: (B, in_channels, N, N) float32 → (B, 1, N, N) complex64.
+    """Build generator ``name`` for N×N inputs: (B, in_channels, N, N) float32 → (B, out_channels, N, N) complex64.
 
     Args:
         name: one of :data:`GENERATORS` (``fno``, ``hybrid``, ``stable_hybrid``).
@@ -156,7 +159,8 @@ def build_generator(
         block_init, layerscale_init: ``stable_hybrid`` block initialisation (``zero_gamma`` or
             ``layerscale`` with λ = layerscale_init).
         cnn_blocks: ``fno`` Conv3×3 + GELU refiners after the spectral blocks.
-        in_channels: input channels (1: the measured amplitude).
+        in_channels: input channels (C = gridsize² measured amplitudes).
+        out_channels: complex output patches (C = gridsize²).
         gradient_checkpointing: recompute the spectral blocks in backward instead of storing their
             activations (same gradients, less memory, about one more forward pass of time).
 
@@ -168,7 +172,7 @@ def build_generator(
     options = dict(
         width=width, modes=modes, fno_blocks=fno_blocks, max_hidden_channels=max_hidden_channels,
         bands=bands, head=head, block_init=block_init, layerscale_init=layerscale_init,
-        cnn_blocks=cnn_blocks, in_channels=in_channels, gradient_checkpointing=gradient_checkpointing,
+        cnn_blocks=cnn_blocks, in_channels=in_channels, out_channels=out_channels, gradient_checkpointing=gradient_checkpointing,
     )  # fmt: skip
     cls = check_options(name, **options)
     problem = geometry_error(name, N=N, fno_blocks=fno_blocks)

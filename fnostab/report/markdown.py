@@ -170,7 +170,9 @@ def render_markdown(document: Mapping[str, Any]) -> str:
     threshold = document["grad_norm_threshold"]
     runs = document["runs"]
     lines = ["# fnostab summary", ""]
-    lines.append(f"Inputs: {', '.join(f'`{p}`' for p in document['inputs'])}. {runs['finished']} finished runs"
+    gridsizes = document.get("gridsizes") or [1]
+    lines.append(f"Inputs: {', '.join(f'`{p}`' for p in document['inputs'])}. "
+                 f"Gridsize {', '.join(map(str, gridsizes))}. {runs['finished']} finished runs"
                  + (f"; {len(runs['unfinished'])} unfinished run dirs skipped (no result.json)." if runs["unfinished"] else "."))
     lines += [""] + [f"- skipped, unfinished: `{p}`" for p in runs["unfinished"]] + ([""] if runs["unfinished"] else [])
     lines += _verdict_lines(document["verdict"])
@@ -293,6 +295,9 @@ def format_terminal(document: Mapping[str, Any]) -> str:
     """Human output of ``fnostab summarize``: table, verdict, next steps, failed gates, files."""
     verdict = document["verdict"]
     lines = [format_summary_table(document)]
+    gridsizes = document.get("gridsizes") or [1]
+    if gridsizes != [1]:
+        lines.append(f"gridsize {', '.join(map(str, gridsizes))} (docs/gridsize.md)")
     stress = document.get("stress")
     if stress:
         lines.append("")

@@ -7,8 +7,11 @@ atomically and records the skipped ones.
 
 * ``val_loss.png``: validation loss per epoch, one colour per arm: the median over seeds as a line
   and the min–max band across seeds (runs that stopped early drop out of later epochs).
-* ``grad_norm.png``: logged pre-clip gradient norm per step, every run of an arm in its colour, on
-  a log axis, with the ``--grad-norm-threshold`` line.
+* ``grad_norm.png``: logged pre-clip gradient norm per step on a log axis: per arm, the rolling median
+  (over steps) of the median over its runs as a line, the rolling min–max over its runs as a band,
+  spikes (values above the ``--grad-norm-threshold`` line and 3× their run's rolling median) as dots,
+  and each failed run's failure step as its status marker on the top edge.
+* ``train_loss.png``: the per-step training loss, drawn the same way (spikes: 3× the rolling median).
 * ``ssim.png``: amplitude and phase SSIM of each successful run per arm, the median as a bar, and
   the constant baseline drawn across each arm (phase SSIM means nothing without it).
 * ``failure_times.png``: step at which each failed run failed, per arm, marker by status.
@@ -20,6 +23,7 @@ atomically and records the skipped ones.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -95,24 +99,129 @@ def plot_val_loss(document: Mapping[str, Any], traces: Any) -> Figure | str:
 
 
 def plot_grad_norm(document: Mapping[str, Any], traces: Any) -> Figure | str:
-    """Every logged pre-clip gradient-norm trace, coloured by arm, log axis."""
+    """Pre-clip gradient norm per logged step: rolling median per arm, min–max band, spikes and failures marked."""
     if not any(traces.grad_norms.get(g["label"]) for g in _groups(document)):
         return "no run logged grad_norm_preclip in metrics.csv (train with --log-grad-norm)"
-    figure = _figure(left=0.14)
-    axes = figure.add_subplot()
-    for index, group in enumerate(_groups(document)):
-        runs = traces.grad_norms.get(group["label"]) or []
-        for number, (steps, values) in enumerate(runs):
-            values = np.asarray(values, dtype=np.float64)
-            keep = np.isfinite(values) & (values > 0)
-            axes.plot(np.asarray(steps)[keep], values[keep], color=_colour(index), alpha=0.6, linewidth=0.8,
-                      label=f"{group['label']} ({len(runs)} runs)" if number == 0 else None)
     threshold = document["grad_norm_threshold"]
-    if threshold > 0:
-        axes.axhline(threshold, color="black", linestyle="--", linewidth=0.8, label=f"threshold {threshold:g}")
-    axes.set_yscale("log")
-    axes.set(xlabel="step", ylabel="pre-clip global L2 gradient norm", title="Gradient norm per logged step")
-    axes.legend(fontsize="small")
+    return _trace_figure(document, traces.grad_norms, threshold=threshold if threshold > 0 else None,
+                         ylabel="pre-clip global L2 gradient norm", title="Gradient norm per logged step")
+
+
+def plot_train_loss(document: Mapping[str, Any], traces: Any) -> Figure | str:
+    """Training loss per step, drawn like the gradient norm (no threshold: spikes are relative)."""
+    if not any(traces.train_losses.get(g["label"]) for g in _groups(document)):
+        return "no run logged a per-step training loss in metrics.csv"
+    names = sorted({n.replace("_val_", "_train_") for g in _groups(document) for n in g["val_loss_names"]})
+    return _trace_figure(document, traces.train_losses, threshold=None,
+                         ylabel=" / ".join(names) or "training loss", title="Training loss per step")
+
+
+# A logged value counts as a spike when it is this many times its run's rolling median (and above the
+# threshold when there is one): isolated jumps stand out, a trace that sits above the threshold does not.
+SPIKE_FACTOR = 3.0
+
+
+def _window(n_steps: int) -> int:
+    """Rolling window (odd, in logged steps): about 1/40 of the trace, so 2,000 steps give 51."""
+    return max(5, (n_steps // 40) | 1)
+
+
+def _rolling(values: np.ndarray, window: int, reduce: Callable[..., np.ndarray]) -> np.ndarray:
+    """Centred NaN-aware rolling ``reduce`` (np.nanmedian, np.nanmin, np.nanmax) over ``window`` points."""
+    half = window // 2
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(values, half, constant_values=np.nan), window)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows give NaN, which is what we want
+        return reduce(windows, axis=1)
+
+
+def spike_mask(values: np.ndarray, window: int, threshold: float | None) -> np.ndarray:
+    """Which values are spikes: above SPIKE_FACTOR × their rolling median and above ``threshold`` (if any)."""
+    with np.errstate(invalid="ignore"):
+        spike = values > SPIKE_FACTOR * _rolling(values, window, np.nanmedian)
+        if threshold is not None:
+            spike &= values > threshold
+    return spike
+
+
+def _aligned(runs: list[tuple[list[int], list[float]]], log_axis: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Every run on the union of their steps: (steps, runs × steps), NaN where a run has no finite value."""
+    steps = np.unique(np.concatenate([np.asarray(s, dtype=np.int64) for s, _ in runs]))
+    grid = np.full((len(runs), len(steps)), np.nan)
+    for row, (run_steps, values) in enumerate(runs):
+        grid[row, np.searchsorted(steps, np.asarray(run_steps, dtype=np.int64))] = values
+    grid[~np.isfinite(grid) | ((grid <= 0) if log_axis else False)] = np.nan
+    return steps, grid
+
+
+def _trace_figure(document: Mapping[str, Any], per_label: Mapping[str, list[tuple[list[int], list[float]]]], *,
+                  threshold: float | None, ylabel: str, title: str) -> Figure:
+    """One line per arm: the rolling median of the per-step median over its runs, a band from the
+    rolling min to the rolling max over its runs (narrower window: where the raw extremes are), every
+    spike of every run as a dot, and each failed run's failure step as its status marker along the top."""
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
+
+    groups = _groups(document)
+    all_values = [v for g in groups for _, values in per_label.get(g["label"]) or [] for v in values]
+    finite = np.asarray([v for v in all_values if math.isfinite(v)])
+    log_axis = finite.size > 0 and bool(finite.min() > 0)
+    figure = _figure(10.0, 4.8, left=0.09)
+    figure.subplots_adjust(right=0.73)  # the legend sits to the right of the traces, never over them
+    axes = figure.add_subplot()
+    top = blended_transform_factory(axes.transData, axes.transAxes)
+    handles: list[Any] = []
+    statuses: set[str] = set()
+    spikes_seen = False
+    for index, group in enumerate(groups):
+        colour = _colour(index)
+        runs = [r for r in per_label.get(group["label"]) or [] if len(r[0])]
+        if runs:
+            steps, grid = _aligned(runs, log_axis)
+            window = _window(len(steps))
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                middle, low, high = np.nanmedian(grid, axis=0), np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
+            line = _rolling(middle, window, np.nanmedian)
+            # The band's window is a quarter of the line's: a lone spike widens it by a sliver, not a block.
+            narrow = max(3, (window // 4) | 1)
+            axes.fill_between(steps, _rolling(low, narrow, np.nanmin), _rolling(high, narrow, np.nanmax),
+                              color=colour, alpha=0.18, linewidth=0)
+            axes.plot(steps, line, color=colour, linewidth=1.6)
+            for row in grid:
+                spike = spike_mask(row, window, threshold)
+                if spike.any():
+                    spikes_seen = True
+                    axes.scatter(steps[spike], row[spike], s=16, color=colour, edgecolors="black", linewidths=0.5,
+                                 zorder=3)
+        failures = [(run["failure"]["step"], run["status"]) for run in group["runs"]
+                    if run["status"] not in ("ok", "infeasible")
+                    and isinstance((run.get("failure") or {}).get("step"), (int, float))]
+        for step, status in failures:
+            statuses.add(status)
+            axes.axvline(step, color=colour, linestyle=":", linewidth=0.9, alpha=0.6)
+            marker = _STATUS_MARKERS.get(status, "o")
+            outline = {"linewidths": 1.5} if marker in ("x", "+") else {"edgecolors": "black", "linewidths": 0.6}
+            axes.scatter([step], [0.97], transform=top, marker=marker, s=55, color=colour, zorder=4, clip_on=False,
+                         **outline)
+        n_failed = len(failures)
+        label = f"{group['label']} ({len(runs)} runs" + (f", {n_failed} failed)" if n_failed else ")")
+        handles.append(Line2D([], [], color=colour, linewidth=1.6, label=label))
+    if threshold is not None:
+        axes.axhline(threshold, color="black", linestyle="--", linewidth=0.8)
+        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=0.8, label=f"threshold {threshold:g}"))
+    if spikes_seen:
+        rule = f"> {SPIKE_FACTOR:g}× median" + (", > threshold" if threshold is not None else "")
+        handles.append(Line2D([], [], marker="o", color="grey", markeredgecolor="black", linestyle="", markersize=4,
+                              label=f"spike ({rule})"))
+    for status in sorted(statuses):
+        handles.append(Line2D([], [], marker=_STATUS_MARKERS.get(status, "o"), color="grey", markeredgecolor="black",
+                              linestyle="", label=f"{status} (step)"))
+    if log_axis:
+        axes.set_yscale("log")
+    axes.set(xlabel="step", ylabel=ylabel,
+             title=f"{title}\nline: rolling median per arm; band: min–max over its runs")
+    axes.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return figure
 
 
@@ -269,6 +378,7 @@ def _hatched(col: int, row: int) -> Any:
 PLOTS: dict[str, Callable[[Mapping[str, Any], Any], Figure | str]] = {
     "val_loss.png": plot_val_loss,
     "grad_norm.png": plot_grad_norm,
+    "train_loss.png": plot_train_loss,
     "ssim.png": plot_ssim,
     "failure_times.png": plot_failure_times,
     "stress_map.png": plot_stress_map,

@@ -87,6 +87,7 @@ METRIC_NAMES = TRAINING_METRICS + EVAL_METRICS[:1] + DERIVED_METRICS + EVAL_METR
 
 GRAD_COLUMNS = ("grad_norm_preclip", "grad_norm_preclip_step")  # ours; Lightning's on_step+on_epoch name
 BLOCK_GRAD_PREFIX = "block_grad_norm/"
+TRAIN_LOSS_SUFFIX = "_train_loss"
 
 
 @dataclass
@@ -95,6 +96,7 @@ class Traces:
 
     val_losses: dict[str, list[list[float]]] = field(default_factory=dict)
     grad_norms: dict[str, list[tuple[list[int], list[float]]]] = field(default_factory=dict)
+    train_losses: dict[str, list[tuple[list[int], list[float]]]] = field(default_factory=dict)  # per logged step
 
 
 def _run_grad_norm(record: RunRecord, columns: dict[str, tuple[list[int], list[float]]] | None,
@@ -130,7 +132,15 @@ def _first_block(columns: dict[str, tuple[list[int], list[float]]] | None) -> di
 
 
 def _wanted_column(name: str) -> bool:
-    return name in GRAD_COLUMNS or name.startswith(BLOCK_GRAD_PREFIX)
+    return name in GRAD_COLUMNS or name.startswith(BLOCK_GRAD_PREFIX) or name.endswith(TRAIN_LOSS_SUFFIX)
+
+
+def _train_loss_trace(columns: dict[str, tuple[list[int], list[float]]] | None) -> tuple[list[int], list[float]] | None:
+    """The per-step training loss of a run (``mae_train_loss`` or ``poisson_train_loss``), if logged."""
+    for name, series in sorted((columns or {}).items()):
+        if name.endswith(TRAIN_LOSS_SUFFIX) and series[1]:
+            return series
+    return None
 
 
 def _metric_values(record: RunRecord) -> dict[str, tuple[float | None, float | None]]:
@@ -174,6 +184,7 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
     runs, series = [], {}
     traces.val_losses[label] = []
     traces.grad_norms[label] = []
+    traces.train_losses[label] = []
     for record in records:
         columns = read_metric_columns(record.metrics_csv, _wanted_column)
         if columns is None and record.metrics_csv.exists():
@@ -182,6 +193,9 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
         if trace is not None:
             series[str(record.dir)] = trace
             traces.grad_norms[label].append(trace)
+        loss_trace = _train_loss_trace(columns)
+        if loss_trace is not None:
+            traces.train_losses[label].append(loss_trace)
         training = record.result.get("training") or {}
         traces.val_losses[label].append([v if isinstance(v, (int, float)) else math.nan for v in training.get("val_losses") or []])
         failure = record.result.get("failure")
@@ -205,6 +219,7 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
     pooled["threshold"] = threshold
     pooled["runs_without_series"] = n - pooled["runs_with_series"]
     val_names = sorted({(r.result.get("training") or {}).get("val_loss_name") for r in records} - {None})
+    gridsizes = sorted({(r.result.get("data") or {}).get("gridsize") or 1 for r in records})
     return {
         "label": label,
         "arm": first.arm,
@@ -215,6 +230,7 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
         "arch": first.arch,
         "clip": first.clip,
         "val_loss_names": val_names,
+        "gridsizes": gridsizes,
         "noise_floor": quartiles((r.result.get("training") or {}).get("noise_floor") for r in records)["median"],
         "seeds": [r.seed for r in records],
         "n": n,
@@ -333,6 +349,12 @@ def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[
             warnings.append(f"arm {group['label']} mixes validation losses {group['val_loss_names']}: its loss medians are not comparable")
     if len({name for g in groups for name in g["val_loss_names"]}) > 1:
         warnings.append("arms use different validation losses: loss comparisons between them are not meaningful")
+    gridsizes = sorted({size for g in groups for size in g["gridsizes"]})
+    if len(gridsizes) > 1:
+        warnings.append(
+            f"runs at different gridsizes ({', '.join(map(str, gridsizes))}) are summarised together: their losses and "
+            "stitched regions differ (docs/gridsize.md), so compare each with its own constant baseline"
+        )
     if collection.outside_plan:
         warnings.append(
             f"{len(collection.outside_plan)} finished run(s) under a sweep dir are not in its sweep.json plan "
@@ -345,6 +367,7 @@ def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[
         "inputs": [str(p) for p in collection.inputs],
         "out_dir": None,
         "grad_norm_threshold": threshold,
+        "gridsizes": gridsizes,
         "runs": {"finished": len(collection.runs), "unfinished": [str(p) for p in collection.unfinished],
                  "outside_plan": [str(p) for p in collection.outside_plan]},
         "sweeps": [{k: v for k, v in sweep.items() if k != "planned"} for sweep in collection.sweeps],

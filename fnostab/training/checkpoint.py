@@ -1,7 +1,8 @@
 """Generator checkpoints: the weights plus what is needed to rebuild the generator.
 
 A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights_only=True`` (no
-pickled code runs on load): ``schema``, ``model`` (the ModelConfig as JSON), ``N``, ``state_dict``,
+pickled code runs on load): ``schema``, ``model`` (the ModelConfig as JSON), ``N``, ``gridsize``
+(C = gridsize² input and output channels; absent in older checkpoints, meaning 1), ``state_dict``,
 ``epoch`` and ``step``. ``fnostab probe-activations --run DIR`` and ``grad-gain`` read it.
 """
 
@@ -21,9 +22,11 @@ CHECKPOINT_SCHEMA = "fnostab.checkpoint/1"
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def save_checkpoint(path: Path, generator: torch.nn.Module, model: ModelConfig, N: int, *, epoch: int, step: int) -> None:
+def save_checkpoint(
+    path: Path, generator: torch.nn.Module, model: ModelConfig, N: int, *, epoch: int, step: int, gridsize: int = 1
+) -> None:
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
-    payload = {"schema": CHECKPOINT_SCHEMA, "model": model.model_dump(mode="json"), "N": N,
+    payload = {"schema": CHECKPOINT_SCHEMA, "model": model.model_dump(mode="json"), "N": N, "gridsize": gridsize,
                "state_dict": state, "epoch": epoch, "step": step}
     with atomic_path(path) as tmp:
         try:
@@ -58,13 +61,19 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
     return payload
 
 
+def checkpoint_gridsize(payload: dict[str, Any]) -> int:
+    """The gridsize a checkpoint was trained at (1 for checkpoints that predate gridsize)."""
+    return int(payload.get("gridsize", 1))
+
+
 def load_generator(path: Path | str, N: int | None = None) -> tuple[torch.nn.Module, ModelConfig]:
     """Rebuild the generator of a checkpoint and load its weights (for N, default the trained N)."""
     from fnostab.models import build_generator
 
     payload = read_checkpoint(path)
     model = ModelConfig(**payload["model"])
-    generator = build_generator(model.arch, **model.generator_kwargs(N or payload["N"]))
+    channels = checkpoint_gridsize(payload) ** 2
+    generator = build_generator(model.arch, **model.generator_kwargs(N or payload["N"], channels))
     try:
         generator.load_state_dict(payload["state_dict"])
     except RuntimeError as error:

@@ -17,7 +17,9 @@ import torch
 
 from fnostab.clipping import clip_gradients_, parse_clip_spec
 from fnostab.config import TrainConfig
-from fnostab.physics import physics_loss, predicted_amplitude, train_loss_name, val_loss_name
+from fnostab.groups import GroupGeometry
+from fnostab.physics import loss_denominator, physics_loss, predicted_amplitude, train_loss_name, val_loss_name
+from fnostab.training.distributed import all_reduce_sum
 from fnostab.training.failure import Failure, FailureDetector
 from fnostab.training.monitoring import BlockMonitor
 from fnostab.training.precursors import recorder_for
@@ -27,8 +29,13 @@ from fnostab.training.schedules import build_optimizer, build_scheduler
 class PtychoModule(pl.LightningModule):
     """Trains ``generator`` so that the far field of generator(diffraction)·probe matches the data."""
 
-    def __init__(self, generator: torch.nn.Module, probe: np.ndarray, config: TrainConfig) -> None:
+    def __init__(
+        self, generator: torch.nn.Module, probe: np.ndarray, config: TrainConfig, groups: GroupGeometry | None = None
+    ) -> None:
         super().__init__()
+        # At gridsize > 1 the C patches of a sample are reassembled into one object region before
+        # the far field is taken (docs/gridsize.md); None or gridsize 1: every patch on its own.
+        self.groups = groups if groups is not None and groups.gridsize > 1 else None
         self.automatic_optimization = False
         self.generator = generator
         self.register_buffer("probe", torch.from_numpy(np.asarray(probe, dtype=np.complex64)))
@@ -70,7 +77,7 @@ class PtychoModule(pl.LightningModule):
 
     def _loss(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obj = self.generator(patterns)
-        return physics_loss(self.config.loss, predicted_amplitude(obj, self.probe), patterns), obj
+        return physics_loss(self.config.loss, predicted_amplitude(obj, self.probe, self.groups), patterns), obj
 
     # ---------------------------------------------------------------------------------- training
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
@@ -80,8 +87,12 @@ class PtychoModule(pl.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         if monitored:
             self.monitor.attach()
+        batch, count = batch if isinstance(batch, (tuple, list)) else (batch, batch.shape[0])
         try:
             loss, _ = self._loss(batch)
+            reported, samples = loss.detach(), None
+            if self.trainer.world_size > 1:
+                loss, reported, samples = self._global_batch_loss(batch, count, loss)
             self.manual_backward(loss)
         finally:
             block_stats = self.monitor.detach() if monitored else {}
@@ -90,10 +101,11 @@ class PtychoModule(pl.LightningModule):
         logs_norms = self.config.log_grad_norm and step % self.config.grad_norm_log_freq == 0
         # The post-clip norm is another pass over every gradient: only on the steps that log it.
         pre, post = clip_gradients_(self.generator, self.clip_spec, post_norm=logs_norms and self.clipping)
-        values = torch.stack([loss.detach(), pre] + ([post] if post is not None else [])).double().tolist()
+        extra = [t for t in (post, samples) if t is not None]
+        values = torch.stack([reported.double(), pre.double()] + [t.double() for t in extra]).tolist()
         loss_value, pre_value, post_value = values[0], values[1], (values[2] if post is not None else None)
         self.steps_seen += 1
-        self.samples_seen += batch.shape[0]
+        self.samples_seen += count if samples is None else int(values[-1])
         self.grad_norms.append(pre_value)
 
         failure = self.detector.check_step(loss_value, pre_value, step=step, epoch=self.current_epoch)
@@ -110,13 +122,24 @@ class PtychoModule(pl.LightningModule):
         self._epoch_steps += 1
         self._log_step(loss_value, pre_value, post_value, logs_norms, step, block_stats)
 
+    def _global_batch_loss(
+        self, batch: torch.Tensor, count: int, loss: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Under DDP: this rank's loss weighted so that the gradient DDP averages over the K ranks is
+        the gradient of the global batch's loss (a ratio of batch means, see physics.loss_denominator);
+        the global batch's loss (detached, for the log and the detector); the global batch size."""
+        weight = loss_denominator(self.config.loss, batch).double() * count
+        totals = all_reduce_sum(torch.stack([weight, loss.detach().double() * weight, torch.full_like(weight, count)]))
+        share = (weight * self.trainer.world_size / totals[0]).to(loss.dtype)
+        return loss * share, totals[1] / totals[0], totals[2]
+
     def _write_row(self, metrics: dict[str, float], step: int) -> None:
         # Rows go straight to the logger (CSVLogger layout: one row per call, `epoch` and `step`
         # columns). Lightning's self.log would re-emit a step value on later steps until it is
         # logged again, which breaks "every N steps"; the values are host floats already, so this
-        # adds no device sync.
-        if self.logger is not None:
-            self.logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=step)
+        # adds no device sync. Every logger gets the same row (metrics.csv, TensorBoard, MLflow).
+        for logger in self.loggers:
+            logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=step)
 
     def _log_step(
         self, loss: float, pre: float, post: float | None, logs_norms: bool, step: int, block_stats: dict[str, float]
@@ -151,7 +174,7 @@ class PtychoModule(pl.LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
-        total_loss, total_std, count = self._val_sum.tolist()
+        total_loss, total_std, count = all_reduce_sum(self._val_sum).tolist()
         val_loss = total_loss / count if count else math.nan
         relative_std = total_std / count if count else math.nan
         if self.trainer.sanity_checking:

@@ -36,8 +36,10 @@ from fnostab.devices import resolve_device_name
 from fnostab.errors import InputError, Terminated
 from fnostab.io import atomic_path, write_json_atomic, write_text_atomic
 from fnostab.physics import val_loss_name
+from fnostab.training import distributed
 from fnostab.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from fnostab.training.failure import Failure
+from fnostab.training.loggers import LoggingOptions, build_loggers, record_status
 from fnostab.training.result import (
     CONFIG_NAME,
     METRICS_NAME,
@@ -72,6 +74,10 @@ class PreparedRun:
     def N(self) -> int:
         return self.train.N
 
+    @property
+    def channels(self) -> int:
+        return self.train.channels
+
 
 def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
     """The run's data: its two NPZ files, or the preset's simulated data set (cached)."""
@@ -82,28 +88,50 @@ def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
     return load_cached_pair(config.data.simulation)
 
 
-def plan_run(config: RunConfig, N: int) -> Any:
-    """The memory plan of one training step of ``config`` at N: its model, batch and optimizer."""
+def config_gridsize(config: RunConfig) -> int | None:
+    """The gridsize ``config`` asks for (``data.gridsize``, else its simulation's), None when the files decide."""
+    if config.data.gridsize is not None:
+        return config.data.gridsize
+    return config.data.simulation.gridsize if config.data.simulation is not None else None
+
+
+def plan_run(config: RunConfig, N: int, channels: int | None = None) -> Any:
+    """The memory plan of one training step of ``config`` at N with C = ``channels`` patterns per
+    sample (default: gridsize² of the config's data) on one device: its model, its part of the batch
+    (the global batch split over ``devices`` processes) and optimizer."""
     from fnostab.models import plan
 
+    if channels is None:
+        channels = (config_gridsize(config) or 1) ** 2
     train = config.train
-    return plan(config.model.arch, batch_size=train.batch_size, optimizer=train.optimizer,
-                weight_decay=train.weight_decay, momentum=train.momentum, **config.model.generator_kwargs(N))
+    return plan(config.model.arch, batch_size=math.ceil(train.batch_size / train.devices), optimizer=train.optimizer,
+                weight_decay=train.weight_decay, momentum=train.momentum, **config.model.generator_kwargs(N, channels))
+
+
+def check_gridsize(config: RunConfig, train: PtychoSplit) -> None:
+    """InputError when the data do not have the gridsize the run asks for (``--gridsize``)."""
+    wanted = config_gridsize(config)
+    if wanted is not None and wanted != train.gridsize:
+        raise InputError(
+            f"gridsize mismatch: the run asks for gridsize {wanted}, {train.path} holds gridsize {train.gridsize} "
+            f"({train.channels} channel(s) per sample); simulate the data with --gridsize {wanted} or drop --gridsize"
+        )
 
 
 def prepare_run(config: RunConfig, data: tuple[PtychoSplit, PtychoSplit] | None = None) -> PreparedRun:
     """Validate everything a run needs; raises InputError (nothing written) on bad input."""
+    from fnostab.training.data import validation_subset
+
     train, test = data if data is not None else load_data(config)
-    if config.train.devices > 1:
-        raise InputError(
-            f"invalid --devices: {config.train.devices} devices per run is not supported; run several "
-            "runs in parallel instead (fnostab shootout --jobs K, or --executor ray)"
-        )
-    model_plan = plan_run(config, train.N)
+    check_gridsize(config, train)
+    accelerator = resolve_device_name(config.train.accelerator, "--accelerator")
+    n_val = len(validation_subset(test.n, config.train.val_patches))
+    distributed.check_devices(config.train.devices, accelerator, n_val)
+    model_plan = plan_run(config, train.N, train.channels)
     if model_plan.geometry_error:
         raise InputError(f"invalid model for N={train.N}: {model_plan.geometry_error}")
     check_evaluable(test)
-    return PreparedRun(config, train, test, model_plan, resolve_device_name(config.train.accelerator, "--accelerator"))
+    return PreparedRun(config, train, test, model_plan, accelerator)
 
 
 def check_evaluable(test: PtychoSplit) -> None:
@@ -152,13 +180,24 @@ def _is_oom(error: BaseException) -> bool:
 
 
 def _predict(generator: torch.nn.Module, diffraction: np.ndarray, device: torch.device) -> np.ndarray:
+    """(n, C, N, N) patterns → (n, C, N, N) complex64 predicted patches."""
     generator.eval()
     parts = []
     with torch.no_grad():
         for start in range(0, diffraction.shape[0], INFERENCE_BATCH):
-            batch = torch.from_numpy(diffraction[start : start + INFERENCE_BATCH]).unsqueeze(1).to(device)
-            parts.append(generator(batch)[:, 0].cpu().numpy())
+            batch = torch.from_numpy(diffraction[start : start + INFERENCE_BATCH]).to(device)
+            parts.append(generator(batch).cpu().numpy())
     return np.concatenate(parts).astype(np.complex64)
+
+
+def predicted_windows(generator: torch.nn.Module, test: PtychoSplit, device: torch.device) -> np.ndarray:
+    """One complex (M, M) object window per test sample, centred on its ``coords_offsets``: the
+    patch itself at gridsize 1, the group's C patches reassembled (overlaps averaged, as the
+    forward model does) at gridsize > 1 (docs/gridsize.md#evaluation)."""
+    prediction = _predict(generator, test.diffraction, device)
+    if test.gridsize == 1:
+        return prediction[:, 0]
+    return test.groups.reassemble_np(prediction).astype(np.complex64)
 
 
 def evaluate_run(generator: torch.nn.Module, test: PtychoSplit, device: torch.device, run_dir: Path | None) -> tuple[dict | None, str | None]:
@@ -173,10 +212,11 @@ def evaluate_run(generator: torch.nn.Module, test: PtychoSplit, device: torch.de
         return None, f"{test.path} lacks {', '.join(missing)}: no stitched metrics"
     if not all(torch.isfinite(p).all() for p in generator.parameters()):
         return None, "the weights are not finite: no stitched metrics"
+    window = test.groups.window  # N at gridsize 1
     truth = test.ground_truth
     if truth is None:
-        truth = ground_truth_region(test.full_objects, test.centres, test.N, stride)
-    prediction = _predict(generator, test.diffraction, device)
+        truth = ground_truth_region(test.full_objects, test.centres, window, stride)
+    prediction = predicted_windows(generator, test, device)
     metrics = evaluate_reconstruction(
         prediction, centres=test.centres, stride=stride, ground_truth=truth, norm_Y_I=test.norm_Y_I, n_images=test.n_images
     )
@@ -199,23 +239,29 @@ def _progress_callback(advance: Callable[[int], None]) -> Any:
 
 
 def _fit(
-    module: Any, prepared: PreparedRun, log_dir: Path, advance: Callable[[int], None] | None = None
+    module: Any, prepared: PreparedRun, log_dir: Path, advance: Callable[[int], None] | None = None,
+    loggers: list[Any] | None = None,
 ) -> BaseException | None:
-    """Run Lightning's fit; returns the exception that ended it abnormally (never KeyboardInterrupt)."""
+    """Run Lightning's fit; returns the exception that ended it abnormally (never KeyboardInterrupt).
+
+    ``loggers`` come after the CSVLogger of ``log_dir`` (which metrics.csv is copied from)."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from fnostab.training.data import eval_loader, train_loader, validation_subset
+    from fnostab.training.data import eval_loader, rank_part, train_loader, validation_subset
 
     config = prepared.config.train
-    val_idx = validation_subset(prepared.test.n, config.val_patches)
+    rank, world = (distributed.global_rank(), config.devices) if config.devices > 1 else (0, 1)
+    val_idx = rank_part(validation_subset(prepared.test.n, config.val_patches), rank, world)
     trainer = pl.Trainer(
         accelerator=prepared.accelerator,
-        devices=1,
+        devices=config.devices,
+        strategy=distributed.strategy(config.devices),
+        use_distributed_sampler=False,  # each rank takes its own part of the seeded global batches
         precision="32-true" if config.precision == "32" else "bf16-mixed",
         max_epochs=config.epochs,
-        logger=CSVLogger(save_dir=log_dir, name="", version=""),
+        logger=[CSVLogger(save_dir=log_dir, name="", version=""), *(loggers or [])],
         log_every_n_steps=1,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -226,7 +272,7 @@ def _fit(
         callbacks=[_progress_callback(advance)] if advance is not None else [],
     )
     loaders = (
-        train_loader(prepared.train.diffraction, config.batch_size, config.seed),
+        train_loader(prepared.train.diffraction, config.batch_size, config.seed, rank, world),
         eval_loader(prepared.test.diffraction[val_idx], max(config.batch_size, 64)),
     )
     previous_sigint = signal.getsignal(signal.SIGINT)
@@ -267,7 +313,7 @@ def _write_outputs(
             shutil.copyfile(csv, tmp)
     generator.cpu()
     save_checkpoint(run_dir / CHECKPOINT_NAME, generator, prepared.config.model, prepared.N,
-                    epoch=module.current_epoch, step=module.steps_seen)
+                    epoch=module.current_epoch, step=module.steps_seen, gridsize=prepared.train.gridsize)
     if failure is not None and failure.status not in ("diverged", "collapsed"):
         return None, f"not evaluated: status {failure.status}"
     device = torch.device("cuda" if prepared.accelerator == "cuda" else "cpu")
@@ -291,12 +337,18 @@ def run_training(
     output: Any = None,
     extra: dict[str, Any] | None = None,
     generator: torch.nn.Module | None = None,
+    logging: LoggingOptions | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and write ``run_dir``; returns the result document (also in result.json).
 
-    ``generator`` replaces the one the config describes (any module mapping (B, 1, N, N)
-    patterns to a complex (B, 1, N, N) object); it is built from the config by default.
+    ``generator`` replaces the one the config describes (any module mapping (B, C, N, N)
+    patterns to complex (B, C, N, N) object patches, C = gridsize²); it is built from the config by default.
+    ``logging`` adds TensorBoard / MLflow loggers to metrics.csv. With ``devices`` > 1 the run is
+    launched on that many processes (:mod:`fnostab.training.distributed`); rank 0 writes ``run_dir``.
     """
+    if prepared.config.train.devices > 1 and not distributed.launched():
+        _log(output, f"launching {prepared.config.train.devices} processes (DDP) ...")
+        return distributed.launch(prepared, run_dir, extra=extra, generator=generator, logging=logging)
     import lightning.pytorch as pl
 
     from fnostab.models import build_generator, channels_last_convs
@@ -306,20 +358,25 @@ def run_training(
     _quiet_lightning()
     config = prepared.config
     started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / CONFIG_NAME, config.to_json_dict())
+    writer = config.train.devices == 1 or distributed.is_rank_zero()  # rank 0 alone writes the run dir
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / CONFIG_NAME, config.to_json_dict())
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
 
     pl.seed_everything(config.train.seed, verbose=False)
     if generator is None:
-        generator = build_generator(config.model.arch, **config.model.generator_kwargs(prepared.N))
+        generator = build_generator(config.model.arch, **config.model.generator_kwargs(prepared.N, prepared.channels))
         if prepared.accelerator == "cpu":
             channels_last_convs(generator)
-    module = PtychoModule(generator, prepared.train.probe, config.train)
+    module = PtychoModule(generator, prepared.train.probe, config.train, prepared.train.groups)
     if module.precursors is not None:
         module.precursors.out_dir = run_dir
     log_dir = run_dir / ".logs"
+    sweep = (extra or {}).get("sweep")
+    loggers = build_loggers(logging, run_dir, {**config.to_json_dict(), **({"sweep": sweep} if sweep else {})},
+                            writer=writer)
     _log(output, f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...")
 
     train_started = time.perf_counter()
@@ -327,13 +384,15 @@ def run_training(
         if output is not None and output.show_progress:
             total = config.train.epochs * math.ceil(prepared.train.n / config.train.batch_size)
             with output.progress("training steps", total) as advance:
-                error = _fit(module, prepared, log_dir, advance)
+                error = _fit(module, prepared, log_dir, advance, loggers)
         else:
-            error = _fit(module, prepared, log_dir)
+            error = _fit(module, prepared, log_dir, loggers=loggers)
     except BaseException:
         shutil.rmtree(log_dir, ignore_errors=True)  # interrupted: leave config.json alone, as Ctrl-C always did
         raise
     train_s = time.perf_counter() - train_started
+    if not writer:
+        return distributed.finish_other_rank(error)
 
     failure: Failure | None = module.failure
     if error is not None:
@@ -363,6 +422,7 @@ def run_training(
         "model": {"arch": config.model.arch, "params": prepared.plan.params, "params_real": prepared.plan.params_real,
                   "config": config.model.model_dump(mode="json")},
         "data": {"train": str(prepared.train.path), "test": str(prepared.test.path), "N": prepared.N,
+                 "gridsize": prepared.train.gridsize, "channels": prepared.channels, "offset": prepared.train.groups.offset,
                  "n_train": prepared.train.n, "n_val": len(validation_subset(prepared.test.n, config.train.val_patches)),
                  "n_test": prepared.test.n},
         "training": {
@@ -390,12 +450,16 @@ def run_training(
             "samples_per_s": (module.samples_seen / train_s) if train_s > 0 else None,
         },
         "device": {"accelerator": prepared.accelerator, "threads": torch.get_num_threads(),
+                   "devices": config.train.devices,
                    "name": torch.cuda.get_device_name() if prepared.accelerator == "cuda" else "cpu"},
         "versions": versions(),
         "created": now_iso(),
     }
     if extra:
         result.update(extra)
+    logger_note = record_status(loggers, result["status"])
+    if logger_note:
+        _log(output, f"warning: {logger_note}")
     write_json_atomic(run_dir / RESULT_NAME, result)
     return result
 
@@ -422,7 +486,7 @@ def record_bare_result(
         "seed": config.train.seed,
         "model": {"arch": config.model.arch, "params": (plan or {}).get("params"),
                   "params_real": (plan or {}).get("params_real"), "config": config.model.model_dump(mode="json")},
-        "data": {"train": str(config.data.train), "test": str(config.data.test)},
+        "data": {"train": str(config.data.train), "test": str(config.data.test), "gridsize": config_gridsize(config)},
         "training": {"config": config.train.model_dump(mode="json"), "epochs_requested": config.train.epochs,
                      "epochs_completed": 0, "steps": 0, "val_loss_name": val_loss_name(config.train.loss), "val_losses": [], "train_losses": [],
                      "best_val_loss": None, "best_epoch": None, "final_val_loss": None, "final_train_loss": None,
