@@ -146,7 +146,7 @@ class TrainConfig(_Model):
     plateau_patience: int = Field(2, ge=0)
     loss: Literal["mae", "poisson"] = "mae"
     clip: str = Field("none", description="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ")
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # Lightning's seed_everything (numpy) rejects larger seeds
     accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["32", "bf16-mixed"] = "32"
     devices: int = Field(1, ge=1, description="processes of one run (DDP when more than 1)")
@@ -163,7 +163,8 @@ class TrainConfig(_Model):
     batch_sharpness_every: int = Field(0, ge=0, description="batch sharpness alone (one Hessian-vector product) every N steps (0: off)")
     precursor_window: int = Field(100, ge=2, description="steps of every signal kept before a spike or failure")
     val_patches: int | None = Field(None, ge=1, description="fixed validation subset (None: all)")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
+    # torch.set_num_threads overflows past a C int, and a pool of 100 000 threads crashes torch at exit.
+    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (None: torch default)")
 
     @field_validator("lr", "weight_decay", "blowup_factor")
     @classmethod

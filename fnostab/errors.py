@@ -18,3 +18,11 @@ class InputError(FnostabError, ValueError):
 
 class ConfigError(InputError):
     """A configuration that cannot be built (for example a model geometry that does not fit N)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a scheduler, a CI cancel, ``kill``): stop as on Ctrl-C, but exit 143.
+
+    A KeyboardInterrupt subclass so that every ``except KeyboardInterrupt`` cleanup (Lightning's
+    included) runs for it exactly as for Ctrl-C.
+    """

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -54,18 +57,67 @@ class CliResult:
     stderr: str
 
 
+# Process groups of the CLI processes the current test started; the reaper below kills what is left.
+_started_groups: list[int] = []
+
+
+def _default_sigint() -> None:
+    # A child of a pytest started with SIGINT ignored (`cmd &` in a script, some CI runners) would
+    # inherit the ignore and sit out a test's Ctrl-C: give it the disposition of an interactive shell.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def spawn_cli(*args: str | Path, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    """Start ``python -m fnostab ARGS`` in its own process group, with the default SIGINT; the
+    autouse reaper kills the group (pool workers included) when the test ends, passed or not."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    popen.setdefault("cwd", REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "fnostab", *map(str, args)], env=full_env,
+                            start_new_session=True, preexec_fn=_default_sigint, **popen)
+    _started_groups.append(proc.pid)
+    return proc
+
+
 def run_cli(*args: str | Path, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
     """Run ``python -m fnostab ARGS`` in a subprocess, as a user would."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "fnostab", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env=full_env,
-    )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    proc = spawn_cli(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        proc.communicate()
+        raise
+    return CliResult(proc.returncode, stdout, stderr)
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the processes of group ``pgid`` that are still running (zombies do not count)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        state, _ppid, group = text[text.rindex(")") + 2 :].split()[:3]
+        if int(group) == pgid and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _reap_cli_processes() -> Iterator[None]:
+    """No test leaves a process behind, also when it fails or times out: every group a test started
+    through spawn_cli / run_cli is killed when it ends."""
+    yield
+    while _started_groups:
+        _kill_group(_started_groups.pop())
 
 
 def assert_clean_usage_error(result: CliResult, *fragments: str) -> None:

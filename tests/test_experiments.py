@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_clean_usage_error, run_cli
+from conftest import assert_clean_usage_error, live_group_members, run_cli, spawn_cli
 from fnostab.errors import InputError
 from fnostab.experiments.arms import DEFAULT_ARMS, parse_arm, resolve_arms
 from fnostab.experiments.store import stress_run_dir
@@ -108,8 +108,7 @@ def test_resume_after_sigkill_keeps_finished_runs_and_completes_the_rest(smoke_d
     sweep = tmp_path / "sweep"
     args = ["shootout", *map(str, smoke_data), "--preset", "smoke", *SMOKE_ARMS, "--seeds", "2", "--epochs", "2",
             "--out", str(sweep), "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "fnostab", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = spawn_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not list(sweep.glob("runs/**/result.json")):
         assert proc.poll() is None, "the shootout ended before it could be killed"
@@ -129,21 +128,29 @@ def test_resume_after_sigkill_keeps_finished_runs_and_completes_the_rest(smoke_d
     assert not list(sweep.rglob(".*.tmp"))
 
 
-def test_a_second_shootout_on_the_same_dir_is_refused(smoke_data, tmp_path) -> None:
+def test_a_second_shootout_on_a_busy_dir_is_refused_and_sigterm_stops_the_first_with_its_workers(
+    smoke_data, tmp_path
+) -> None:
     sweep = tmp_path / "sweep"
-    args = ["shootout", *map(str, smoke_data), "--preset", "smoke", "--arm", "a", "--seeds", "3", "--epochs", "2",
-            "--out", str(sweep), "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "fnostab", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not (sweep / "sweep.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        assert_clean_usage_error(run_cli(*args), "in use by another fnostab process", f"pid {proc.pid}")
-    finally:
-        proc.kill()
-        proc.wait()
+    args = ["shootout", *map(str, smoke_data), "--preset", "smoke", "--arm", "a", "--seeds", "4", "--epochs", "20",
+            "--jobs", "2", "--out", str(sweep), "--quiet"]
+    proc = spawn_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(sweep.glob("runs/a/seed-*/config.json")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    assert_clean_usage_error(run_cli(*args), "in use by another fnostab process", f"pid {proc.pid}")
+
+    assert len(live_group_members(proc.pid)) >= 3  # the parent and its two workers (and the resource tracker)
+    proc.send_signal(signal.SIGTERM)  # the parent only, as a scheduler or `kill` would
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    deadline = time.monotonic() + 10
+    while live_group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert live_group_members(proc.pid) == []  # no worker outlives the command (they used to run on, orphaned)
+    assert not list(sweep.glob("runs/**/result.json"))  # the stopped runs restart on resume
 
 
 def test_ray_executor_gives_the_same_results_as_local(smoke_data, smoke_shootout, tmp_path) -> None:
@@ -239,8 +246,7 @@ def test_interrupting_a_parallel_shootout_exits_130_and_the_rerun_completes(smok
     sweep = tmp_path / "sweep"
     args = ["shootout", *map(str, smoke_data), "--preset", "smoke", "--arm", "a", "--seeds", "4", "--epochs", "3",
             "--jobs", "2", "--out", str(sweep), "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "fnostab", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = spawn_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(sweep.glob("runs/a/seed-*/config.json")):
         assert proc.poll() is None and time.monotonic() < deadline

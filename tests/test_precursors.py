@@ -273,7 +273,10 @@ def test_a_collapse_is_explained_from_its_first_spike_and_names_blocks_whose_gra
     run_dir = tmp_path / "collapsed"
     run_dir.mkdir()
     failure = {"status": "collapsed", "reason": "constant-amplitude output", "step": 59, "epoch": 0}
-    (run_dir / "result.json").write_text(json.dumps({"schema": "fnostab.result/1", "status": "collapsed", "failure": failure}))
+    from test_report import make_result  # a whole fnostab.result/1 document: read_result checks the schema
+
+    document = {**make_result("control", 0, status="collapsed", step=59, epoch=0), "failure": failure}
+    (run_dir / "result.json").write_text(json.dumps(document))
     encoder = [0.1, 0.11, 0.09, 5.0, 3.0, 0.2] + [0.0] * 54
     head = [1.0 + 0.05 * (i % 3) for i in range(60)]
     head_v = [1e-3] * 30 + [5e-9] * 30  # Adam's second moment of the head falls below 10 ε at step 30

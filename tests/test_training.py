@@ -7,7 +7,6 @@ import json
 import math
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import run_cli, spawn_cli
 from fnostab.config import DataSource, ModelConfig, RunConfig, TrainConfig
 from fnostab.models import build_generator
 from fnostab.physics import physics_loss, predicted_amplitude
@@ -315,6 +314,7 @@ def test_force_replaces_a_run_only_once_the_new_one_is_written(smoke_data, tmp_p
     out = tmp_path / "run"
     first = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--seed", "1", "--out", out, "--json")
     assert first.returncode == 0, first.stderr
+    fresh_mode = out.stat().st_mode & 0o7777
     refused = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--out", out)
     assert refused.returncode == 2 and "--force" in refused.stderr
     second = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--seed", "2", "--out", out,
@@ -323,12 +323,18 @@ def test_force_replaces_a_run_only_once_the_new_one_is_written(smoke_data, tmp_p
     assert json.loads((out / "config.json").read_text())["train"]["seed"] == 2
     assert json.loads((out / "result.json").read_text())["training"] == json.loads(second.stdout)["training"]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging or retired dir left beside it
+    assert out.stat().st_mode & 0o7777 == fresh_mode  # not the 0700 of a temp dir
 
 
 def test_ctrl_c_exits_130_and_leaves_no_result_or_temp_file(tmp_path) -> None:
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "fnostab", "train", "--preset", "smoke", "--epochs", "200",
-                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As when pytest itself runs with SIGINT ignored (`make test &` in a script): the child must not inherit that.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = spawn_cli("train", "--preset", "smoke", "--epochs", "200", "--out", out, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 120
     while not (out / "config.json").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""

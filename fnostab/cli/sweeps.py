@@ -27,7 +27,8 @@ EXEC_PANEL = "Execution"
 TRAIN_ARG = typer.Argument(None, metavar="[TRAIN.npz]", help="Train split shared by all runs (default: the preset's simulated data, cached).")
 TEST_ARG = typer.Argument(None, metavar="[TEST.npz]", help="Test split shared by all runs.")
 ARM_OPTION = typer.Option(None, "--arm", help="NAME:key=val,... (repeatable); keys are model and training options, e.g. control:arch=hybrid,clip=none.", rich_help_panel=SWEEP_PANEL)
-ARMS_FILE_OPTION = typer.Option(None, "--arms-file", help="TOML file with [arms.NAME] tables.", rich_help_panel=SWEEP_PANEL)
+# The backslash keeps rich from reading [arms.NAME] as markup (it printed "TOML file with  tables.").
+ARMS_FILE_OPTION = typer.Option(None, "--arms-file", help="TOML file with \\[arms.NAME] tables.", rich_help_panel=SWEEP_PANEL)
 SEEDS_OPTION = typer.Option(None, "--seeds", help="Seeds 0..N-1 per arm (default 3).", rich_help_panel=SWEEP_PANEL)
 SEED_LIST_OPTION = typer.Option(None, "--seed-list", help="Explicit seeds, e.g. 3,7,11.", rich_help_panel=SWEEP_PANEL)
 JOBS_OPTION = typer.Option(1, "--jobs", "-j", help="Runs at once on this machine (CPU threads are split between them).", rich_help_panel=EXEC_PANEL)
@@ -95,7 +96,7 @@ def shootout_command(
     seed_values = resolve_seeds(seeds, parse_number_list(seed_list, "--seed-list", kind=int, positive=False) if seed_list else None)
     overrides = _overrides(epochs=epochs, batch_size=batch_size, fno_blocks=fno_blocks, val_patches=val_patches,
                            monitor_every=monitor_every, accelerator=accelerator)
-    _check_out(out)
+    _check_out(out, "shootout")
     logging = _logging(logger, mlflow_uri, out)
     data, size = shared_data(train_npz, test_npz, preset, gridsize)
     lr_values = parse_number_list(lrs, "--lrs") if lrs else None
@@ -115,9 +116,19 @@ def _logging(logger: list[str] | None, mlflow_uri: str | None, out: Path) -> Any
     return parse_logging(logger, mlflow_uri, out, experiment=out.resolve().name)
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, kind: str) -> None:
+    """``out`` is new, empty, or a sweep dir of this ``kind`` (resuming); never another kind's
+    sweep, which the runs of this one would silently turn into a mixture of both."""
+    from fnostab.experiments.store import LOCK_NAME, SWEEP_NAME, read_sweep_plan
+
     check_out_dir(out)
-    if out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").exists() and not (out / ".lock").exists():
+    plan = out / SWEEP_NAME
+    if plan.exists():
+        found = read_sweep_plan(plan)["kind"]
+        if found != kind:
+            raise InputError(f"{out}: --out holds a finished or running {found} sweep (its {SWEEP_NAME}), not a "
+                             f"{kind} sweep; choose another --out")
+    elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise InputError(f"{out}: --out is a non-empty directory that is not a sweep dir; choose another")
 
 
@@ -203,7 +214,7 @@ def stress_command(
     if N is not None:
         raise InputError("--N only applies to --plan-only; a sweep uses the data's N")
     assert out is not None
-    _check_out(out)
+    _check_out(out, "stress")
     logging = _logging(logger, mlflow_uri, out)
     data, size = shared_data(train_npz, test_npz, preset, gridsize)
     specs, infeasible = plan_stress(arms, seed_values, depth_values, lr_values, preset, data, overrides, size, limit)

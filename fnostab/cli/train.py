@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -35,7 +34,7 @@ from fnostab.config import (
     preset_values,
 )
 from fnostab.errors import InputError
-from fnostab.io import check_out_dir
+from fnostab.io import DirectoryLock, check_out_dir, make_temp_dir
 
 MODEL_PANEL = "Model"
 TRAIN_PANEL = "Optimisation"
@@ -132,7 +131,7 @@ def _prepare_out(out: Path | None, config: RunConfig, force: bool) -> tuple[Path
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"train-{stamp}-{config.model.arch}-s{config.train.seed}"
     check_out_dir(out)
-    replacing = out.is_dir() and any(out.iterdir())
+    replacing = out.is_dir() and any(p.name != DirectoryLock.NAME for p in out.iterdir())
     if replacing:
         if not _is_run_dir(out):
             raise InputError(f"{out}: --out is a non-empty directory that is not an fnostab run dir; choose another")
@@ -146,7 +145,7 @@ def _train_replacing(prepared: Any, run_dir: Path, output: Output, logging: Any)
     so an interrupted ``--force`` rerun leaves the old run as it was."""
     from fnostab.training.runner import run_training
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".partial", dir=run_dir.parent))
+    staging = make_temp_dir(run_dir.parent, f".{run_dir.name}", ".partial")
     try:
         result = run_training(prepared, staging, output=output, logging=logging)
         retired = staging.with_suffix(".old")
@@ -237,14 +236,24 @@ def train_command(
     from fnostab.training.runner import prepare_run, run_training
 
     logging = parse_logging(logger, mlflow_uri, experiment="fnostab-train")
-    run_dir, replacing = _prepare_out(out, config, force)
+    run_dir, _ = _prepare_out(out, config, force)
     if config.data.train is None:
         output.log(f"no data given: using the {preset} preset's simulated data set (cached)")
     prepared = prepare_run(config)
-    if replacing:
-        result = _train_replacing(prepared, run_dir, output, logging)
-    else:
-        result = run_training(prepared, run_dir, output=output, logging=logging)
+    created = not run_dir.exists()
+    # Two commands training into one dir would mix their files: the second is refused, as for a
+    # sweep. The checks are repeated under the lock: a run may have finished there since.
+    with DirectoryLock(run_dir):
+        try:
+            _, replacing = _prepare_out(run_dir, config, force)
+        except InputError:
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)  # ours, holding only the lock: leave nothing
+            raise
+        if replacing:
+            result = _train_replacing(prepared, run_dir, output, logging)
+        else:
+            result = run_training(prepared, run_dir, output=output, logging=logging)
     output.result(format_result(result, run_dir), {"run_dir": str(run_dir), **result})
     if result["status"] != "ok":
         raise typer.Exit(EXIT_FAILED)

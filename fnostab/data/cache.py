@@ -16,16 +16,27 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from fnostab.config import SimulationConfig
+from fnostab.errors import InputError
+from fnostab.io import make_temp_dir
 from fnostab.data.simulate import FORMAT_VERSION, simulate, write_dataset
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("FNOSTAB_CACHE") or Path.home() / ".cache" / "fnostab")
+
+
+def _unusable_cache(root: Path, error: OSError) -> InputError:
+    """The cache cannot hold a new entry: name the variable that moves it (exit 2, not a traceback)."""
+    source = "FNOSTAB_CACHE" if os.environ.get("FNOSTAB_CACHE") else "the default under HOME (~/.cache/fnostab)"
+    return InputError(
+        f"cannot use the data cache at {root} ({source}): {error.strerror or error}; set FNOSTAB_CACHE to a "
+        "writable directory"
+    )
 
 
 def dataset_key(config: SimulationConfig) -> str:
@@ -60,8 +71,11 @@ def cached_dataset(config: SimulationConfig) -> tuple[Path, Path]:
     train, test = entry / "train.npz", entry / "test.npz"
     if _complete(entry):
         return train, test
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = make_temp_dir(entry.parent, f".{entry.name}", "")
+    except OSError as error:
+        raise _unusable_cache(cache_root(), error) from None
     try:
         write_dataset(*simulate(config), staging)
         (staging / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
@@ -79,3 +93,16 @@ def cached_dataset(config: SimulationConfig) -> tuple[Path, Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return train, test
+
+
+def load_cached_pair(config: SimulationConfig) -> tuple[Any, Any]:
+    """The data set of ``config`` loaded and fully checked; an entry that fails the check (a file
+    damaged after the cheap completeness test passed) is derivable, so it is rebuilt once."""
+    from fnostab.data.npz import load_pair
+
+    train, test = cached_dataset(config)
+    try:
+        return load_pair(train, test)
+    except InputError:
+        _discard(train.parent)
+        return load_pair(*cached_dataset(config))

@@ -213,6 +213,7 @@ def write_dataset(train: SimulatedSplit, test: SimulatedSplit, out_dir: Path) ->
     rewrite that loaders reject as a missing file), never a new train beside an old test, whose
     intensity scale and objects would not match.
     """
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     train_path, test_path = out_dir / "train.npz", out_dir / "test.npz"
     staging = Path(tempfile.mkdtemp(prefix=".simulate.", suffix=".tmp", dir=out_dir))
@@ -225,6 +226,11 @@ def write_dataset(train: SimulatedSplit, test: SimulatedSplit, out_dir: Path) ->
         os.replace(staging / "train.npz", train_path)
         os.replace(staging / "test.npz", test_path)
         fsync_directory(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed write (a full disk) leaves no empty dir that looks like an output
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return train_path, test_path

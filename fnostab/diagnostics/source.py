@@ -129,6 +129,10 @@ def resolve_model_source(
                 f"{flag} gives a trained model, so {', '.join(conflicting)} cannot apply: drop "
                 f"{'them' if len(conflicting) > 1 else 'it'}, or drop {flag} to probe a freshly initialised generator"
             )
+        if checkpoint.is_dir():
+            raise InputError(
+                f"{checkpoint}: --checkpoint expects a checkpoint file, found a directory (a run dir goes to --run)"
+            )
         if not checkpoint.is_file():
             raise InputError(f"{checkpoint}: checkpoint not found")
         return ModelSource(checkpoint=checkpoint)

@@ -91,6 +91,10 @@ def load_arms_file(path: Path) -> list[Arm]:
         document = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: arms file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: --arms-file expects a TOML file, found a directory") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read the arms file ({error.strerror or error})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: not valid TOML ({error})") from None
     tables = document.get("arms")

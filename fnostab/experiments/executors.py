@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -21,6 +22,7 @@ from typing import Any
 
 from fnostab.errors import InputError
 from fnostab.experiments.store import RunSpec
+from fnostab.interrupts import exit_on_sigterm
 
 Outcome = dict[str, Any]
 _DATA_CACHE: dict[tuple[str, str], Any] = {}
@@ -111,7 +113,9 @@ def _pool_pass(
     """Run ``queue`` (consumed) with at most ``jobs`` runs in flight; on a dead worker, return the
     runs that were in flight with the exit code of the dead process, leaving the rest queued."""
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+    # Workers die at once on SIGTERM, so stopping them below ends their run without a result.json
+    # (it restarts on resume) instead of Lightning finishing it behind our back.
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=exit_on_sigterm)
     in_flight: dict[Future, RunSpec] = {}
     processes: dict[int, multiprocessing.Process] = {}
     try:
@@ -130,14 +134,26 @@ def _pool_pass(
                 yield outcome
         return []
     except BaseException:
-        # Ctrl-C (or an error) in the parent: stop the workers now instead of waiting for their
-        # current runs, which are unfinished and restart on resume. ProcessPoolExecutor has no public
-        # way to terminate its workers before Python 3.14.
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()
+        # Ctrl-C, SIGTERM (or an error) in the parent: stop the workers now instead of waiting for
+        # their current runs, which are unfinished and restart on resume; no worker may outlive the
+        # command. ProcessPoolExecutor has no public way to terminate its workers before Python 3.14.
+        _stop_workers(list((getattr(pool, "_processes", None) or {}).values()))
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_workers(processes: list[multiprocessing.Process], grace_s: float = 10.0) -> None:
+    """SIGTERM every worker, then SIGKILL those still alive after ``grace_s`` seconds."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
 
 
 def _death_code(processes: Iterable[multiprocessing.Process]) -> int | None:
@@ -182,7 +198,12 @@ def run_on_ray(
     if started_here:
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address:
-            ray.init(address=address, **options)
+            check_ray_address(address)
+            try:
+                ray.init(address=address, **options)
+            except (ConnectionError, TimeoutError, ValueError, RuntimeError) as error:
+                detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+                raise InputError(f"--ray-address {address}: cannot connect to a Ray cluster ({detail})") from None
         else:
             ray.init(num_cpus=available_cores(), **options)
     task = ray.remote(num_cpus=threads, num_gpus=gpus_per_run, max_retries=0)(execute_run)
@@ -197,6 +218,18 @@ def run_on_ray(
             ray.cancel(ref, force=True)
         if started_here:
             ray.shutdown()
+
+
+def check_ray_address(address: str) -> None:
+    """The documented forms are ``auto``, ``HOST:PORT`` (a node of the cluster) and ``ray://HOST:PORT``
+    (Ray Client, which needs grpcio: ``pip install 'fnostab[ray]'`` installs ``ray[client]``)."""
+    import importlib.util
+
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise InputError(
+            f"--ray-address {address} uses Ray Client, which needs grpcio: pip install 'fnostab[ray]' "
+            "(or 'ray[client]')"
+        )
 
 
 def execute(

@@ -18,22 +18,22 @@ sweep never leaves a stale lock behind, while a live one refuses a second proces
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from fnostab.config import RunConfig
 from fnostab.errors import InputError
-from fnostab.io import write_json_atomic
+from fnostab.io import DirectoryLock, read_json_document, validate_document, write_json_atomic
 from fnostab.training.result import RESULT_NAME
 
 SWEEP_SCHEMA = "fnostab.sweep/1"
 SWEEP_NAME = "sweep.json"
-LOCK_NAME = ".lock"
+LOCK_NAME = DirectoryLock.NAME
 
 
 @dataclass(frozen=True)
@@ -74,36 +74,7 @@ def stress_run_dir(arm: str, depth: int, lr: float, seed: int) -> str:
     return f"runs/{arm}/d{depth}-lr{lr_tag(lr)}/seed-{seed}"
 
 
-class SweepLock:
-    """Exclusive use of a sweep dir by one process; a second one gets an InputError (exit 2)."""
-
-    def __init__(self, sweep_dir: Path) -> None:
-        self.path = sweep_dir / LOCK_NAME
-        self._fd: int | None = None
-
-    def __enter__(self) -> "SweepLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise InputError(
-                f"{self.path.parent} is in use by another fnostab process (pid {holder}); wait for it to "
-                "finish or choose another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+SweepLock = DirectoryLock  # a sweep dir is used by one process at a time
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -111,10 +82,21 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def _status(run_dir: Path) -> str | None:
+    """The status of a run dir's result.json, or None when it is missing, damaged or malformed."""
+    from fnostab.training.result import read_result
+
     try:
-        return json.loads((run_dir / RESULT_NAME).read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
+        return read_result(run_dir / RESULT_NAME)["status"]
+    except (InputError, OSError):
         return None
+
+
+def _recorded_config(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        recorded = json.loads((run_dir / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def check_resumable(sweep_dir: Path, specs: list[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:
@@ -122,16 +104,15 @@ def check_resumable(sweep_dir: Path, specs: list[RunSpec]) -> tuple[list[RunSpec
 
     Unfinished run dirs (a killed run: config.json without result.json) are cleared so the run
     starts again from scratch, and so are infeasible ones: they never started, and whether they fit
-    depends on this command's memory limit, so they are planned again.
+    depends on this command's memory limit, so they are planned again. A run whose result.json or
+    config.json is damaged (unreadable, not its schema) cannot be trusted and is run again too.
     """
     finished, to_run = [], []
     for spec in specs:
         run_dir = sweep_dir / spec.relative_dir
-        if is_finished(run_dir) and _status(run_dir) != "infeasible":
-            try:
-                recorded = json.loads((run_dir / "config.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                recorded = None
+        status = _status(run_dir) if is_finished(run_dir) else None
+        recorded = _recorded_config(run_dir) if status is not None else None
+        if status not in (None, "infeasible") and recorded is not None:
             if recorded != spec.config.to_json_dict():
                 raise InputError(
                     f"{run_dir} holds a finished run made with other options than this sweep asks for; "
@@ -143,6 +124,30 @@ def check_resumable(sweep_dir: Path, specs: list[RunSpec]) -> tuple[list[RunSpec
                 shutil.rmtree(run_dir)
             to_run.append(spec)
     return finished, to_run
+
+
+class _PlannedRun(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    dir: str
+    arm: str
+    seed: int
+
+
+class SweepDocument(BaseModel):
+    """The keys of sweep.json that resuming and summarising rely on."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["shootout", "stress"]
+    arms: dict[str, Any]
+    seeds: list[int]
+    runs: list[_PlannedRun]
+
+
+def read_sweep_plan(path: Path) -> dict[str, Any]:
+    """Load sweep.json and check it against its schema (an InputError names the file and the wrong key)."""
+    document = read_json_document(path, SWEEP_SCHEMA)
+    validate_document(path, document, SweepDocument)
+    return document
 
 
 def write_sweep_plan(sweep_dir: Path, document: dict[str, Any]) -> None:

@@ -29,6 +29,10 @@ class ExecutionOptions:
             raise InputError(f"invalid --executor: expected local or ray, found {self.executor!r}")
         if self.ray_address and self.executor != "ray":
             raise InputError("--ray-address needs --executor ray")
+        if self.ray_address:
+            from fnostab.experiments.executors import check_ray_address
+
+            check_ray_address(self.ray_address)
 
 
 def shared_data(
@@ -44,18 +48,21 @@ def shared_data(
     if train is not None:
         from fnostab.data.npz import load_pair
 
-        loaded, _ = load_pair(train, test)  # validate once, before anything is written
+        from fnostab.training.runner import check_evaluable
+
+        loaded, loaded_test = load_pair(train, test)  # validate once, before anything is written
         if gridsize is not None and gridsize != loaded.gridsize:
             raise InputError(
                 f"gridsize mismatch: --gridsize {gridsize}, but {train} holds gridsize {loaded.gridsize} "
                 f"({loaded.channels} channel(s) per sample)"
             )
+        check_evaluable(loaded_test)
         return DataSource(train=train.resolve(), test=test.resolve(), gridsize=loaded.gridsize), loaded.N
-    from fnostab.data.cache import cached_dataset
+    from fnostab.data.cache import load_cached_pair
 
     simulation = build(SimulationConfig, merge(preset, "data", {"gridsize": gridsize}))
-    cached = cached_dataset(simulation)
-    return DataSource(train=cached[0], test=cached[1], gridsize=simulation.gridsize), simulation.N
+    train_split, test_split = load_cached_pair(simulation)  # checked (and rebuilt if damaged) before the runs
+    return DataSource(train=train_split.path, test=test_split.path, gridsize=simulation.gridsize), simulation.N
 
 
 def arm_run_config(

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fnostab.errors import InputError
-from fnostab.experiments.store import SWEEP_NAME, SWEEP_SCHEMA, lr_tag
-from fnostab.io import read_json_document
+from fnostab.experiments.store import SWEEP_NAME, lr_tag, read_sweep_plan
 from fnostab.training.result import CONFIG_NAME, METRICS_NAME, RESULT_NAME, read_result
 
 
@@ -108,7 +107,7 @@ def _hidden(path: Path, root: Path) -> bool:
 
 
 def _read_sweep(path: Path) -> dict[str, Any]:
-    document = read_json_document(path, SWEEP_SCHEMA)
+    document = read_sweep_plan(path)
     arms = document.get("arms") or {}
     planned = [run.get("dir") for run in document.get("runs") or [] if isinstance(run, dict)]
     return {

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from fnostab.errors import InputError
-from fnostab.io import to_jsonable, write_json_atomic, write_text_atomic
+from fnostab.io import check_out_dir, to_jsonable, write_json_atomic, write_text_atomic
 from fnostab.report.collect import Collection, RunRecord, collect, group_label, read_metric_columns
 from fnostab.report.explain import count_first_signals, run_explanation
 from fnostab.report.gates import Gate, evaluate_gates, parse_gate
@@ -423,8 +423,7 @@ def summarize(
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
         raise InputError(f"--grad-norm-threshold must be a finite number >= 0, found {threshold!r}")
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: expected a directory for the summary, found a file")
+    check_out_dir(out)  # a file, an unwritable or uncreatable dir: exit 2 before any work
     collection = collect(paths)
     document, traces = build_summary(collection, float(threshold))
     document["gates"] = evaluate_gates(parsed, document["arms"])  # InputError for an unknown arm: nothing written yet

@@ -8,6 +8,7 @@ pickled code runs on load): ``schema``, ``model`` (the ModelConfig as JSON), ``N
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,33 @@ def save_checkpoint(
     payload = {"schema": CHECKPOINT_SCHEMA, "model": model.model_dump(mode="json"), "N": N, "gridsize": gridsize,
                "state_dict": state, "epoch": epoch, "step": step}
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as error:
+            # torch reports a failed write (a full disk) as a RuntimeError from its zip writer;
+            # it is an OSError for what it means to the caller.
+            raise OSError(f"{path}: could not write the checkpoint ({str(error).splitlines()[0][:200]})") from error
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: expected a checkpoint file, found a directory")
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a corrupt file
-        raise InputError(f"{path}: not a readable fnostab checkpoint ({type(error).__name__}: {error})") from None
+    except pickle.UnpicklingError:
+        # weights_only refused it: the file pickles code or objects beyond tensors and plain data.
+        # torch's own text suggests weights_only=False, which would run that code: not our advice.
+        raise InputError(
+            f"{path}: refused to load: it holds pickled objects other than tensors and plain data, which an "
+            "fnostab checkpoint never does"
+        ) from None
+    except Exception:  # torch raises many types, with multi-line text, for a damaged file
+        raise InputError(
+            f"{path}: not a readable fnostab checkpoint (damaged, truncated or not a torch file)"
+        ) from None
     if not isinstance(payload, dict) or payload.get("schema") != CHECKPOINT_SCHEMA:
         raise InputError(f"{path}: expected a checkpoint with schema {CHECKPOINT_SCHEMA!r}")
     return payload

@@ -27,13 +27,14 @@ import math
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from fnostab import __version__
 from fnostab.errors import InputError
-from fnostab.io import read_json_document
+from fnostab.io import read_json_document, validate_document
 from fnostab.training.failure import STATUSES
 
 RESULT_SCHEMA = "fnostab.result/1"
@@ -77,12 +78,75 @@ def grad_norm_stats(norms: list[float], threshold: float = 1.0) -> dict[str, Any
     }
 
 
+class _Open(BaseModel):
+    """A part of the document: the keys readers use are typed, others are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+Number = Optional[float]  # a non-finite value is written as null
+
+
+class _FailureDocument(_Open):
+    status: str
+    reason: str
+    step: Optional[int]
+    epoch: Optional[int]
+
+
+class _ModelDocument(_Open):
+    arch: Optional[str] = None
+    config: dict[str, Any]
+
+
+class _TrainingDocument(_Open):
+    config: dict[str, Any]
+    epochs_completed: int
+    steps: int
+    val_losses: list[Number]
+    train_losses: list[Number]
+    best_val_loss: Number
+    best_epoch: Optional[int]
+    final_val_loss: Number
+    final_train_loss: Number
+
+
+class _SweepDocument(_Open):
+    kind: str
+    arm: str
+    seed: Optional[int]
+    depth: Optional[int] = None
+    lr: Number = None
+
+
+class ResultDocument(_Open):
+    """What every reader of a result.json relies on (see the module docstring for the meaning)."""
+
+    name: Optional[str]
+    status: str
+    failure: Optional[_FailureDocument]
+    seed: Optional[int]
+    model: _ModelDocument
+    training: _TrainingDocument
+    grad_norm: Optional[dict[str, Union[int, float, None]]]
+    metrics: Optional[dict[str, Union[float, None, dict[str, Number]]]]
+    evaluation_note: Optional[str]
+    memory_plan: Optional[dict[str, Any]] = None
+    timing: dict[str, Number]
+    sweep: Optional[_SweepDocument] = None
+
+
 def read_result(path: Path | str) -> dict[str, Any]:
-    """Load and check a result.json; a corrupt or foreign file is an InputError naming it."""
+    """Load and check a result.json against its schema; a corrupt, foreign or malformed file is an
+    InputError naming it and the wrong key."""
     path = Path(path)
     result = read_json_document(path, RESULT_SCHEMA)
     if result.get("status") not in STATUSES:
         raise InputError(f"{path}: unknown status {result.get('status')!r}; expected one of {', '.join(STATUSES)}")
+    validate_document(path, result, ResultDocument)
+    if (result["status"] == "ok") != (result["failure"] is None):
+        raise InputError(f"{path}: invalid {path.name}: key 'failure' must be null exactly when status is ok "
+                         f"(status {result['status']!r})")
     return result
 
 

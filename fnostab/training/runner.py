@@ -18,6 +18,7 @@ import logging
 import math
 import shutil
 import signal
+import threading
 import time
 import traceback
 import warnings
@@ -32,7 +33,7 @@ import torch
 from fnostab.config import RunConfig
 from fnostab.data.npz import PtychoSplit, load_pair
 from fnostab.devices import resolve_device_name
-from fnostab.errors import InputError
+from fnostab.errors import InputError, Terminated
 from fnostab.io import atomic_path, write_json_atomic, write_text_atomic
 from fnostab.physics import val_loss_name
 from fnostab.training import distributed
@@ -82,9 +83,9 @@ def load_data(config: RunConfig) -> tuple[PtychoSplit, PtychoSplit]:
     """The run's data: its two NPZ files, or the preset's simulated data set (cached)."""
     if config.data.train is not None:
         return load_pair(config.data.train, config.data.test)
-    from fnostab.data.cache import cached_dataset
+    from fnostab.data.cache import load_cached_pair
 
-    return load_pair(*cached_dataset(config.data.simulation))
+    return load_cached_pair(config.data.simulation)
 
 
 def config_gridsize(config: RunConfig) -> int | None:
@@ -129,7 +130,35 @@ def prepare_run(config: RunConfig, data: tuple[PtychoSplit, PtychoSplit] | None 
     model_plan = plan_run(config, train.N, train.channels)
     if model_plan.geometry_error:
         raise InputError(f"invalid model for N={train.N}: {model_plan.geometry_error}")
+    check_evaluable(test)
     return PreparedRun(config, train, test, model_plan, accelerator)
+
+
+def check_evaluable(test: PtychoSplit) -> None:
+    """Raise InputError now, before any training, when ``test`` has the evaluation fields but a
+    geometry the evaluation would reject (centres outside the object, a ground truth too small for
+    the stitched region): found only after training, it cost the whole run and gave null metrics.
+
+    A split that lacks those fields altogether is fine: the run is then validated but not scored.
+    The check scores a constant prediction through the evaluation's own code, so it rejects exactly
+    what the evaluation would, at the cost of two image-sized scorings.
+    """
+    from fnostab.evaluation import evaluate_reconstruction, ground_truth_region
+
+    stride = test.stride()
+    if test.centres is None or test.norm_Y_I is None or stride is None:
+        return
+    if test.ground_truth is None and test.full_objects is None:
+        return
+    constant = np.broadcast_to(np.ones((1, test.N, test.N), dtype=np.complex64), (test.n, test.N, test.N))
+    try:
+        truth = test.ground_truth
+        if truth is None:
+            truth = ground_truth_region(test.full_objects, test.centres, test.N, stride)
+        evaluate_reconstruction(constant, centres=test.centres, stride=stride, ground_truth=truth,
+                                norm_Y_I=test.norm_Y_I, n_images=test.n_images)
+    except InputError as problem:
+        raise InputError(f"{test.path}: the test split cannot be evaluated: {problem}") from None
 
 
 @functools.cache
@@ -218,6 +247,7 @@ def _fit(
     ``loggers`` come after the CSVLogger of ``log_dir`` (which metrics.csv is copied from)."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from fnostab.training.data import eval_loader, rank_part, train_loader, validation_subset
 
@@ -245,19 +275,59 @@ def _fit(
         train_loader(prepared.train.diffraction, config.batch_size, config.seed, rank, world),
         eval_loader(prepared.test.diffraction[val_idx], max(config.batch_size, 64)),
     )
+    previous_sigint = signal.getsignal(signal.SIGINT)
     try:
         trainer.fit(module, *loaders)
+    except SIGTERMException:
+        # Lightning's own SIGTERM handler only sets a flag and ends fit with this SystemExit
+        # (code None: exit 0); a SIGTERM must stop the command as Ctrl-C does.
+        raise Terminated() from None
     except SystemExit as exit_:
-        # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on: undo both.
+        # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on: undo both
+        # (the SIGINT disposition is restored below), keeping SIGTERM's Terminated apart.
         if isinstance(exit_.__context__, KeyboardInterrupt):
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt from None
+            raise (Terminated() if isinstance(exit_.__context__, Terminated) else KeyboardInterrupt()) from None
         raise
     except KeyboardInterrupt:
         raise
     except Exception as error:  # every other failure is an outcome, recorded by the caller
         return error
+    finally:
+        if threading.current_thread() is threading.main_thread():  # signal.signal fails in any other
+            signal.signal(signal.SIGINT, previous_sigint)
     return None
+
+
+def _write_outputs(
+    run_dir: Path, log_dir: Path, prepared: PreparedRun, generator: torch.nn.Module, module: Any,
+    failure: Failure | None, error: BaseException | None,
+) -> tuple[dict | None, str | None]:
+    """Write what a trained run leaves besides result.json (error.log, metrics.csv, the checkpoint,
+    the reconstruction) and evaluate it; returns (metrics, note). An OSError (a failed write) is
+    raised: the caller records it as the run's failure."""
+    if error is not None:
+        write_text_atomic(run_dir / "error.log", "".join(traceback.format_exception(error)))
+    csv = log_dir / METRICS_NAME
+    if csv.is_file():
+        with atomic_path(run_dir / METRICS_NAME) as tmp:
+            shutil.copyfile(csv, tmp)
+    generator.cpu()
+    save_checkpoint(run_dir / CHECKPOINT_NAME, generator, prepared.config.model, prepared.N,
+                    epoch=module.current_epoch, step=module.steps_seen, gridsize=prepared.train.gridsize)
+    if failure is not None and failure.status not in ("diverged", "collapsed"):
+        return None, f"not evaluated: status {failure.status}"
+    device = torch.device("cuda" if prepared.accelerator == "cuda" else "cpu")
+    try:
+        return evaluate_run(generator.to(device), prepared.test, device, run_dir)
+    except InputError as problem:
+        return None, f"evaluation impossible: {problem}"
+    except OSError:
+        raise
+    except Exception as problem:  # noqa: BLE001 - the trained run stands; its evaluation failing is recorded
+        write_text_atomic(run_dir / "error.log", "".join(traceback.format_exception(problem)))
+        return None, f"evaluation failed: {type(problem).__name__}: {problem}".strip()[:500]
+    finally:
+        generator.cpu()
 
 
 def run_training(
@@ -310,12 +380,16 @@ def run_training(
     _log(output, f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...")
 
     train_started = time.perf_counter()
-    if output is not None and output.show_progress:
-        total = config.train.epochs * math.ceil(prepared.train.n / config.train.batch_size)
-        with output.progress("training steps", total) as advance:
-            error = _fit(module, prepared, log_dir, advance, loggers)
-    else:
-        error = _fit(module, prepared, log_dir, loggers=loggers)
+    try:
+        if output is not None and output.show_progress:
+            total = config.train.epochs * math.ceil(prepared.train.n / config.train.batch_size)
+            with output.progress("training steps", total) as advance:
+                error = _fit(module, prepared, log_dir, advance, loggers)
+        else:
+            error = _fit(module, prepared, log_dir, loggers=loggers)
+    except BaseException:
+        shutil.rmtree(log_dir, ignore_errors=True)  # interrupted: leave config.json alone, as Ctrl-C always did
+        raise
     train_s = time.perf_counter() - train_started
     if not writer:
         return distributed.finish_other_rank(error)
@@ -324,32 +398,18 @@ def run_training(
     if error is not None:
         status = "oom" if _is_oom(error) else "error"
         failure = Failure(status, f"{type(error).__name__}: {error}".strip()[:500], module.steps_seen, module.current_epoch)
-        write_text_atomic(run_dir / "error.log", "".join(traceback.format_exception(error)))
-    csv = log_dir / METRICS_NAME
-    if csv.is_file():
-        with atomic_path(run_dir / METRICS_NAME) as tmp:
-            shutil.copyfile(csv, tmp)
-    shutil.rmtree(log_dir, ignore_errors=True)
-
-    generator.cpu()
-    save_checkpoint(run_dir / CHECKPOINT_NAME, generator, config.model, prepared.N, epoch=module.current_epoch,
-                    step=module.steps_seen, gridsize=prepared.train.gridsize)
-
     eval_started = time.perf_counter()
     metrics, note = None, None
-    if failure is None or failure.status in ("diverged", "collapsed"):
-        device = torch.device("cuda" if prepared.accelerator == "cuda" else "cpu")
-        try:
-            metrics, note = evaluate_run(generator.to(device), prepared.test, device, run_dir)
-        except InputError as problem:
-            metrics, note = None, f"evaluation impossible: {problem}"
-        except Exception as error:  # noqa: BLE001 - the trained run stands; its evaluation failing is recorded
-            metrics, note = None, f"evaluation failed: {type(error).__name__}: {error}".strip()[:500]
-            write_text_atomic(run_dir / "error.log", "".join(traceback.format_exception(error)))
-        finally:
-            generator.cpu()
-    else:
-        note = f"not evaluated: status {failure.status}"
+    try:
+        metrics, note = _write_outputs(run_dir, log_dir, prepared, generator, module, failure, error)
+    except OSError as problem:
+        # A full disk (or a vanished dir) is an outcome of the run, not a crash: recorded as an
+        # error, never as ok with the missing parts silently null.
+        reason = f"could not write the run dir: {problem}"[:500]
+        failure = Failure("error", reason, module.steps_seen, module.current_epoch)
+        metrics, note = None, "not evaluated: the run dir could not be written"
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
     eval_s = time.perf_counter() - eval_started
 
     best, best_epoch, final = best_and_final(module.val_losses)
