@@ -27,7 +27,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(VENV)/bin/fnostab shootout --preset cpu --seeds 2 --lrs 1e-3,1e-2,3e-2,1e-1 --epochs 5 --jobs 2 --out runs/demo
 
+# Lint first (seconds), with the project's own configuration, so CI checks it too.
 test: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 # The quick benchmarks (minutes); scripts/bench_shootout.py (whole shootouts, about an hour) is run by hand.

@@ -77,12 +77,14 @@ class SimulationConfig(_Model):
         return self.N + (self.gridsize - 1) * self.offset
 
     @model_validator(mode="after")
-    def _fits(self) -> "SimulationConfig":
+    def _fits(self) -> SimulationConfig:
         if self.object_size < self.window:
             what = "N" if self.gridsize == 1 else "the group window N + (gridsize−1)·offset"
             raise ValueError(f"object_size {self.object_size} is smaller than {what} {self.window}")
         if self.gridsize > 1 and self.offset >= self.N:
-            raise ValueError(f"offset {self.offset} must be smaller than N {self.N}: the patterns of a group must overlap")
+            raise ValueError(
+                f"offset {self.offset} must be smaller than N {self.N}: the patterns of a group must overlap"
+            )
         if self.stride_test > self.N:
             raise ValueError(
                 f"stride_test {self.stride_test} is larger than N {self.N}: stitching keeps the "
@@ -160,7 +162,9 @@ class TrainConfig(_Model):
     monitor_every: int = Field(0, ge=0, description="per-block monitors every N steps (0: off)")
     precursors_every: int = Field(0, ge=0, description="per-block precursor signals logged every N steps (0: off)")
     curvature_every: int = Field(0, ge=0, description="sharpness and preconditioned sharpness every N steps (0: off)")
-    batch_sharpness_every: int = Field(0, ge=0, description="batch sharpness alone (one Hessian-vector product) every N steps (0: off)")
+    batch_sharpness_every: int = Field(
+        0, ge=0, description="batch sharpness alone (one Hessian-vector product) every N steps (0: off)"
+    )
     precursor_window: int = Field(100, ge=2, description="steps of every signal kept before a spike or failure")
     val_patches: int | None = Field(None, ge=1, description="fixed validation subset (None: all)")
     # torch.set_num_threads overflows past a C int, and a pool of 100 000 threads crashes torch at exit.
@@ -181,11 +185,9 @@ class TrainConfig(_Model):
         return str(parse_clip_spec(value))
 
     @model_validator(mode="after")
-    def _schedule_fits(self) -> "TrainConfig":
+    def _schedule_fits(self) -> TrainConfig:
         if self.scheduler == "warmup_cosine" and self.warmup_epochs >= self.epochs:
-            raise ValueError(
-                f"warmup_epochs {self.warmup_epochs} must be smaller than epochs {self.epochs}"
-            )
+            raise ValueError(f"warmup_epochs {self.warmup_epochs} must be smaller than epochs {self.epochs}")
         return self
 
 
@@ -276,7 +278,7 @@ class DataSource(_Model):
         return value
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataSource":
+    def _one_source(self) -> DataSource:
         if (self.train is None) != (self.test is None):
             raise ValueError("give both TRAIN.npz and TEST.npz, or neither to simulate the preset's data")
         if self.train is None and self.simulation is None:

@@ -66,7 +66,7 @@ class GroupGeometry:
         return count
 
     @classmethod
-    def from_relative_offsets(cls, relative: np.ndarray, N: int, where: str) -> "GroupGeometry":
+    def from_relative_offsets(cls, relative: np.ndarray, N: int, where: str) -> GroupGeometry:
         """The geometry whose members sit at ``relative`` (C, 2) offsets; InputError unless it is a
         square g×g group at one integer spacing in row-major order (the layout ``simulate`` writes)."""
         relative = np.asarray(relative, dtype=np.float64)

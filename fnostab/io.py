@@ -133,10 +133,19 @@ def read_json_document(path: Path | str, schema: str) -> dict[str, Any]:
 
 
 _EXPECTED = {
-    "dict_type": "an object", "model_type": "an object", "model_attributes_type": "an object",
-    "list_type": "a list", "string_type": "a string", "float_type": "a number", "float_parsing": "a number",
-    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer", "bool_type": "true or false",
-    "finite_number": "a finite number", "literal_error": "one of the allowed values",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "list_type": "a list",
+    "string_type": "a string",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "bool_type": "true or false",
+    "finite_number": "a finite number",
+    "literal_error": "one of the allowed values",
 }
 
 
@@ -156,7 +165,7 @@ def validate_document(path: Path | str, document: dict[str, Any], model: Any) ->
         else:
             wanted = _EXPECTED.get(first["type"])
             found = repr(first.get("input"))
-            detail = (f"expected {wanted}, found {found[:60]}" if wanted else f"{first['msg']} (found {found[:60]})")
+            detail = f"expected {wanted}, found {found[:60]}" if wanted else f"{first['msg']} (found {found[:60]})"
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise InputError(f"{path}: invalid {Path(path).name}: key {key!r} {detail}{more}") from None
 
@@ -220,7 +229,7 @@ class DirectoryLock:
         self.path = Path(directory) / self.NAME
         self._fd: int | None = None
 
-    def __enter__(self) -> "DirectoryLock":
+    def __enter__(self) -> DirectoryLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)

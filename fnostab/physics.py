@@ -121,9 +121,7 @@ def intensity_scale(psi: np.ndarray, nphotons: float) -> float:
     return float(np.sqrt(nphotons / energy))
 
 
-def poisson_amplitude(
-    amplitude: np.ndarray, scale: float, rng: np.random.Generator
-) -> np.ndarray:
+def poisson_amplitude(amplitude: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
     """Noisy normalised amplitude sqrt(Poisson(s²A²)) / s, float32."""
     counts = rng.poisson((scale * amplitude.astype(np.float64)) ** 2)
     return (np.sqrt(counts) / scale).astype(np.float32)

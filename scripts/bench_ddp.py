@@ -40,9 +40,20 @@ THREADS_VARIANT = {"1 process × 2 threads": (1, 2)}
 
 
 def step_time(preset: str, devices: int, threads: int, epochs: int, val_patches: int, out: Path) -> tuple[float, int]:
-    config = build_run_config(train_npz=None, test_npz=None, preset=preset, model={},
-                              train=dict(epochs=epochs, devices=devices, threads=threads, val_patches=val_patches,
-                                         accelerator="cpu", log_grad_norm=True))
+    config = build_run_config(
+        train_npz=None,
+        test_npz=None,
+        preset=preset,
+        model={},
+        train=dict(
+            epochs=epochs,
+            devices=devices,
+            threads=threads,
+            val_patches=val_patches,
+            accelerator="cpu",
+            log_grad_norm=True,
+        ),
+    )
     result = run_training(prepare_run(config), out)
     if result["status"] != "ok":
         raise SystemExit(f"{devices} processes: run ended {result['status']}: {result['failure']}")
@@ -67,8 +78,14 @@ def main() -> None:
             for offset in range(len(names)):
                 name = names[(repeat + offset) % len(names)]
                 devices, threads = variants[name]
-                seconds, steps = step_time(args.preset, devices, threads, args.epochs, args.val_patches,
-                                           Path(scratch) / f"{repeat}-{devices}-{threads}")
+                seconds, steps = step_time(
+                    args.preset,
+                    devices,
+                    threads,
+                    args.epochs,
+                    args.val_patches,
+                    Path(scratch) / f"{repeat}-{devices}-{threads}",
+                )
                 times[name].append(seconds)
                 print(f"repeat {repeat}: {name}: {1000 * seconds:.1f} ms/step", file=sys.stderr)
 

@@ -106,8 +106,10 @@ def main() -> None:
             "phase_aligned": [r["metrics"]["phase_aligned_ssim"] for r in ok],
             "val": [r["training"]["best_val_loss"] for r in ok], "floor": floor,
         })  # fmt: skip
-    print("| gridsize | epochs | runs (ok) | train s per run | amp SSIM (const) | amp SSIM − const "
-          "| phase SSIM (const) | phase SSIM tile-aligned | best val loss | noise floor |")
+    print(
+        "| gridsize | epochs | runs (ok) | train s per run | amp SSIM (const) | amp SSIM − const "
+        "| phase SSIM (const) | phase SSIM tile-aligned | best val loss | noise floor |"
+    )
     print("|---:|---:|---:|---|---|---|---|---|---|---:|")
     for row in rows:
         gain = [a - c for a, c in zip(row["amp"], row["amp_const"])]
@@ -117,8 +119,10 @@ def main() -> None:
               f"| {spread(row['val'], 4)} | {row['floor']:.4f} |")  # fmt: skip
     print("\nper seed (amp SSIM, phase SSIM, best val loss):")
     for row in rows:
-        print(f"gridsize {row['gridsize']}: " + "; ".join(
-            f"{a:.3f}, {p:.3f}, {v:.4f}" for a, p, v in zip(row["amp"], row["phase"], row["val"])))
+        print(
+            f"gridsize {row['gridsize']}: "
+            + "; ".join(f"{a:.3f}, {p:.3f}, {v:.4f}" for a, p, v in zip(row["amp"], row["phase"], row["val"]))
+        )
 
 
 if __name__ == "__main__":

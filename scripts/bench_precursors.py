@@ -54,8 +54,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per arm per round")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per arm before the first round")
     parser.add_argument("--every", type=int, default=10, help="K of --precursors-every (host copy every K steps)")
-    parser.add_argument("--curvature-every", default="250,500,1000", help="values of M to report the amortised cost for")
-    parser.add_argument("--batch-sharpness-every", default="50,100,200", help="values of B to report the amortised cost for")
+    parser.add_argument(
+        "--curvature-every", default="250,500,1000", help="values of M to report the amortised cost for"
+    )
+    parser.add_argument(
+        "--batch-sharpness-every", default="50,100,200", help="values of B to report the amortised cost for"
+    )
     parser.add_argument("--curvature-reps", type=int, default=5, help="curvature measurements timed")
     parser.add_argument("--batch-size", type=int, default=PRESETS["cpu"]["train"]["batch_size"])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -149,13 +153,17 @@ def main() -> int:
     # The least disturbed round of each arm: on a shared machine the minima are the cleanest pair.
     fastest = {arm: min(times) for arm, times in per_round.items()}
     print()
-    print(f"fastest round: off {1e3 * fastest['off']:.2f} ms, signals {1e3 * fastest['signals']:.2f} ms "
-          f"({100 * (fastest['signals'] / fastest['off'] - 1):+.1f}%)")
+    print(
+        f"fastest round: off {1e3 * fastest['off']:.2f} ms, signals {1e3 * fastest['signals']:.2f} ms "
+        f"({100 * (fastest['signals'] / fastest['off'] - 1):+.1f}%)"
+    )
     base = statistics.median(per_round["off"])
     measurement = statistics.median(curvature_times)
     print()
-    print(f"curvature: one measurement (2 × {CURVATURE_ITERATIONS} Hessian-vector products) takes "
-          f"{1e3 * measurement:.0f} ms median over {args.curvature_reps} = {measurement / base:.0f} off-steps")
+    print(
+        f"curvature: one measurement (2 × {CURVATURE_ITERATIONS} Hessian-vector products) takes "
+        f"{1e3 * measurement:.0f} ms median over {args.curvature_reps} = {measurement / base:.0f} off-steps"
+    )
     batch_only = statistics.median(batch_times)
     print(f"batch sharpness alone (1 product): {1e3 * batch_only:.0f} ms = {batch_only / base:.1f} off-steps")
     print()

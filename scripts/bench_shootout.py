@@ -37,7 +37,19 @@ def main() -> None:
     for name in args.only.split(","):
         sweep = args.out / name
         shutil.rmtree(sweep, ignore_errors=True)
-        command = [sys.executable, "-m", "fnostab", "shootout", "--preset", "cpu", *CASES[name], "--out", str(sweep), "--quiet", "--json"]
+        command = [
+            sys.executable,
+            "-m",
+            "fnostab",
+            "shootout",
+            "--preset",
+            "cpu",
+            *CASES[name],
+            "--out",
+            str(sweep),
+            "--quiet",
+            "--json",
+        ]
         started = time.perf_counter()
         proc = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - started
@@ -52,9 +64,13 @@ def main() -> None:
         for arm in (summary.get("stress") or {}).get("arms") or []:
             sens = arm.get("lr_sensitivity") or {}
             interval = sens.get("ci95")
-            print(f"  {arm['arm']}: stable-LR boundary {arm['boundary']['lr']}, LR sensitivity "
-                  f"{sens.get('mean')} (95% CI {interval}, ℓ* {sens.get('best_loss')}; "
-                  f"common ℓ*: {(sens.get('common') or {}).get('mean')})", file=sys.stderr, flush=True)
+            print(
+                f"  {arm['arm']}: stable-LR boundary {arm['boundary']['lr']}, LR sensitivity "
+                f"{sens.get('mean')} (95% CI {interval}, ℓ* {sens.get('best_loss')}; "
+                f"common ℓ*: {(sens.get('common') or {}).get('mean')})",
+                file=sys.stderr,
+                flush=True,
+            )
     print("| case | options | runs (ok) | wall | per run | median amp SSIM per arm |")
     print("|---|---|---:|---:|---:|---|")
     for name, options, runs, ok, wall, ssim in rows:

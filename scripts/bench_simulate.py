@@ -1,6 +1,6 @@
 """Wall time of `simulate` per preset (issue 2's target: the paper preset in under 20 s on 2 cores).
 
-    python scripts/bench_simulate.py [--repeats 3]
+python scripts/bench_simulate.py [--repeats 3]
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ def main() -> None:
                 write_dataset(train, test, Path(tmp))
                 write.append(time.perf_counter() - started)
         counts = f"{train.metadata['n_patches']:,} / {test.metadata['n_patches']:,}"
-        print(f"| {name} | {config.N} | {config.object_size} | {counts} | {statistics.median(sim):.2f} | "
-              f"{statistics.median(write):.2f} |")
+        print(
+            f"| {name} | {config.N} | {config.object_size} | {counts} | {statistics.median(sim):.2f} | "
+            f"{statistics.median(write):.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -82,7 +82,9 @@ def fnostab_run(prepared, log_grad_norm: bool) -> tuple[float, float]:
         update={"train": prepared.config.train.model_copy(update={"log_grad_norm": log_grad_norm})}
     )
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_training(prepared.__class__(config, prepared.train, prepared.test, prepared.plan, "cpu"), Path(tmp) / "run")
+        result = run_training(
+            prepared.__class__(config, prepared.train, prepared.test, prepared.plan, "cpu"), Path(tmp) / "run"
+        )
     return result["timing"]["train_s"], _fit_cpu_seconds[-1]
 
 
@@ -97,8 +99,11 @@ def main() -> None:
 
     data = load_pair(*cached_dataset(SimulationConfig(**PRESETS[args.preset]["data"])))
     train = dict(PRESETS[args.preset]["train"], epochs=args.epochs, threads=args.threads)
-    config = RunConfig(data=DataSource(train=data[0].path, test=data[1].path),
-                       model=ModelConfig(**PRESETS[args.preset]["model"]), train=TrainConfig(**train))
+    config = RunConfig(
+        data=DataSource(train=data[0].path, test=data[1].path),
+        model=ModelConfig(**PRESETS[args.preset]["model"]),
+        train=TrainConfig(**train),
+    )
     prepared = prepare_run(config, data=data)
     samples = prepared.train.n * args.epochs
 
@@ -118,18 +123,26 @@ def main() -> None:
 
     median = {name: statistics.median(values) for name, values in cpu.items()}
     median_wall = {name: statistics.median(values) for name, values in wall.items()}
-    print(f"command: python scripts/bench_train.py --preset {args.preset} --epochs {args.epochs} "
-          f"--repeats {args.repeats} --threads {args.threads}")
-    print(f"torch {torch.__version__}, {args.threads} threads, {prepared.train.n} patterns × {args.epochs} epochs "
-          f"(+ validation on {len(validation_subset(prepared.test.n, config.train.val_patches))} per epoch)\n")
-    print("| variant | median CPU s | vs bare (CPU) | median wall s | samples/s (wall) | vs bare (wall) | CPU s per run |")
+    print(
+        f"command: python scripts/bench_train.py --preset {args.preset} --epochs {args.epochs} "
+        f"--repeats {args.repeats} --threads {args.threads}"
+    )
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {prepared.train.n} patterns × {args.epochs} epochs "
+        f"(+ validation on {len(validation_subset(prepared.test.n, config.train.val_patches))} per epoch)\n"
+    )
+    print(
+        "| variant | median CPU s | vs bare (CPU) | median wall s | samples/s (wall) | vs bare (wall) | CPU s per run |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|")
     for name in variants:
         slower = 100 * (median[name] / median["bare"] - 1)
         slower_wall = 100 * (median_wall[name] / median_wall["bare"] - 1)
         runs = ", ".join(f"{t:.1f}" for t in cpu[name])
-        print(f"| {name} | {median[name]:.2f} | {slower:+.1f}% | {median_wall[name]:.2f} | "
-              f"{samples / median_wall[name]:.0f} | {slower_wall:+.1f}% | {runs} |")
+        print(
+            f"| {name} | {median[name]:.2f} | {slower:+.1f}% | {median_wall[name]:.2f} | "
+            f"{samples / median_wall[name]:.0f} | {slower_wall:+.1f}% | {runs} |"
+        )
     cost = 100 * (median["fnostab+gradlog"] / median["fnostab"] - 1)
     print(f"\ngrad-norm logging every step costs {cost:+.1f}% of CPU time (target ≤ 3%)")
     sys.stdout.flush()

@@ -67,15 +67,20 @@ def main() -> int:
         print(__doc__)
         return 2
     for run in map(Path, sys.argv[1:]):
-        columns = read_metric_columns(run / "metrics.csv", lambda n: n.startswith("precursor/") or n.endswith("_train_loss")) or {}
+        columns = (
+            read_metric_columns(run / "metrics.csv", lambda n: n.startswith("precursor/") or n.endswith("_train_loss"))
+            or {}
+        )
         loss_name = next((n for n in columns if n.endswith("_train_loss")), None)
         print(f"{run}:")
         for label, name in (("loss", loss_name), ("grad norm", "precursor/grad_norm")):
             if name in columns:
                 steps, values = columns[name]
                 ratio, where = max_ratio(values)
-                print(f"  {label}: {len(values)} steps, max ratio to the median of the previous {SPIKE_HISTORY}: "
-                      f"{ratio:.2f} at step {steps[where]}")
+                print(
+                    f"  {label}: {len(values)} steps, max ratio to the median of the previous {SPIKE_HISTORY}: "
+                    f"{ratio:.2f} at step {steps[where]}"
+                )
         counts: dict[str, list[int]] = {}
         cosine = 0
         shipped = explain.NOISE_MADS
@@ -90,7 +95,9 @@ def main() -> int:
             row = counts.setdefault(signal, [0, 0])
             for slot, mads in enumerate((shipped, 6.0)):
                 explain.NOISE_MADS = mads
-                row[slot] += sum(1 for _ in explain.signal_moves(signal, steps, values, explain.WARMUP_STEPS, steps[-1]))
+                row[slot] += sum(
+                    1 for _ in explain.signal_moves(signal, steps, values, explain.WARMUP_STEPS, steps[-1])
+                )
             explain.NOISE_MADS = shipped
         for signal, (at_shipped, at_six) in sorted(counts.items()):
             if signal in explain.DIRECTIONS:

@@ -72,8 +72,13 @@ def spawn_cli(*args: str | Path, env: dict[str, str] | None = None, **popen: Any
     autouse reaper kills the group (pool workers included) when the test ends, passed or not."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     popen.setdefault("cwd", REPO)
-    proc = subprocess.Popen([sys.executable, "-m", "fnostab", *map(str, args)], env=full_env,
-                            start_new_session=True, preexec_fn=_default_sigint, **popen)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fnostab", *map(str, args)],
+        env=full_env,
+        start_new_session=True,
+        preexec_fn=_default_sigint,
+        **popen,
+    )
     _started_groups.append(proc.pid)
     return proc
 

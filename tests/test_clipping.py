@@ -88,9 +88,7 @@ def test_parse_clip_spec_reads_algorithm_and_value(text: str, algo: str, value: 
     assert parse_clip_spec(text) == ClipSpec(algo, value)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    ("text", "default"), [("norm", 1.0), ("value", 1.0), ("agc", 0.01), ("agc_tensor", 0.01)]
-)
+@pytest.mark.parametrize(("text", "default"), [("norm", 1.0), ("value", 1.0), ("agc", 0.01), ("agc_tensor", 0.01)])
 def test_parse_clip_spec_fills_in_the_documented_default(text: str, default: float) -> None:
     spec = parse_clip_spec(text)
     assert spec.value == default
@@ -338,9 +336,7 @@ class BodyAndHead(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = with_grad(
-            nn.Linear(2, 2, bias=False), weight=([[3.0, 4.0], [6.0, 8.0]], [[0.6, 0.8], [0.0, 0.5]])
-        )
+        self.body = with_grad(nn.Linear(2, 2, bias=False), weight=([[3.0, 4.0], [6.0, 8.0]], [[0.6, 0.8], [0.0, 0.5]]))
         self.head = with_grad(nn.Linear(2, 1, bias=False), weight=([[0.003, 0.004]], [[30.0, 40.0]]))
 
 

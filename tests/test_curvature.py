@@ -91,17 +91,29 @@ def test_preconditioned_sharpness_equals_the_dense_p_half_h_p_half_with_adams_ow
     dense = _dense_hessian(trained, x, y).double()
     # P by hand from the state: (1 − β1^t)(√(v / (1 − β2^t)) + ε), real coordinates in parameter order.
     t, (beta1, beta2), eps = 3, (0.9, 0.999), 1e-8
-    v = torch.cat([(torch.view_as_real(optimizer.state[p]["exp_avg_sq"]) if p.is_complex() else optimizer.state[p]["exp_avg_sq"]).reshape(-1)
-                   for p in trained.parameters()]).double()
+    v = torch.cat(
+        [
+            (
+                torch.view_as_real(optimizer.state[p]["exp_avg_sq"])
+                if p.is_complex()
+                else optimizer.state[p]["exp_avg_sq"]
+            ).reshape(-1)
+            for p in trained.parameters()
+        ]
+    ).double()
     p_diag = (1 - beta1**t) * ((v / (1 - beta2**t)).sqrt() + eps)
     scale = p_diag.rsqrt()
     expected = float(torch.linalg.eigvalsh(scale[:, None] * dense * scale[None, :])[-1])
     plain = float(torch.linalg.eigvalsh(dense)[-1])
-    estimate = hessian_max_eigenvalue(lambda: _loss(trained, x, y), trained.parameters(), iterations=60, preconditioner=optimizer)
+    estimate = hessian_max_eigenvalue(
+        lambda: _loss(trained, x, y), trained.parameters(), iterations=60, preconditioner=optimizer
+    )
     assert estimate == pytest.approx(expected, rel=0.01)
     assert expected > 10 * plain  # the preconditioner matters here: the test could tell them apart
     from_tensors = hessian_max_eigenvalue(
-        lambda: _loss(trained, x, y), trained.parameters(), iterations=60,
+        lambda: _loss(trained, x, y),
+        trained.parameters(),
+        iterations=60,
         preconditioner=adam_preconditioner(optimizer, list(trained.parameters())),
     )
     assert from_tensors == pytest.approx(estimate, rel=1e-6)

@@ -65,7 +65,13 @@ def test_two_process_ddp_run_matches_one_process_with_the_same_global_batch(smok
     _no_child_left()
     assert single["status"] == double["status"] == "ok", double["failure"]
     assert sorted(p.relative_to(tmp_path / "two").as_posix() for p in (tmp_path / "two").rglob("*")) == [
-        "checkpoint.pt", "config.json", "metrics.csv", "reconstruction.npz", "reconstruction.png", "result.json"]
+        "checkpoint.pt",
+        "config.json",
+        "metrics.csv",
+        "reconstruction.npz",
+        "reconstruction.png",
+        "result.json",
+    ]
     if HAS_MLFLOW:
         from mlflow.tracking import MlflowClient
 
@@ -120,8 +126,19 @@ def test_a_nan_on_one_rank_stops_every_rank_and_is_recorded_once(smoke_data, tmp
 
 
 def test_validation_smaller_than_the_processes_is_a_usage_error(tmp_path) -> None:
-    result = run_cli("train", "--preset", "smoke", "--devices", "2", "--strategy", "ddp", "--val-patches", "1",
-                     "--out", tmp_path / "run")
+    result = run_cli(
+        "train",
+        "--preset",
+        "smoke",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--val-patches",
+        "1",
+        "--out",
+        tmp_path / "run",
+    )
     assert_clean_usage_error(result, "--devices", "validation patterns")
     assert not (tmp_path / "run").exists()
 

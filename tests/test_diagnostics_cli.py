@@ -55,7 +55,9 @@ def _files(root: Path) -> set[Path]:
 
 
 # ------------------------------------------------------------------------------ probe-activations
-def test_seed_003_smoke_tiny_npz_with_only_diffraction_writes_every_layer_and_the_plot(tiny_npz: Path, tmp_path: Path) -> None:
+def test_seed_003_smoke_tiny_npz_with_only_diffraction_writes_every_layer_and_the_plot(
+    tiny_npz: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     result = run_cli("probe-activations", tiny_npz, "--out", out, "--arch", "fno",
                      "--batch-size", "1", "--max-samples", "1", "--device", "cpu")  # fmt: skip
@@ -79,7 +81,9 @@ def test_seed_003_smoke_tiny_npz_with_only_diffraction_writes_every_layer_and_th
     assert "blocks.1" in result.stdout and "drift" in result.stdout
 
 
-def test_probe_activations_of_a_run_dir_reports_the_runs_architecture(fno_run: Path, smoke_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_probe_activations_of_a_run_dir_reports_the_runs_architecture(
+    fno_run: Path, smoke_data: tuple[Path, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "act"
     result = run_cli("probe-activations", smoke_data[0], "--run", fno_run, "--max-samples", "8",
                      "--batch-size", "4", "--device", "cpu", "--out", out, "--json")  # fmt: skip
@@ -107,7 +111,9 @@ def test_probe_activations_library_probes_the_first_max_samples_patterns_in_batc
 
 
 # -------------------------------------------------------------------------------------- grad-gain
-def test_grad_gain_norms_equal_autograd_of_the_physics_loss_at_the_block_outputs(smoke_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_grad_gain_norms_equal_autograd_of_the_physics_loss_at_the_block_outputs(
+    smoke_data: tuple[Path, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "gg"
     result = run_cli("grad-gain", smoke_data[0], "--arch", "hybrid", "--width", "8", "--modes", "8", "--fno-blocks", "2",
                      "--seed", "7", "--batches", "1", "--batch-size", "8", "--device", "cpu", "--out", out, "--json")  # fmt: skip
@@ -137,7 +143,9 @@ def test_grad_gain_norms_equal_autograd_of_the_physics_loss_at_the_block_outputs
     assert document["loss"]["mean"] == pytest.approx(loss.item(), rel=1e-6)
 
 
-def test_grad_gain_without_a_probe_in_the_npz_warns_and_uses_the_synthetic_probe(tiny_npz: Path, tmp_path: Path) -> None:
+def test_grad_gain_without_a_probe_in_the_npz_warns_and_uses_the_synthetic_probe(
+    tiny_npz: Path, tmp_path: Path
+) -> None:
     result = run_cli("grad-gain", tiny_npz, *FNO_TINY, "--batches", "1", "--batch-size", "2", "--device", "cpu",
                      "--out", tmp_path / "gg")  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -148,11 +156,15 @@ def test_grad_gain_without_a_probe_in_the_npz_warns_and_uses_the_synthetic_probe
     assert "blocks.0" in result.stdout and "γ=" in result.stdout
 
 
-def test_grad_gain_averages_norms_over_batches_and_forms_gains_from_the_mean_norms(smoke_data: tuple[Path, Path]) -> None:
+def test_grad_gain_averages_norms_over_batches_and_forms_gains_from_the_mean_norms(
+    smoke_data: tuple[Path, Path],
+) -> None:
     split = load_split(smoke_data[0])
     torch.manual_seed(0)
     generator = build_generator("fno", N=32, width=4, modes=4, fno_blocks=3, cnn_blocks=1)
-    report = measure_grad_gain(split.diffraction[:10], split.probe, generator, batches=3, batch_size=4, norm_type="mean")
+    report = measure_grad_gain(
+        split.diffraction[:10], split.probe, generator, batches=3, batch_size=4, norm_type="mean"
+    )
     per_batch = report["per_batch"]
     assert [b["samples"] for b in per_batch] == [4, 4, 2]  # consecutive slices; the last one short
     for i, norm in enumerate(report["norms"]):
@@ -162,9 +174,7 @@ def test_grad_gain_averages_norms_over_batches_and_forms_gains_from_the_mean_nor
     assert report["mean_log_gains"] == pytest.approx(
         [sum(math.log(b["norms"][i - 1] / b["norms"][i]) for b in per_batch) / 3 for i in (1, 2)]
     )
-    assert report["flags"] == [
-        "amplifying" if g > 2 else "damping" if g < 0.5 else "healthy" for g in report["gains"]
-    ]
+    assert report["flags"] == ["amplifying" if g > 2 else "damping" if g < 0.5 else "healthy" for g in report["gains"]]
     assert all(p.grad is None for p in generator.parameters())  # .grad untouched
 
 
@@ -188,7 +198,10 @@ def test_a_blown_up_generator_still_gets_both_reports_naming_the_non_finite_bloc
     assert activations["summary"]["verdict"].startswith("NON-FINITE activations in blocks.1")
     gains = measure_grad_gain(patterns, normalise_probe(synthetic_probe(16)), generator, batches=1, batch_size=4)
     assert gains["flags"] == ["nonfinite"]
-    paths = {**write_activation_report(activations, tmp_path), **{f"gg_{k}": v for k, v in write_grad_gain_report(gains, tmp_path).items()}}
+    paths = {
+        **write_activation_report(activations, tmp_path),
+        **{f"gg_{k}": v for k, v in write_grad_gain_report(gains, tmp_path).items()},
+    }
     assert all(path.stat().st_size > 0 for path in paths.values())
     assert json.loads((tmp_path / "grad_gain.json").read_text())["norms"] == [None, None]  # NaN → null
 
@@ -238,7 +251,9 @@ def test_missing_npz_exits_2_naming_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["probe-activations", "grad-gain"])
-def test_checkpoint_together_with_model_options_is_refused_naming_them(command: str, fno_run: Path, tiny_npz: Path, tmp_path: Path) -> None:
+def test_checkpoint_together_with_model_options_is_refused_naming_them(
+    command: str, fno_run: Path, tiny_npz: Path, tmp_path: Path
+) -> None:
     before = _files(fno_run)
     result = run_cli(command, tiny_npz, "--run", fno_run, "--width", "8", "--device", "cpu", "--out", tmp_path / "out")
     assert_clean_usage_error(result, "--run", "--width")
@@ -248,16 +263,24 @@ def test_checkpoint_together_with_model_options_is_refused_naming_them(command: 
     assert not (tmp_path / "out").exists() and _files(fno_run) == before
 
 
-def test_corrupt_checkpoint_exits_2_and_writes_nothing(corrupt_checkpoint: Path, tiny_npz: Path, tmp_path: Path) -> None:
-    result = run_cli("probe-activations", tiny_npz, "--checkpoint", corrupt_checkpoint, "--device", "cpu", "--out", tmp_path / "out")
+def test_corrupt_checkpoint_exits_2_and_writes_nothing(
+    corrupt_checkpoint: Path, tiny_npz: Path, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "probe-activations", tiny_npz, "--checkpoint", corrupt_checkpoint, "--device", "cpu", "--out", tmp_path / "out"
+    )
     assert_clean_usage_error(result, str(corrupt_checkpoint), "checkpoint")
     assert not (tmp_path / "out").exists()
 
 
-def test_checkpoint_whose_model_cannot_run_at_the_npz_size_exits_2(deep_hybrid_checkpoint: Path, tmp_path: Path) -> None:
+def test_checkpoint_whose_model_cannot_run_at_the_npz_size_exits_2(
+    deep_hybrid_checkpoint: Path, tmp_path: Path
+) -> None:
     npz = tmp_path / "n6.npz"
     np.savez(npz, diffraction=np.ones((2, 6, 6), dtype=np.float32))
-    result = run_cli("grad-gain", npz, "--checkpoint", deep_hybrid_checkpoint, "--device", "cpu", "--out", tmp_path / "out")
+    result = run_cli(
+        "grad-gain", npz, "--checkpoint", deep_hybrid_checkpoint, "--device", "cpu", "--out", tmp_path / "out"
+    )
     assert_clean_usage_error(result, "N=6")
     assert not (tmp_path / "out").exists()
 

@@ -271,9 +271,7 @@ def scene():
 
 def evaluate(pred, scene, norm=2.0):
     _, centres, truth = scene
-    return evaluate_reconstruction(
-        pred, centres=centres, stride=10, ground_truth=truth, norm_Y_I=norm, n_images=2
-    )
+    return evaluate_reconstruction(pred, centres=centres, stride=10, ground_truth=truth, norm_Y_I=norm, n_images=2)
 
 
 def test_a_perfect_reconstruction_scores_perfectly(scene):

@@ -31,7 +31,10 @@ def _arm(summary: dict, name: str) -> dict:
 # --------------------------------------------------------------------------------------- arms
 def test_default_arms_are_the_stage_a_table() -> None:
     assert [(a.name, a.model["arch"], a.train["clip"]) for a in DEFAULT_ARMS] == [
-        ("control", "hybrid", "none"), ("arch", "stable_hybrid", "none"), ("opt", "hybrid", "agc:0.01")]
+        ("control", "hybrid", "none"),
+        ("arch", "stable_hybrid", "none"),
+        ("opt", "hybrid", "agc:0.01"),
+    ]
 
 
 def test_arm_flags_parse_keys_into_model_and_training_options() -> None:
@@ -46,17 +49,25 @@ def test_clip_sweep_adds_control_arms_with_norm_clips() -> None:
 
 
 def test_arms_file_in_toml(tmp_path) -> None:
-    (tmp_path / "arms.toml").write_text('[arms.a]\narch = "fno"\nclip = "none"\n[arms.b]\narch = "hybrid"\nlr = 0.003\n')
+    (tmp_path / "arms.toml").write_text(
+        '[arms.a]\narch = "fno"\nclip = "none"\n[arms.b]\narch = "hybrid"\nlr = 0.003\n'
+    )
     arms = resolve_arms([], tmp_path / "arms.toml", None)
-    assert [(a.name, a.model, a.train) for a in arms] == [("a", {"arch": "fno"}, {"clip": "none"}), ("b", {"arch": "hybrid"}, {"lr": 0.003})]
+    assert [(a.name, a.model, a.train) for a in arms] == [
+        ("a", {"arch": "fno"}, {"clip": "none"}),
+        ("b", {"arch": "hybrid"}, {"lr": 0.003}),
+    ]
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("x:colour=blue", "unknown arm key 'colour'"),
-    ("x:seed=3", "cannot set seed"),
-    ("x:arch", "expected NAME:key=val"),
-    ("bad name:lr=1", "arm name"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("x:colour=blue", "unknown arm key 'colour'"),
+        ("x:seed=3", "cannot set seed"),
+        ("x:arch", "expected NAME:key=val"),
+        ("bad name:lr=1", "arm name"),
+    ],
+)
 def test_bad_arms_are_input_errors(text, fragment) -> None:
     with pytest.raises(InputError, match=fragment):
         parse_arm(text)
@@ -66,8 +77,20 @@ def test_bad_arms_are_input_errors(text, fragment) -> None:
 @pytest.fixture(scope="module")
 def smoke_shootout(smoke_data, tmp_path_factory) -> tuple[Path, dict]:
     sweep = tmp_path_factory.mktemp("shootout") / "sweep"
-    result = run_cli("shootout", *smoke_data, "--preset", "smoke", *SMOKE_ARMS, "--seeds", "2", "--epochs", "1",
-                     "--out", sweep, "--json")
+    result = run_cli(
+        "shootout",
+        *smoke_data,
+        "--preset",
+        "smoke",
+        *SMOKE_ARMS,
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--out",
+        sweep,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     return sweep, json.loads(result.stdout)
 
@@ -94,8 +117,21 @@ def test_smoke_shootout_writes_every_run_and_a_summary_matching_the_runs(smoke_s
 
 def test_a_planted_diverging_arm_counts_as_failures_with_their_time(smoke_data, tmp_path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_cli("shootout", *smoke_data, "--preset", "smoke", "--arm", "boom:lr=1e4", "--seeds", "2",
-                     "--epochs", "2", "--out", sweep, "--json")
+    result = run_cli(
+        "shootout",
+        *smoke_data,
+        "--preset",
+        "smoke",
+        "--arm",
+        "boom:lr=1e4",
+        "--seeds",
+        "2",
+        "--epochs",
+        "2",
+        "--out",
+        sweep,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     group = _arm(json.loads(result.stdout), "boom")
     steps = sorted(r["failure"]["step"] for r in _results(sweep).values())
@@ -106,8 +142,20 @@ def test_a_planted_diverging_arm_counts_as_failures_with_their_time(smoke_data, 
 
 def test_resume_after_sigkill_keeps_finished_runs_and_completes_the_rest(smoke_data, tmp_path) -> None:
     sweep = tmp_path / "sweep"
-    args = ["shootout", *map(str, smoke_data), "--preset", "smoke", *SMOKE_ARMS, "--seeds", "2", "--epochs", "2",
-            "--out", str(sweep), "--quiet"]
+    args = [
+        "shootout",
+        *map(str, smoke_data),
+        "--preset",
+        "smoke",
+        *SMOKE_ARMS,
+        "--seeds",
+        "2",
+        "--epochs",
+        "2",
+        "--out",
+        str(sweep),
+        "--quiet",
+    ]
     proc = spawn_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not list(sweep.glob("runs/**/result.json")):
@@ -132,8 +180,23 @@ def test_a_second_shootout_on_a_busy_dir_is_refused_and_sigterm_stops_the_first_
     smoke_data, tmp_path
 ) -> None:
     sweep = tmp_path / "sweep"
-    args = ["shootout", *map(str, smoke_data), "--preset", "smoke", "--arm", "a", "--seeds", "4", "--epochs", "20",
-            "--jobs", "2", "--out", str(sweep), "--quiet"]
+    args = [
+        "shootout",
+        *map(str, smoke_data),
+        "--preset",
+        "smoke",
+        "--arm",
+        "a",
+        "--seeds",
+        "4",
+        "--epochs",
+        "20",
+        "--jobs",
+        "2",
+        "--out",
+        str(sweep),
+        "--quiet",
+    ]
     proc = spawn_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(sweep.glob("runs/a/seed-*/config.json")):
@@ -157,8 +220,22 @@ def test_ray_executor_gives_the_same_results_as_local(smoke_data, smoke_shootout
     pytest.importorskip("ray")
     local_sweep, _ = smoke_shootout
     sweep = tmp_path / "ray"
-    result = run_cli("shootout", *smoke_data, "--preset", "smoke", *SMOKE_ARMS, "--seeds", "2", "--epochs", "1",
-                     "--out", sweep, "--executor", "ray", "--json")
+    result = run_cli(
+        "shootout",
+        *smoke_data,
+        "--preset",
+        "smoke",
+        *SMOKE_ARMS,
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--out",
+        sweep,
+        "--executor",
+        "ray",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     ray_results, local_results = _results(sweep), _results(local_sweep)
     assert sorted(ray_results) == sorted(local_results)
@@ -175,15 +252,18 @@ def test_ray_executor_without_ray_installed_is_a_clear_input_error(monkeypatch, 
         next(run_on_ray([], tmp_path, "shootout", threads=1, address=None, gpus_per_run=0.0))
 
 
-@pytest.mark.parametrize(("args", "fragments"), [
-    (["--arm", "x:colour=red"], ["unknown arm key 'colour'"]),
-    (["--epochs", "21"], ["at most 20 epochs", "fnostab stress"]),
-    (["--seeds", "0"], ["--seeds", "at least 1"]),
-    (["--seed-list", "1,x"], ["--seed-list", "'x'"]),
-    (["--clip-sweep", "1,-5"], ["--clip-sweep", "positive"]),
-    (["--jobs", "0"], ["--jobs"]),
-    (["--executor", "slurm"], ["--executor", "local or ray"]),
-])
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--arm", "x:colour=red"], ["unknown arm key 'colour'"]),
+        (["--epochs", "21"], ["at most 20 epochs", "fnostab stress"]),
+        (["--seeds", "0"], ["--seeds", "at least 1"]),
+        (["--seed-list", "1,x"], ["--seed-list", "'x'"]),
+        (["--clip-sweep", "1,-5"], ["--clip-sweep", "positive"]),
+        (["--jobs", "0"], ["--jobs"]),
+        (["--executor", "slurm"], ["--executor", "local or ray"]),
+    ],
+)
 def test_bad_shootout_inputs_exit_2_and_write_nothing(smoke_data, tmp_path, args, fragments) -> None:
     sweep = tmp_path / "sweep"
     result = run_cli("shootout", *smoke_data, "--preset", "smoke", "--out", sweep, *args)
@@ -194,8 +274,23 @@ def test_bad_shootout_inputs_exit_2_and_write_nothing(smoke_data, tmp_path, args
 # ------------------------------------------------------------------------------------ stress
 def test_smoke_stress_over_learning_rates_finds_the_boundary(smoke_data, tmp_path) -> None:
     sweep = tmp_path / "stress"
-    result = run_cli("stress", *smoke_data, "--preset", "smoke", "--arm", "control", "--lrs", "1e-4,1e4",
-                     "--seeds", "1", "--epochs", "2", "--out", sweep, "--json")
+    result = run_cli(
+        "stress",
+        *smoke_data,
+        "--preset",
+        "smoke",
+        "--arm",
+        "control",
+        "--lrs",
+        "1e-4,1e4",
+        "--seeds",
+        "1",
+        "--epochs",
+        "2",
+        "--out",
+        sweep,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     statuses = {r["sweep"]["lr"]: r["status"] for r in _results(sweep).values()}
     assert statuses == {1e-4: "ok", 1e4: "diverged"}
@@ -205,22 +300,66 @@ def test_smoke_stress_over_learning_rates_finds_the_boundary(smoke_data, tmp_pat
 
 
 def test_stress_plan_only_reports_the_deep_uncapped_model_infeasible_without_allocating() -> None:
-    result = run_cli("stress", "--preset", "paper", "--N", "256", "--depths", "4,6,8", "--arm", "control",
-                     "--plan-only", "--memory-limit", "24GiB", "--json")
+    result = run_cli(
+        "stress",
+        "--preset",
+        "paper",
+        "--N",
+        "256",
+        "--depths",
+        "4,6,8",
+        "--arm",
+        "control",
+        "--plan-only",
+        "--memory-limit",
+        "24GiB",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     plans = {row["depth"]: row for row in json.loads(result.stdout)["plans"]}
     assert plans[8]["params"] == 4_417_975_522 and not plans[8]["feasible"]
     assert plans[4]["params"] == 17_202_402 and plans[4]["feasible"] and plans[6]["feasible"]
-    capped = run_cli("stress", "--preset", "paper", "--N", "256", "--depths", "8", "--arm", "control", "--plan-only",
-                     "--memory-limit", "24GiB", "--max-hidden-channels", "512", "--checkpointing", "--json")
+    capped = run_cli(
+        "stress",
+        "--preset",
+        "paper",
+        "--N",
+        "256",
+        "--depths",
+        "8",
+        "--arm",
+        "control",
+        "--plan-only",
+        "--memory-limit",
+        "24GiB",
+        "--max-hidden-channels",
+        "512",
+        "--checkpointing",
+        "--json",
+    )
     row = json.loads(capped.stdout)["plans"][0]
     assert row["params"] == 216_834_786 and row["feasible"] and row["total_bytes"] < 24 * 2**30
 
 
 def test_stress_records_infeasible_configurations_and_goes_on(smoke_data, tmp_path) -> None:
     sweep = tmp_path / "stress"
-    result = run_cli("stress", *smoke_data, "--preset", "smoke", "--arm", "control", "--depths", "2,6",
-                     "--seeds", "1", "--epochs", "1", "--out", sweep, "--json")
+    result = run_cli(
+        "stress",
+        *smoke_data,
+        "--preset",
+        "smoke",
+        "--arm",
+        "control",
+        "--depths",
+        "2,6",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        sweep,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     by_depth = {r["sweep"]["depth"]: r for r in _results(sweep).values()}
     assert by_depth[2]["status"] == "ok"
@@ -230,12 +369,15 @@ def test_stress_records_infeasible_configurations_and_goes_on(smoke_data, tmp_pa
     assert not (sweep / "runs/control/d6-lr0.001/seed-0/metrics.csv").exists()
 
 
-@pytest.mark.parametrize(("args", "fragments"), [
-    (["--lrs", "1e-3,abc"], ["--lrs", "'abc'"]),
-    (["--depths", "2,2"], ["--depths", "repeated"]),
-    ([], ["--depths and/or --lrs"]),
-    (["--lrs", "1e-3", "--memory-limit", "lots"], ["--memory-limit", "24GiB"]),
-])
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--lrs", "1e-3,abc"], ["--lrs", "'abc'"]),
+        (["--depths", "2,2"], ["--depths", "repeated"]),
+        ([], ["--depths and/or --lrs"]),
+        (["--lrs", "1e-3", "--memory-limit", "lots"], ["--memory-limit", "24GiB"]),
+    ],
+)
 def test_bad_stress_inputs_exit_2(smoke_data, tmp_path, args, fragments) -> None:
     sweep = tmp_path / "sweep"
     assert_clean_usage_error(run_cli("stress", *smoke_data, "--preset", "smoke", "--out", sweep, *args), *fragments)
@@ -244,8 +386,23 @@ def test_bad_stress_inputs_exit_2(smoke_data, tmp_path, args, fragments) -> None
 
 def test_interrupting_a_parallel_shootout_exits_130_and_the_rerun_completes(smoke_data, tmp_path) -> None:
     sweep = tmp_path / "sweep"
-    args = ["shootout", *map(str, smoke_data), "--preset", "smoke", "--arm", "a", "--seeds", "4", "--epochs", "3",
-            "--jobs", "2", "--out", str(sweep), "--quiet"]
+    args = [
+        "shootout",
+        *map(str, smoke_data),
+        "--preset",
+        "smoke",
+        "--arm",
+        "a",
+        "--seeds",
+        "4",
+        "--epochs",
+        "3",
+        "--jobs",
+        "2",
+        "--out",
+        str(sweep),
+        "--quiet",
+    ]
     proc = spawn_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(sweep.glob("runs/a/seed-*/config.json")):
@@ -264,13 +421,27 @@ def test_resuming_with_fewer_seeds_summarises_only_the_planned_runs(smoke_data, 
     original, _ = smoke_shootout
     sweep = tmp_path / "sweep"
     shutil.copytree(original, sweep)
-    result = run_cli("shootout", *smoke_data, "--preset", "smoke", *SMOKE_ARMS, "--seeds", "1", "--epochs", "1",
-                     "--out", sweep, "--json")
+    result = run_cli(
+        "shootout",
+        *smoke_data,
+        "--preset",
+        "smoke",
+        *SMOKE_ARMS,
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        sweep,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert [(g["label"], g["n"], g["seeds"]) for g in summary["arms"]] == [("control", 1, [0]), ("opt", 1, [0])]
     assert sorted(Path(p).relative_to(sweep).as_posix() for p in summary["runs"]["outside_plan"]) == [
-        "runs/control/seed-1", "runs/opt/seed-1"]
+        "runs/control/seed-1",
+        "runs/opt/seed-1",
+    ]
     assert any("not in its sweep.json plan" in w for w in summary["warnings"])
 
 
@@ -281,8 +452,23 @@ def test_stress_lr_dirs_keep_distinct_learning_rates_apart() -> None:
 
 def test_infeasible_runs_are_replanned_when_the_memory_limit_grows(smoke_data, tmp_path) -> None:
     sweep = tmp_path / "stress"
-    args = ["stress", *smoke_data, "--preset", "smoke", "--arm", "control", "--depths", "2", "--seeds", "1",
-            "--epochs", "1", "--out", sweep, "--json"]
+    args = [
+        "stress",
+        *smoke_data,
+        "--preset",
+        "smoke",
+        "--arm",
+        "control",
+        "--depths",
+        "2",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        sweep,
+        "--json",
+    ]
     tight = run_cli(*args, "--memory-limit", "1MiB")
     assert tight.returncode == 0, tight.stderr
     [only] = _results(sweep).values()
@@ -316,11 +502,18 @@ def test_a_killed_worker_is_recorded_as_oom_for_its_run_only_and_the_sweep_goes_
     from fnostab.experiments.store import RunSpec, shootout_run_dir
 
     data = DataSource(train=smoke_data[0], test=smoke_data[1])
-    specs = [RunSpec(arm, 0, RunConfig(name=arm, data=data), shootout_run_dir(arm, 0))
-             for arm in ("innocent", "killer", "later")]
-    outcomes = {o["dir"]: o for o in run_in_pool(specs, tmp_path, "shootout", jobs=2, threads=1,
-                                                 worker=_kill_the_arm_named_killer)}
+    specs = [
+        RunSpec(arm, 0, RunConfig(name=arm, data=data), shootout_run_dir(arm, 0))
+        for arm in ("innocent", "killer", "later")
+    ]
+    outcomes = {
+        o["dir"]: o
+        for o in run_in_pool(specs, tmp_path, "shootout", jobs=2, threads=1, worker=_kill_the_arm_named_killer)
+    }
     assert {d: o["status"] for d, o in outcomes.items()} == {
-        "runs/innocent/seed-0": "ok", "runs/killer/seed-0": "oom", "runs/later/seed-0": "ok"}
+        "runs/innocent/seed-0": "ok",
+        "runs/killer/seed-0": "oom",
+        "runs/later/seed-0": "ok",
+    }
     recorded = json.loads((tmp_path / "runs/killer/seed-0/result.json").read_text())
     assert recorded["status"] == "oom" and "SIGKILL" in recorded["failure"]["reason"]

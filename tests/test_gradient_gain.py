@@ -372,9 +372,7 @@ class HostConversions:
 
 
 @pytest.mark.parametrize("reader", ["norms", "gains", "log_gains", "summary_stats", "report"])
-def test_every_reader_converts_all_block_norms_to_floats_at_once(
-    reader: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_reader_converts_all_block_norms_to_floats_at_once(reader: str, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = nn.ModuleList(Scale(c) for c in (1.5, 0.5, 2.0, 4.0, 1.0))
     with GradientGainMonitor(blocks) as mon:
         run_chain(blocks, torch.ones(4)).sum().backward()

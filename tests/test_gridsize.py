@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_clean_usage_error, run_cli
 from fnostab.config import PRESETS, SimulationConfig, TrainConfig
 from fnostab.data.npz import load_pair, load_split
 from fnostab.data.simulate import simulate, write_dataset
@@ -21,7 +22,6 @@ from fnostab.groups import GroupGeometry
 from fnostab.models import build_generator, plan
 from fnostab.physics import far_field_amplitude, far_field_amplitude_np, physics_loss, predicted_amplitude
 from fnostab.training.module import PtychoModule
-from conftest import assert_clean_usage_error, run_cli
 
 SMOKE2 = {**PRESETS["smoke"]["data"], "gridsize": 2}
 
@@ -80,7 +80,13 @@ def test_gs2_npz_layout_counts_and_metadata(gs2_smoke) -> None:
     corners = np.arange(steps) * 8 + (M - 1) / 2
     assert np.array_equal(np.unique(arrays["coords_offsets"][:, 0, 0, 0]), corners)
     meta = json.loads(str(arrays["_metadata"]))
-    assert (meta["gridsize"], meta["offset"], meta["window"], meta["n_patches"], meta["n_patterns"]) == (2, 4, M, n, 4 * n)
+    assert (meta["gridsize"], meta["offset"], meta["window"], meta["n_patches"], meta["n_patterns"]) == (
+        2,
+        4,
+        M,
+        n,
+        4 * n,
+    )
     test = load_split(test_path)
     test_steps = (160 - M) // 10 + 1
     assert test.ground_truth.shape == (1, 10 * test_steps, 10 * test_steps)
@@ -196,7 +202,6 @@ def test_true_patches_through_the_gs2_forward_model_give_the_noise_floor(gs2_noi
     assert float(value) == pytest.approx(floor, rel=1e-5)
 
 
-
 def test_the_forward_model_couples_the_members_through_their_overlaps(gs2_noisy) -> None:
     split = load_split(gs2_noisy[0])
     patches = true_member_patches(split)
@@ -266,7 +271,9 @@ def test_train_gridsize_2_end_to_end_records_it(tmp_path) -> None:
 
 def test_stress_plan_at_gridsize_2_counts_c_channels() -> None:
     one = run_cli("stress", "--preset", "smoke", "--depths", "2", "--arm", "control", "--plan-only", "--json")
-    two = run_cli("stress", "--preset", "smoke", "--gridsize", "2", "--depths", "2", "--arm", "control", "--plan-only", "--json")
+    two = run_cli(
+        "stress", "--preset", "smoke", "--gridsize", "2", "--depths", "2", "--arm", "control", "--plan-only", "--json"
+    )
     assert one.returncode == two.returncode == 0, (one.stderr, two.stderr)
     p1, p2 = json.loads(one.stdout), json.loads(two.stdout)
     assert (p1["gridsize"], p2["gridsize"]) == (1, 2)
@@ -275,9 +282,12 @@ def test_stress_plan_at_gridsize_2_counts_c_channels() -> None:
 
 
 def test_simulate_rejects_a_bad_gridsize_and_an_offset_without_overlap(tmp_path) -> None:
-    assert_clean_usage_error(run_cli("simulate", "--preset", "smoke", "--gridsize", "3", "--out", tmp_path / "a"), "--gridsize")
     assert_clean_usage_error(
-        run_cli("simulate", "--preset", "smoke", "--gridsize", "2", "--offset", "32", "--out", tmp_path / "b"), "offset 32"
+        run_cli("simulate", "--preset", "smoke", "--gridsize", "3", "--out", tmp_path / "a"), "--gridsize"
+    )
+    assert_clean_usage_error(
+        run_cli("simulate", "--preset", "smoke", "--gridsize", "2", "--offset", "32", "--out", tmp_path / "b"),
+        "offset 32",
     )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -299,8 +309,10 @@ def test_a_generator_with_one_constant_per_channel_is_collapsed(gs2_smoke, tmp_p
     from fnostab.config import DataSource, ModelConfig, RunConfig
     from fnostab.training.runner import prepare_run, run_training
 
-    config = RunConfig(data=DataSource(train=gs2_smoke[0], test=gs2_smoke[1]),
-                       model=ModelConfig(arch="hybrid", width=8, modes=8, fno_blocks=2),
-                       train=TrainConfig(epochs=1, batch_size=16, seed=0, threads=1))
+    config = RunConfig(
+        data=DataSource(train=gs2_smoke[0], test=gs2_smoke[1]),
+        model=ModelConfig(arch="hybrid", width=8, modes=8, fno_blocks=2),
+        train=TrainConfig(epochs=1, batch_size=16, seed=0, threads=1),
+    )
     result = run_training(prepare_run(config), tmp_path / "run", generator=_ConstantPerChannel())
     assert result["status"] == "collapsed" and "constant-amplitude" in result["failure"]["reason"]

@@ -39,10 +39,11 @@ def _csv_series(run_dir: Path, name: str) -> list[tuple[int, float]]:
 @pytest.fixture(scope="module")
 def logged_run(smoke_data, tmp_path_factory) -> tuple[Path, dict]:
     train_path, test_path = smoke_data
-    config = RunConfig(data=DataSource(train=train_path, test=test_path),
-                       model=ModelConfig(arch="hybrid", width=8, modes=8, fno_blocks=2),
-                       train=TrainConfig(epochs=2, batch_size=32, seed=1, log_grad_norm=True, threads=1,
-                                         val_patches=32))
+    config = RunConfig(
+        data=DataSource(train=train_path, test=test_path),
+        model=ModelConfig(arch="hybrid", width=8, modes=8, fno_blocks=2),
+        train=TrainConfig(epochs=2, batch_size=32, seed=1, log_grad_norm=True, threads=1, val_patches=32),
+    )
     run_dir = tmp_path_factory.mktemp("logged") / "run"
     result = run_training(prepare_run(config), run_dir, logging=LoggingOptions(("tensorboard", "mlflow")))
     return run_dir, result
@@ -77,10 +78,31 @@ def test_mlflow_run_holds_the_metrics_the_parameters_and_the_status(logged_run) 
 
 def test_a_shootout_logs_each_run_as_its_own_tagged_mlflow_run(smoke_data, tmp_path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_cli("shootout", *smoke_data, "--preset", "smoke", "--seeds", "1", "--epochs", "1",
-                     "--batch-size", "64", "--val-patches", "16",
-                     "--arm", "plain:clip=none", "--arm", "clipped:clip=norm:1", "--logger", "mlflow",
-                     "--logger", "tensorboard", "--out", sweep, "--json")
+    result = run_cli(
+        "shootout",
+        *smoke_data,
+        "--preset",
+        "smoke",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--val-patches",
+        "16",
+        "--arm",
+        "plain:clip=none",
+        "--arm",
+        "clipped:clip=norm:1",
+        "--logger",
+        "mlflow",
+        "--logger",
+        "tensorboard",
+        "--out",
+        sweep,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert "Creating" not in result.stderr  # the experiment is made before the runs, without Lightning's notice
     assert json.loads(result.stdout)["runs"]["finished"] == 2
@@ -99,14 +121,16 @@ def test_a_shootout_logs_each_run_as_its_own_tagged_mlflow_run(smoke_data, tmp_p
 
 def test_missing_extra_or_unknown_logger_is_one_clear_line(monkeypatch, tmp_path) -> None:
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a)
+    )
     with pytest.raises(InputError, match=r"--logger mlflow needs the mlflow extra: pip install 'fnostab\[mlflow\]'"):
         parse_logging(["csv", "mlflow"], None)
     assert parse_logging(["csv", "tensorboard", "tensorboard"], None).loggers == ("tensorboard",)
     result = run_cli("train", "--preset", "smoke", "--logger", "wandb", "--out", tmp_path / "run")
     assert_clean_usage_error(result, "--logger", "wandb")
-    result = run_cli("shootout", "--preset", "smoke", "--mlflow-uri", "http://localhost:5000",
-                     "--out", tmp_path / "sweep")
+    result = run_cli(
+        "shootout", "--preset", "smoke", "--mlflow-uri", "http://localhost:5000", "--out", tmp_path / "sweep"
+    )
     assert_clean_usage_error(result, "--mlflow-uri needs --logger mlflow")
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()

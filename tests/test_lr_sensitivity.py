@@ -24,9 +24,8 @@ def _points(seed: int, initial: float, outcomes: list[tuple[float, str, float | 
     return [LrPoint(seed, lr, status, final, initial) for lr, status, final in outcomes]
 
 
-ARM_POINTS = (
-    _points(0, 1.0, [(1e-3, "ok", 0.2), (1e-2, "ok", 0.3), (1e-1, "diverged", None)])
-    + _points(1, 0.9, [(1e-3, "ok", 0.25), (1e-2, "ok", 1.2), (1e-1, "collapsed", 0.05)])
+ARM_POINTS = _points(0, 1.0, [(1e-3, "ok", 0.2), (1e-2, "ok", 0.3), (1e-1, "diverged", None)]) + _points(
+    1, 0.9, [(1e-3, "ok", 0.25), (1e-2, "ok", 1.2), (1e-1, "collapsed", 0.05)]
 )
 
 
@@ -52,8 +51,9 @@ def test_lr_sensitivity_equals_the_hand_computed_definition() -> None:
 
 
 def test_common_best_loss_shifts_every_seed_by_the_gap_to_the_best_arm() -> None:
-    entries = lr_sensitivities({"own": ARM_POINTS, "better": _points(0, 1.0, [(1e-3, "ok", 0.15), (1e-2, "ok", 0.16),
-                                                                             (1e-1, "ok", 0.17)])})
+    entries = lr_sensitivities(
+        {"own": ARM_POINTS, "better": _points(0, 1.0, [(1e-3, "ok", 0.15), (1e-2, "ok", 0.16), (1e-1, "ok", 0.17)])}
+    )
     own, better = entries["own"], entries["better"]
     assert own["mean"] == arm_lr_sensitivity(ARM_POINTS)["mean"]
     assert own["common"]["best_loss"] == better["common"]["best_loss"] == 0.15
@@ -82,16 +82,32 @@ ARCH = {"control": ("hybrid", "none"), "arch": ("stable_hybrid", "none"), "opt":
 def _grid_group(name: str, lr: float, statuses: list[str], best: float = 0.1) -> dict:
     arch, clip = ARCH[name]
     failures = sum(s != "ok" for s in statuses)
-    return {"arm": name, "label": f"{name}@d2-lr{lr}", "kind": "shootout", "grid_cell": True, "arch": arch, "clip": clip,
-            "depth": 2, "lr": lr, "n": len(statuses), "failures": failures, "failure_rate": failures / len(statuses),
-            "failure_ci95": list(wilson_interval(failures, len(statuses))), "val_loss_names": ["mae_val_loss"],
-            "metrics": {"best_val_loss": {"median": best}},
-            "runs": [{"seed": i, "status": s, "best_val_loss": best if s == "ok" else None} for i, s in enumerate(statuses)]}
+    return {
+        "arm": name,
+        "label": f"{name}@d2-lr{lr}",
+        "kind": "shootout",
+        "grid_cell": True,
+        "arch": arch,
+        "clip": clip,
+        "depth": 2,
+        "lr": lr,
+        "n": len(statuses),
+        "failures": failures,
+        "failure_rate": failures / len(statuses),
+        "failure_ci95": list(wilson_interval(failures, len(statuses))),
+        "val_loss_names": ["mae_val_loss"],
+        "metrics": {"best_val_loss": {"median": best}},
+        "runs": [
+            {"seed": i, "status": s, "best_val_loss": best if s == "ok" else None} for i, s in enumerate(statuses)
+        ],
+    }
 
 
 def _cells(groups: list[dict]) -> list[dict]:
-    return [{k: g[k] for k in ("arm", "arch", "clip", "depth", "lr", "n", "failures")} | {"infeasible": False}
-            for g in groups]
+    return [
+        {k: g[k] for k in ("arm", "arch", "clip", "depth", "lr", "n", "failures")} | {"infeasible": False}
+        for g in groups
+    ]
 
 
 def _sensitivity(arm: str, mean: float, ci: list[float], best: float = 0.1) -> dict:
@@ -99,8 +115,12 @@ def _sensitivity(arm: str, mean: float, ci: list[float], best: float = 0.1) -> d
 
 
 def test_stage_a_is_taken_at_the_learning_rates_where_the_control_fails() -> None:
-    groups = [_grid_group("control", 1e-3, ["ok"] * 3), _grid_group("control", 1e-2, ["collapsed"] * 3),
-              _grid_group("arch", 1e-3, ["ok"] * 3, 0.09), _grid_group("arch", 1e-2, ["ok", "ok", "collapsed"], 0.095)]
+    groups = [
+        _grid_group("control", 1e-3, ["ok"] * 3),
+        _grid_group("control", 1e-2, ["collapsed"] * 3),
+        _grid_group("arch", 1e-3, ["ok"] * 3, 0.09),
+        _grid_group("arch", 1e-2, ["ok", "ok", "collapsed"], 0.095),
+    ]
     verdict = decide(groups, {"cells": _cells(groups), "lr_sensitivity": []})
     stage_a = verdict["stage_a"]
     assert stage_a["source"] == "lr_grid" and stage_a["lrs"] == [1e-2]
@@ -112,26 +132,39 @@ def test_stage_a_is_taken_at_the_learning_rates_where_the_control_fails() -> Non
 
 def test_stage_b_passes_on_lower_lr_sensitivity_beyond_seed_noise_only() -> None:
     # Same boundary (both fail at 1e-2 in some seed), same failure count: only the sensitivity differs.
-    groups = [_grid_group("control", 1e-3, ["ok"] * 3), _grid_group("control", 1e-2, ["ok", "diverged", "diverged"]),
-              _grid_group("opt", 1e-3, ["ok"] * 3), _grid_group("opt", 1e-2, ["ok", "ok", "diverged"])]
-    stress = {"cells": _cells(groups), "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]),
-                                                          _sensitivity("opt", 0.2, [0.1, 0.3])]}
+    groups = [
+        _grid_group("control", 1e-3, ["ok"] * 3),
+        _grid_group("control", 1e-2, ["ok", "diverged", "diverged"]),
+        _grid_group("opt", 1e-3, ["ok"] * 3),
+        _grid_group("opt", 1e-2, ["ok", "ok", "diverged"]),
+    ]
+    stress = {
+        "cells": _cells(groups),
+        "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]), _sensitivity("opt", 0.2, [0.1, 0.3])],
+    }
     check = decide(groups, stress)["stage_b"]["opt"]
     assert check["checks"]["lr_beyond"] is False and check["checks"]["less_lr_sensitive"] is True
     assert check["passes"] is True
     assert "LR sensitivity 0.2 [0.1, 0.3] (control 0.5 [0.4, 0.6])" in decide(groups, stress)["explanation"]
 
     # Lower but within seed noise: undecided, not failed, and the next step says how many seeds would tell.
-    overlapping = {**stress, "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]),
-                                                _sensitivity("opt", 0.35, [0.25, 0.45])]}
+    overlapping = {
+        **stress,
+        "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]), _sensitivity("opt", 0.35, [0.25, 0.45])],
+    }
     undecided = decide(groups, overlapping)
     assert undecided["stage_b"]["opt"]["checks"]["less_lr_sensitive"] is None
     assert undecided["stage_b"]["opt"]["passes"] is None
-    higher = {**stress, "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]), _sensitivity("opt", 0.55, [0.5, 0.6])]}
+    higher = {
+        **stress,
+        "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]), _sensitivity("opt", 0.55, [0.5, 0.6])],
+    }
     assert decide(groups, higher)["stage_b"]["opt"]["passes"] is False
     # An arm that barely learns is "insensitive" for free: its best loss must be within 10% of the control's.
-    lazy = {**stress, "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]),
-                                         _sensitivity("opt", 0.01, [0.0, 0.02], best=0.5)]}
+    lazy = {
+        **stress,
+        "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]), _sensitivity("opt", 0.01, [0.0, 0.02], best=0.5)],
+    }
     assert decide(groups, lazy)["stage_b"]["opt"]["checks"]["less_lr_sensitive"] is False
 
 
@@ -139,8 +172,9 @@ def test_shootout_over_lrs_plans_one_run_per_arm_rate_and_seed() -> None:
     data = DataSource(train=Path("train.npz"), test=Path("test.npz"))
     specs = plan_shootout(list(DEFAULT_ARMS), [0, 1], "smoke", data, {}, lrs=[1e-3, 3e-2])
     assert len(specs) == 3 * 2 * 2
-    assert {(s.arm, s.lr, s.seed) for s in specs} == {(a.name, lr, seed) for a in DEFAULT_ARMS
-                                                       for lr in (1e-3, 3e-2) for seed in (0, 1)}
+    assert {(s.arm, s.lr, s.seed) for s in specs} == {
+        (a.name, lr, seed) for a in DEFAULT_ARMS for lr in (1e-3, 3e-2) for seed in (0, 1)
+    }
     assert all(s.config.train.lr == s.lr and s.depth == s.config.model.fno_blocks for s in specs)
     assert specs[2].relative_dir == "runs/control/lr0.03/seed-0"
 
@@ -148,9 +182,24 @@ def test_shootout_over_lrs_plans_one_run_per_arm_rate_and_seed() -> None:
 # -------------------------------------------------------------------------------------------- CLI
 def test_stress_summary_lr_sensitivity_equals_the_definition_from_the_run_dirs(tmp_path) -> None:
     out = tmp_path / "lr"
-    result = run_cli("stress", "--preset", "smoke", "--lrs", "1e-3,3e-2,10", "--seeds", "2", "--epochs", "1",
-                     "--arm", "control:arch=hybrid,clip=none", "--arm", "arch:arch=stable_hybrid",
-                     "--out", out, "--quiet")
+    result = run_cli(
+        "stress",
+        "--preset",
+        "smoke",
+        "--lrs",
+        "1e-3,3e-2,10",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--arm",
+        "control:arch=hybrid,clip=none",
+        "--arm",
+        "arch:arch=stable_hybrid",
+        "--out",
+        out,
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     summary = run_cli("summarize", out, "--json")
     assert summary.returncode == 0, summary.stderr
@@ -188,8 +237,8 @@ def test_stress_summary_lr_sensitivity_equals_the_definition_from_the_run_dirs(t
 
 
 def test_seeds_to_separate_solves_the_t_intervals_for_the_measured_spread() -> None:
-    fix = {"mean": 0.2, "per_seed": [{"value": 0.15}, {"value": 0.25}]}       # sd 0.0707
-    control = {"mean": 0.4, "per_seed": [{"value": 0.35}, {"value": 0.45}]}   # sd 0.0707
+    fix = {"mean": 0.2, "per_seed": [{"value": 0.15}, {"value": 0.25}]}  # sd 0.0707
+    control = {"mean": 0.4, "per_seed": [{"value": 0.35}, {"value": 0.45}]}  # sd 0.0707
     n = seeds_to_separate(fix, control)
     # Smallest n with t(0.975, n−1)·(0.0707 + 0.0707)/√n < 0.2: n = 4 gives 3.182·0.1414/2 = 0.225, n = 5 gives 0.176.
     assert n == 5
@@ -199,7 +248,11 @@ def test_seeds_to_separate_solves_the_t_intervals_for_the_measured_spread() -> N
 def test_a_gate_reads_the_loss_as_a_multiple_of_the_noise_floor() -> None:
     from fnostab.report.gates import evaluate_gates, parse_gate
 
-    group = {"arm": "control", "label": "control", "n": 2,
-             "metrics": {"best_val_loss_over_floor": {"median": 80.0, "n": 2}}}
+    group = {
+        "arm": "control",
+        "label": "control",
+        "n": 2,
+        "metrics": {"best_val_loss_over_floor": {"median": 80.0, "n": 2}},
+    }
     (entry,) = evaluate_gates([parse_gate("best_val_loss_over_floor[control]<=50")], [group])
     assert entry["value"] == 80.0 and entry["passed"] is False

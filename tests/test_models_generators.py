@@ -23,7 +23,6 @@ from fnostab.models.generators import AmpPhaseHead, RealImagHead
 SMALL = dict(width=8, modes=4, fno_blocks=3)
 
 
-
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -71,9 +71,16 @@ def test_fno_plan_matches_the_ptychopinn_default_count() -> None:
     assert plan("fno", batch_size=16, N=64).params == 656_002
 
 
-@pytest.mark.parametrize(("optimizer", "weight_decay", "momentum"), [
-    ("adam", 0.0, 0.9), ("adam", 1e-4, 0.9), ("adamw", 1e-2, 0.9), ("sgd", 0.0, 0.9), ("sgd", 1e-4, 0.0),
-])
+@pytest.mark.parametrize(
+    ("optimizer", "weight_decay", "momentum"),
+    [
+        ("adam", 0.0, 0.9),
+        ("adam", 1e-4, 0.9),
+        ("adamw", 1e-2, 0.9),
+        ("sgd", 0.0, 0.9),
+        ("sgd", 1e-4, 0.0),
+    ],
+)
 def test_planned_optimizer_state_is_what_torch_keeps_after_a_step(optimizer, weight_decay, momentum) -> None:
     options = dict(batch_size=2, N=32, width=8, modes=4, fno_blocks=2)
     p = plan("hybrid", optimizer=optimizer, weight_decay=weight_decay, momentum=momentum, **options)
@@ -83,12 +90,19 @@ def test_planned_optimizer_state_is_what_torch_keeps_after_a_step(optimizer, wei
     for param in model.parameters():
         param.grad = torch.ones_like(param)
     torch_optimizer.step()
-    kept = sum(v.numel() * v.element_size() for state in torch_optimizer.state.values() for v in state.values()
-               if isinstance(v, torch.Tensor) and v.dim() > 0)  # not Adam's scalar step count
+    kept = sum(
+        v.numel() * v.element_size()
+        for state in torch_optimizer.state.values()
+        for v in state.values()
+        if isinstance(v, torch.Tensor) and v.dim() > 0
+    )  # not Adam's scalar step count
     assert p.optimizer_bytes == kept
     # The step's temporaries: sqrt(exp_avg_sq) for Adam(W), and grad + wd·param for L2 decay (Adam, SGD).
     expected = {("adam", 0.0): 1, ("adam", 1e-4): 2, ("adamw", 1e-2): 1, ("sgd", 0.0): 0, ("sgd", 1e-4): 1}
-    assert optimizer_buffers(optimizer, weight_decay=weight_decay, momentum=momentum)[1] == expected[(optimizer, weight_decay)]
+    assert (
+        optimizer_buffers(optimizer, weight_decay=weight_decay, momentum=momentum)[1]
+        == expected[(optimizer, weight_decay)]
+    )
 
 
 def test_measured_step_memory_of_a_hand_countable_model() -> None:

@@ -27,7 +27,9 @@ def _train(smoke_data: tuple[Path, Path], run_dir: Path, monitor_every: int) -> 
     config = RunConfig(
         data=DataSource(train=train, test=test),
         model=SMOKE_MODEL,
-        train=TrainConfig(epochs=1, batch_size=BATCH, seed=SEED, monitor_every=monitor_every, val_patches=16, accelerator="cpu"),
+        train=TrainConfig(
+            epochs=1, batch_size=BATCH, seed=SEED, monitor_every=monitor_every, val_patches=16, accelerator="cpu"
+        ),
     )
     result = run_training(prepare_run(config), run_dir)
     assert result["status"] == "ok", result["failure"]
@@ -91,13 +93,15 @@ def test_block_grad_norms_at_step_0_equal_an_independent_autograd_computation(
     assert logged_act == pytest.approx([o.detach().abs().mean().item() for o in outputs], rel=1e-5)
 
 
-
 def test_out_of_memory_before_the_first_block_on_a_monitored_step_is_still_recorded_as_oom(
     smoke_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
     train, test = smoke_data
-    config = RunConfig(data=DataSource(train=train, test=test), model=SMOKE_MODEL,
-                       train=TrainConfig(epochs=1, batch_size=BATCH, seed=SEED, monitor_every=1, accelerator="cpu"))
+    config = RunConfig(
+        data=DataSource(train=train, test=test),
+        model=SMOKE_MODEL,
+        train=TrainConfig(epochs=1, batch_size=BATCH, seed=SEED, monitor_every=1, accelerator="cpu"),
+    )
     generator = build_generator("hybrid", **SMOKE_MODEL.generator_kwargs(32))
 
     def out_of_memory(module: torch.nn.Module, inputs: object) -> None:

@@ -25,7 +25,10 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
 
 def test_patch_arrays_load_with_or_without_the_channel_axis(smoke_data, tmp_path) -> None:
     arrays = _arrays(smoke_data[0])
-    np.savez(tmp_path / "flat.npz", **{k: (v[..., 0] if k in ("diffraction", "Y_I", "Y_phi") else v) for k, v in arrays.items()})
+    np.savez(
+        tmp_path / "flat.npz",
+        **{k: (v[..., 0] if k in ("diffraction", "Y_I", "Y_phi") else v) for k, v in arrays.items()},
+    )
     with_channel, without = load_split(smoke_data[0]), load_split(tmp_path / "flat.npz")
     assert with_channel.diffraction.shape == without.diffraction.shape == (289, 1, 32, 32)
     np.testing.assert_array_equal(with_channel.diffraction, without.diffraction)
@@ -116,11 +119,23 @@ def _dark_centre(probe: np.ndarray) -> np.ndarray:
 
 BAD_TRAIN_FILES = {
     "missing key": (_drop("diffraction"), ["missing key 'diffraction'", "keys present"]),
-    "missing probe": (lambda a: (a.pop("probe_simulated"), a.pop("probeGuess")), ["missing key 'probe_simulated' or 'probeGuess'"]),
-    "wrong rank": (_set("diffraction", lambda d: d[..., 0, 0]), ["key 'diffraction'", "expected shape (n, N, N)", "(289, 32)"]),
+    "missing probe": (
+        lambda a: (a.pop("probe_simulated"), a.pop("probeGuess")),
+        ["missing key 'probe_simulated' or 'probeGuess'"],
+    ),
+    "wrong rank": (
+        _set("diffraction", lambda d: d[..., 0, 0]),
+        ["key 'diffraction'", "expected shape (n, N, N)", "(289, 32)"],
+    ),
     "empty": (_set("diffraction", lambda d: d[:0]), ["key 'diffraction'", "non-empty", "(0, 32, 32, 1)"]),
-    "nan": (_set("diffraction", lambda d: np.where(np.arange(d.size).reshape(d.shape) == 7, np.nan, d).astype(np.float32)), ["key 'diffraction'", "NaN or inf"]),
-    "inf": (_set("Y_I", lambda d: np.where(np.arange(d.size).reshape(d.shape) == 3, np.inf, d).astype(np.float32)), ["key 'Y_I'", "NaN or inf"]),
+    "nan": (
+        _set("diffraction", lambda d: np.where(np.arange(d.size).reshape(d.shape) == 7, np.nan, d).astype(np.float32)),
+        ["key 'diffraction'", "NaN or inf"],
+    ),
+    "inf": (
+        _set("Y_I", lambda d: np.where(np.arange(d.size).reshape(d.shape) == 3, np.inf, d).astype(np.float32)),
+        ["key 'Y_I'", "NaN or inf"],
+    ),
     "negative": (_set("diffraction", lambda d: d - 1.0), ["key 'diffraction'", "non-negative", "minimum"]),
     "probe shape": (_set("probe_simulated", lambda p: p[:16, :16]), ["key 'probe_simulated'", "(32, 32)", "(16, 16)"]),
     "Y_I mismatch": (_set("Y_I", lambda d: d[:10]), ["key 'Y_I'", "289 patches", "(10, 32, 32, 1)"]),

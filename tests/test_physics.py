@@ -88,7 +88,9 @@ def test_unknown_loss_name_is_an_error() -> None:
 
 def test_mean_total_counts_equal_nphotons_within_three_standard_errors() -> None:
     nphotons = 1e4
-    train, test = simulate(SimulationConfig(N=32, object_size=96, stride_train=4, stride_test=10, nphotons=nphotons, seed=5))
+    train, test = simulate(
+        SimulationConfig(N=32, object_size=96, stride_train=4, stride_test=10, nphotons=nphotons, seed=5)
+    )
     scale = train.metadata["intensity_scale"]
     counts = (scale * train.arrays["diffraction"][..., 0].astype(np.float64)) ** 2
     # Integer photon counts: stored as float32 sqrt(k)/s, k comes back within ~1e-7·k of an integer,

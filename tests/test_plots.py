@@ -13,11 +13,16 @@ STEPS = list(range(200))
 
 
 def _document(threshold: float = 5.0) -> dict:
-    runs_a = [{"status": "ok", "failure": None}, {"status": "ok", "failure": None},
-              {"status": "diverged", "failure": {"step": 150, "epoch": 3}}]
+    runs_a = [
+        {"status": "ok", "failure": None},
+        {"status": "ok", "failure": None},
+        {"status": "diverged", "failure": {"step": 150, "epoch": 3}},
+    ]
     runs_b = [{"status": "ok", "failure": None}]
-    arms = [{"label": "a", "kind": "shootout", "runs": runs_a, "val_loss_names": ["mae_val_loss"]},
-            {"label": "b", "kind": "shootout", "runs": runs_b, "val_loss_names": ["mae_val_loss"]}]
+    arms = [
+        {"label": "a", "kind": "shootout", "runs": runs_a, "val_loss_names": ["mae_val_loss"]},
+        {"label": "b", "kind": "shootout", "runs": runs_b, "val_loss_names": ["mae_val_loss"]},
+    ]
     return {"arms": arms, "grad_norm_threshold": threshold}
 
 

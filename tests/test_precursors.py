@@ -71,8 +71,10 @@ def test_adams_first_step_moves_every_coordinate_by_lr_and_its_v_rms_is_the_grad
     recorder = PrecursorRecorder(model, every=1, window=4)
     groups = block_groups(model)
     loss = _backward(model)
-    real = {name: torch.cat([(torch.view_as_real(p.grad) if p.is_complex() else p.grad).reshape(-1) for p in params])
-            for name, params in groups.items()}
+    real = {
+        name: torch.cat([(torch.view_as_real(p.grad) if p.is_complex() else p.grad).reshape(-1) for p in params])
+        for name, params in groups.items()
+    }
     recorder.capture(0, optimizer)
     optimizer.step()
     logged = recorder.finish(0, float(loss), 1.0, optimizer, stepped=True)
@@ -102,8 +104,14 @@ def test_a_loss_spike_writes_the_last_w_steps_once_and_a_failure_adds_its_own_wi
         failed = step == 29
         if not failed:
             optimizer.step()
-        recorder.finish(step, losses.get(step, 1.0), 1.0, optimizer, stepped=not failed,
-                        failure=_fake_failure("diverged", 29) if failed else None)
+        recorder.finish(
+            step,
+            losses.get(step, 1.0),
+            1.0,
+            optimizer,
+            stepped=not failed,
+            failure=_fake_failure("diverged", 29) if failed else None,
+        )
     windows = read_windows(tmp_path / PRECURSORS_NAME)
     assert [(w["trigger"], w["trigger_step"]) for w in windows] == [("spike", 25), ("diverged", 29)]
     assert windows[0]["steps"] == list(range(18, 26)) and windows[1]["steps"] == list(range(22, 30))
@@ -119,8 +127,9 @@ def test_a_loss_spike_writes_the_last_w_steps_once_and_a_failure_adds_its_own_wi
 
 
 # ----------------------------------------------------------------------------------------- in training
-def _train(smoke_data: tuple[Path, Path], run_dir: Path, monkeypatch: pytest.MonkeyPatch | None = None,
-           **train: object) -> dict:
+def _train(
+    smoke_data: tuple[Path, Path], run_dir: Path, monkeypatch: pytest.MonkeyPatch | None = None, **train: object
+) -> dict:
     from fnostab.cli.train import build_run_config
     from fnostab.training.runner import prepare_run, run_training
 
@@ -147,7 +156,9 @@ def test_recording_precursors_and_curvature_leaves_the_training_numbers_unchange
     assert plain["val_losses"] == recorded["val_losses"]
 
 
-def test_block_signals_are_logged_every_k_steps_curvature_every_m_and_batch_sharpness_every_b(plain_and_recorded) -> None:
+def test_block_signals_are_logged_every_k_steps_curvature_every_m_and_batch_sharpness_every_b(
+    plain_and_recorded,
+) -> None:
     rows = [r for r in _metrics(plain_and_recorded[1]) if r.get("mae_train_loss")]
     steps = [int(r["step"]) for r in rows]
     assert steps == list(range(19))
@@ -185,7 +196,9 @@ def planted(smoke_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFact
     return run_dir
 
 
-def test_a_planted_lr_jump_leaves_a_window_ending_at_the_failure_and_explain_names_a_signal_before_it(planted: Path) -> None:
+def test_a_planted_lr_jump_leaves_a_window_ending_at_the_failure_and_explain_names_a_signal_before_it(
+    planted: Path,
+) -> None:
     from fnostab.report.explain import explain_run
 
     failure = json.loads((planted / "result.json").read_text())["failure"]
@@ -202,7 +215,9 @@ def test_a_planted_lr_jump_leaves_a_window_ending_at_the_failure_and_explain_nam
 
 def test_train_at_lr_10_then_explain_json_is_one_document_consistent_with_metrics_csv(tmp_path: Path) -> None:
     run_dir = tmp_path / "R"
-    trained = run_cli("train", "--preset", "smoke", "--lr", "10", "--precursors-every", "1", "--out", run_dir, "--quiet")
+    trained = run_cli(
+        "train", "--preset", "smoke", "--lr", "10", "--precursors-every", "1", "--out", run_dir, "--quiet"
+    )
     assert trained.returncode == 1, trained.stderr
     explained = run_cli("explain", run_dir, "--json")
     assert explained.returncode == 0, explained.stderr
@@ -238,7 +253,14 @@ def test_summarize_explains_each_failed_run_and_counts_failures_by_first_signal(
     group = document["arms"][0]
     assert group["failures_by_first_signal"] == {"update_ratio": 1}
     explanation = group["runs"][0]["explanation"]
-    assert explanation["step"] == 38 and explanation["block"] in ("lifter", "encoder.0", "encoder.1", "bottleneck", "decoder.0", "head")
+    assert explanation["step"] == 38 and explanation["block"] in (
+        "lifter",
+        "encoder.0",
+        "encoder.1",
+        "bottleneck",
+        "decoder.0",
+        "head",
+    )
     markdown = (tmp_path / "summary.md").read_text()
     assert "## Why runs failed (first precursor signal)" in markdown
     assert "update_ratio 1" in markdown
@@ -283,8 +305,16 @@ def test_a_collapse_is_explained_from_its_first_spike_and_names_blocks_whose_gra
     loss = [0.5, 0.52, 0.49, 0.5, 9.0] + [0.4] * 55
     with (run_dir / "metrics.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["epoch", "step", "mae_train_loss", "precursor/encoder.0/grad_norm", "precursor/head/grad_norm",
-                         "precursor/head/adam_v_rms"])
+        writer.writerow(
+            [
+                "epoch",
+                "step",
+                "mae_train_loss",
+                "precursor/encoder.0/grad_norm",
+                "precursor/head/grad_norm",
+                "precursor/head/adam_v_rms",
+            ]
+        )
         for step in range(60):
             writer.writerow([0, step, loss[step], encoder[step], head[step], head_v[step]])
     columns = ["precursor/loss", "precursor/encoder.0/grad_norm", "precursor/head/grad_norm"]
@@ -294,7 +324,9 @@ def test_a_collapse_is_explained_from_its_first_spike_and_names_blocks_whose_gra
         for step in range(5):  # the spike window (steps 0-4), then the collapse's (steps 50-59)
             writer.writerow([0, "spike", 4, step, "loss spike ×18", loss[step], encoder[step], head[step]])
         for step in range(50, 60):
-            writer.writerow([1, "collapsed", 59, step, "constant-amplitude output", loss[step], encoder[step], head[step]])
+            writer.writerow(
+                [1, "collapsed", 59, step, "constant-amplitude output", loss[step], encoder[step], head[step]]
+            )
     document = explain_run(run_dir)
     assert document["searched"]["window"] == {"trigger": "spike", "trigger_step": 4}
     first = document["first_signal"]

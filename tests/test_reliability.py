@@ -62,11 +62,24 @@ def test_a_second_train_into_a_busy_run_dir_is_refused_and_sigterm_stops_the_fir
     smoke_data, tmp_path
 ) -> None:
     out = tmp_path / "run"
-    proc = spawn_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "200", "--out", out, "--json",
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = spawn_cli(
+        "train",
+        *smoke_data,
+        "--preset",
+        "smoke",
+        "--epochs",
+        "200",
+        "--out",
+        out,
+        "--json",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(out / "config.json", proc)
-    second = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--seed", "7", "--out", out,
-                     "--force")  # the two used to mix their files in one run dir
+    second = run_cli(
+        "train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--seed", "7", "--out", out, "--force"
+    )  # the two used to mix their files in one run dir
     assert_clean_usage_error(second, "in use by another fnostab process", f"pid {proc.pid}")
     assert json.loads((out / "config.json").read_text())["train"]["seed"] != 7
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging dir of the refused run
@@ -83,8 +96,9 @@ def test_a_second_train_into_a_busy_run_dir_is_refused_and_sigterm_stops_the_fir
 
 def _write_sweep_json(directory: Path, kind: str) -> None:
     directory.mkdir(parents=True)
-    (directory / "sweep.json").write_text(json.dumps(
-        {"schema": "fnostab.sweep/1", "kind": kind, "arms": {"control": {}}, "seeds": [0], "runs": []}))
+    (directory / "sweep.json").write_text(
+        json.dumps({"schema": "fnostab.sweep/1", "kind": kind, "arms": {"control": {}}, "seeds": [0], "runs": []})
+    )
 
 
 def test_stress_over_a_shootout_dir_and_the_reverse_are_refused(smoke_data, tmp_path) -> None:
@@ -128,10 +142,18 @@ def test_check_out_dir_rejects_a_read_only_file_system(tmp_path, monkeypatch) ->
         fnostab.io.check_out_dir(tmp_path / "out")
 
 
-@pytest.mark.parametrize(("command", "kind"), [
-    ("train", "under_proc"), ("simulate", "under_file"), ("shootout", "long_name"), ("stress", "under_proc"),
-    ("summarize", "under_file"), ("probe-activations", "long_name"), ("grad-gain", "under_proc"),
-])
+@pytest.mark.parametrize(
+    ("command", "kind"),
+    [
+        ("train", "under_proc"),
+        ("simulate", "under_file"),
+        ("shootout", "long_name"),
+        ("stress", "under_proc"),
+        ("summarize", "under_file"),
+        ("probe-activations", "long_name"),
+        ("grad-gain", "under_proc"),
+    ],
+)
 def test_every_command_refuses_an_unwritable_out_before_any_work(command, kind, smoke_data, tmp_path) -> None:
     out, fragment = _bad_out(kind, tmp_path)
     train, test = smoke_data
@@ -173,8 +195,9 @@ def _no_space_for(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
 
 
 def test_a_full_disk_after_training_is_an_error_outcome_not_ok(smoke_data, tmp_path, monkeypatch) -> None:
-    from fnostab.training.runner import prepare_run, run_training
     from test_training import _config
+
+    from fnostab.training.runner import prepare_run, run_training
 
     _no_space_for(monkeypatch, "reconstruction.png")
     result = run_training(prepare_run(_config(smoke_data, epochs=1)), tmp_path / "run")
@@ -227,19 +250,31 @@ def _unevaluable_test_split(smoke_data, tmp_path: Path, fault: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("fault", "fragment"), [
-    ("far_centres", "does not fit"), ("small_truth", "ground_truth has shape"),
-])
-def test_a_test_split_that_cannot_be_evaluated_is_refused_before_training(fault, fragment, smoke_data, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("fault", "fragment"),
+    [
+        ("far_centres", "does not fit"),
+        ("small_truth", "ground_truth has shape"),
+    ],
+)
+def test_a_test_split_that_cannot_be_evaluated_is_refused_before_training(
+    fault, fragment, smoke_data, tmp_path
+) -> None:
     bad = _unevaluable_test_split(smoke_data, tmp_path, fault)
     out = tmp_path / "run"
-    assert_one_line_error(invoke("train", smoke_data[0], bad, "--preset", "smoke", "--out", out), 2,
-                          str(bad), "cannot be evaluated", fragment)
+    assert_one_line_error(
+        invoke("train", smoke_data[0], bad, "--preset", "smoke", "--out", out),
+        2,
+        str(bad),
+        "cannot be evaluated",
+        fragment,
+    )
     assert not out.exists()
     if fault == "far_centres":
         sweep = tmp_path / "sweep"
-        assert_one_line_error(invoke("shootout", smoke_data[0], bad, "--preset", "smoke", "--out", sweep), 2,
-                              "cannot be evaluated")
+        assert_one_line_error(
+            invoke("shootout", smoke_data[0], bad, "--preset", "smoke", "--out", sweep), 2, "cannot be evaluated"
+        )
         assert not sweep.exists()
 
 
@@ -257,11 +292,14 @@ def test_ray_client_address_without_grpc_is_one_clear_line(monkeypatch) -> None:
     assert any(req.startswith("ray[client]") for req in extras["ray"])
 
 
-@pytest.mark.parametrize(("args", "fragment"), [
-    (["train", "--lr", "abc"], "'--lr'"),
-    (["train", "--bogus"], "--bogus"),
-    (["trian"], "'trian'"),
-])
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["train", "--lr", "abc"], "'--lr'"),
+        (["train", "--bogus"], "--bogus"),
+        (["trian"], "'trian'"),
+    ],
+)
 def test_usage_errors_of_the_parser_are_one_line(args, fragment) -> None:
     result = run_cli(*args, "--json")
     assert_clean_usage_error(result, fragment)
@@ -305,10 +343,16 @@ def test_json_mode_prints_one_error_document_on_bad_input_and_on_a_crash(tmp_pat
 
 
 def test_options_that_expect_a_file_reject_a_directory_and_seeds_stay_in_numpy_bounds(tmp_path) -> None:
-    assert_one_line_error(invoke("shootout", "--arms-file", tmp_path, "--out", tmp_path / "s"), 2,
-                          "--arms-file expects a TOML file, found a directory")
-    assert_one_line_error(invoke("probe-activations", tmp_path / "x.npz", "--checkpoint", tmp_path), 2,
-                          "--checkpoint expects a checkpoint file, found a directory")
+    assert_one_line_error(
+        invoke("shootout", "--arms-file", tmp_path, "--out", tmp_path / "s"),
+        2,
+        "--arms-file expects a TOML file, found a directory",
+    )
+    assert_one_line_error(
+        invoke("probe-activations", tmp_path / "x.npz", "--checkpoint", tmp_path),
+        2,
+        "--checkpoint expects a checkpoint file, found a directory",
+    )
     # Lightning's seed_everything raises for a seed numpy cannot take: after config.json was written.
     assert_one_line_error(invoke("train", "--seed", str(2**32), "--out", tmp_path / "r"), 2, "--seed")
     # torch.set_num_threads raises past a C int (and crashes at exit with 100 000 threads).
@@ -339,11 +383,17 @@ def _result_dir(tmp_path: Path, document: dict) -> Path:
     return run
 
 
-@pytest.mark.parametrize(("change", "key"), [
-    ({"training": "oops"}, "'training' expected an object, found 'oops'"),
-    ({"metrics": {"amp_ssim": "high"}}, "'metrics.amp_ssim"),
-    ({"status": "ok", "failure": {"status": "diverged", "reason": "x", "step": 1, "epoch": 0}}, "'failure' must be null"),
-])
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"training": "oops"}, "'training' expected an object, found 'oops'"),
+        ({"metrics": {"amp_ssim": "high"}}, "'metrics.amp_ssim"),
+        (
+            {"status": "ok", "failure": {"status": "diverged", "reason": "x", "step": 1, "epoch": 0}},
+            "'failure' must be null",
+        ),
+    ],
+)
 def test_summarize_names_the_wrong_key_of_a_result(change, key, tmp_path) -> None:
     from test_report import make_result
 
@@ -361,8 +411,9 @@ def test_summarize_names_the_wrong_key_of_a_sweep_plan(tmp_path) -> None:
     from test_report import make_result, write_run
 
     write_run(tmp_path / "sweep" / "runs" / "control" / "seed-0", make_result("control", 0))
-    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(
-        {"schema": "fnostab.sweep/1", "kind": "shootout", "arms": ["control"], "seeds": [0], "runs": []}))
+    (tmp_path / "sweep" / "sweep.json").write_text(
+        json.dumps({"schema": "fnostab.sweep/1", "kind": "shootout", "arms": ["control"], "seeds": [0], "runs": []})
+    )
     assert_one_line_error(invoke("summarize", tmp_path / "sweep"), 2, "sweep.json", "'arms' expected an object")
 
 

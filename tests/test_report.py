@@ -34,12 +34,19 @@ def make_result(
 ) -> dict[str, Any]:
     """A result.json document in the fnostab.result/1 layout with only what summarize reads filled in."""
     arch, clip = ARCH.get(arm, ("hybrid", "none"))
-    failure = None if status == "ok" else {"status": status, "reason": f"planted {status}", "step": step, "epoch": epoch}
+    failure = (
+        None if status == "ok" else {"status": status, "reason": f"planted {status}", "step": step, "epoch": epoch}
+    )
     metrics = None
     if amp_ssim is not None and status != "infeasible":
         baseline = {"amp_ssim": 0.336, "amp_mae": 0.52, "phase_ssim": 0.879, "phase_aligned_ssim": 0.9}
-        metrics = {"amp_ssim": amp_ssim, "amp_mae": 0.2, "phase_ssim": phase_ssim, "phase_aligned_ssim": 0.91,
-                   "baseline": baseline}
+        metrics = {
+            "amp_ssim": amp_ssim,
+            "amp_mae": 0.2,
+            "phase_ssim": phase_ssim,
+            "phase_aligned_ssim": 0.91,
+            "baseline": baseline,
+        }
     val_losses = [] if best is None else [2 * best, 1.5 * best, best]
     return {
         "schema": "fnostab.result/1",
@@ -47,13 +54,23 @@ def make_result(
         "status": status,
         "failure": failure,
         "seed": seed,
-        "model": {"arch": arch, "params": 1000, "params_real": 1500, "config": {"arch": arch, "fno_blocks": depth or 2}},
+        "model": {
+            "arch": arch,
+            "params": 1000,
+            "params_real": 1500,
+            "config": {"arch": arch, "fno_blocks": depth or 2},
+        },
         "training": {
             "config": {"clip": clip, "lr": lr or 1e-3},
-            "epochs_completed": len(val_losses), "steps": 100, "val_loss_name": "mae_val_loss",
-            "val_losses": val_losses, "train_losses": val_losses,
-            "best_val_loss": best, "best_epoch": None if best is None else len(val_losses) - 1,
-            "final_val_loss": best, "final_train_loss": best,
+            "epochs_completed": len(val_losses),
+            "steps": 100,
+            "val_loss_name": "mae_val_loss",
+            "val_losses": val_losses,
+            "train_losses": val_losses,
+            "best_val_loss": best,
+            "best_epoch": None if best is None else len(val_losses) - 1,
+            "final_val_loss": best,
+            "final_train_loss": best,
         },
         "grad_norm": None,
         "metrics": metrics,
@@ -123,7 +140,9 @@ def shootout(tmp_path: Path) -> Path:
     write_sweep(root, "shootout", ["control", "arch", "opt"], [0, 1, 2, 3])
     runs = root / "runs"
     write_run(runs / "control/seed-0", make_result("control", 0, best=0.02, amp_ssim=0.40), grad_rows(CONTROL_NORMS))
-    write_run(runs / "control/seed-1", make_result("control", 1, status="diverged", step=120, epoch=3, best=0.5), block_rows())
+    write_run(
+        runs / "control/seed-1", make_result("control", 1, status="diverged", step=120, epoch=3, best=0.5), block_rows()
+    )
     write_run(runs / "control/seed-2", make_result("control", 2, status="collapsed", step=200, epoch=5, best=0.3))
     write_run(runs / "control/seed-3", make_result("control", 3, best=0.04, amp_ssim=0.50))
     write_run(runs / "control/seed-4", None)  # unfinished: config.json only
@@ -211,7 +230,13 @@ def test_summary_of_a_hand_made_sweep_matches_its_runs(shootout: Path) -> None:
     assert (ttf["steps"], ttf["epochs"]) == ([120, 200], [3, 5])
     assert ttf["step"] == {"median": 160.0, "min": 120.0, "max": 200.0} and ttf["epoch"]["median"] == 4.0
     # Conditional on ok runs: the failed runs' losses 0.5 and 0.3 must not enter the median.
-    assert control["metrics"]["best_val_loss"] == {"n": 2, "median": 0.03, "p25": 0.025, "p75": 0.035, "baseline_median": None}
+    assert control["metrics"]["best_val_loss"] == {
+        "n": 2,
+        "median": 0.03,
+        "p25": 0.025,
+        "p75": 0.035,
+        "baseline_median": None,
+    }
     assert control["metrics"]["amp_ssim"]["median"] == pytest.approx(0.45)
     assert control["metrics"]["amp_ssim"]["baseline_median"] == pytest.approx(0.336)
     assert control["metrics"]["amp_ssim_gain"]["median"] == pytest.approx(0.45 - 0.336)
@@ -220,7 +245,9 @@ def test_summary_of_a_hand_made_sweep_matches_its_runs(shootout: Path) -> None:
     grads = control["grad_norm"]
     assert (grads["runs_with_series"], grads["runs_without_series"], grads["logged_steps"]) == (1, 3, 6)
     assert grads["frac_above"] == pytest.approx(0.5) and grads["above"] == 3
-    assert grads["max"] == 150.0 and grads["max_step"] == 3 and grads["max_run"] == str(shootout / "runs/control/seed-0")
+    assert (
+        grads["max"] == 150.0 and grads["max_step"] == 3 and grads["max_run"] == str(shootout / "runs/control/seed-0")
+    )
     assert grads["median"] == pytest.approx(1.2)
 
     diverged = next(r for r in control["runs"] if r["seed"] == 1)
@@ -246,10 +273,17 @@ def test_summarize_writes_json_markdown_and_plots_into_the_sweep_dir(shootout: P
     assert "NaN" not in (shootout / "summary.json").read_text()
     markdown = (shootout / "summary.md").read_text()
     assert "## Verdict" in markdown and "| control | 4 | 2 | 50% |" in markdown
-    assert set(document["plots"]["written"]) == {"val_loss.png", "grad_norm.png", "train_loss.png", "ssim.png",
-                                                 "failure_times.png"}
-    assert document["plots"]["skipped"] == {"stress_map.png": "no stress runs",
-                                            "lr_curves.png": "no learning-rate grid with at least two rates"}
+    assert set(document["plots"]["written"]) == {
+        "val_loss.png",
+        "grad_norm.png",
+        "train_loss.png",
+        "ssim.png",
+        "failure_times.png",
+    }
+    assert document["plots"]["skipped"] == {
+        "stress_map.png": "no stress runs",
+        "lr_curves.png": "no learning-rate grid with at least two rates",
+    }
     for name in document["plots"]["written"]:
         assert (shootout / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(shootout.glob(".*.tmp"))
@@ -280,21 +314,45 @@ def test_several_paths_need_an_out_dir(shootout: Path, tmp_path: Path) -> None:
 def arm(name: str, n: int, failures: int, median_loss: float | None, **extra: Any) -> dict[str, Any]:
     """A per-arm summary entry with the fields the verdict reads."""
     arch, clip = ARCH[name]
-    return {"arm": name, "label": name, "kind": "shootout", "arch": arch, "clip": clip, "n": n, "failures": failures,
-            "failure_rate": failures / n, "failure_ci95": list(wilson_interval(failures, n)),
-            "metrics": {"best_val_loss": {"n": n - failures, "median": median_loss}}, **extra}
+    return {
+        "arm": name,
+        "label": name,
+        "kind": "shootout",
+        "arch": arch,
+        "clip": clip,
+        "n": n,
+        "failures": failures,
+        "failure_rate": failures / n,
+        "failure_ci95": list(wilson_interval(failures, n)),
+        "metrics": {"best_val_loss": {"n": n - failures, "median": median_loss}},
+        **extra,
+    }
 
 
 def cell(name: str, depth: int, lr: float, n: int, failures: int, infeasible: bool = False) -> dict[str, Any]:
     arch, clip = ARCH[name]
-    return {"arm": name, "arch": arch, "clip": clip, "depth": depth, "lr": lr, "n": 0 if infeasible else n,
-            "failures": failures, "infeasible": infeasible}
+    return {
+        "arm": name,
+        "arch": arch,
+        "clip": clip,
+        "depth": depth,
+        "lr": lr,
+        "n": 0 if infeasible else n,
+        "failures": failures,
+        "infeasible": infeasible,
+    }
 
 
 def test_verdict_gold_when_arch_wins_stage_a_and_scales_further_in_stage_b() -> None:
     groups = [arm("control", 10, 4, 0.050), arm("arch", 10, 0, 0.040), arm("opt", 10, 2, 0.052)]
-    stress = {"cells": [cell("control", 4, 1e-3, 3, 0), cell("control", 4, 1e-2, 3, 2),
-                        cell("arch", 4, 1e-3, 3, 0), cell("arch", 4, 1e-2, 3, 0)]}
+    stress = {
+        "cells": [
+            cell("control", 4, 1e-3, 3, 0),
+            cell("control", 4, 1e-2, 3, 2),
+            cell("arch", 4, 1e-3, 3, 0),
+            cell("arch", 4, 1e-2, 3, 0),
+        ]
+    }
     verdict = decide(groups, stress)
     assert verdict["outcome"] == "gold"
     assert verdict["stage_a"]["arch"]["passes"] is True
@@ -318,7 +376,11 @@ def test_verdict_silver_when_arch_loses_on_loss_and_agc_cuts_failures_within_10_
 
 def test_stage_a_does_not_compare_losses_of_arms_validated_with_different_losses() -> None:
     mae, poisson = {"val_loss_names": ["mae_val_loss"]}, {"val_loss_names": ["poisson_val_loss"]}
-    groups = [arm("control", 10, 4, 0.050, **mae), arm("arch", 10, 0, 0.040, **poisson), arm("opt", 10, 1, 0.052, **mae)]
+    groups = [
+        arm("control", 10, 4, 0.050, **mae),
+        arm("arch", 10, 0, 0.040, **poisson),
+        arm("opt", 10, 1, 0.052, **mae),
+    ]
     stage_a = decide(groups)["stage_a"]
     assert stage_a["arch"]["checks"] == {"lower_failure_rate": True, "beats_control_loss": None}
     assert stage_a["arch"]["passes"] is None and stage_a["arch"]["loss_ratio"] is None
@@ -328,13 +390,20 @@ def test_stage_a_does_not_compare_losses_of_arms_validated_with_different_losses
 
 def test_verdict_pivot_when_both_fixes_fail_the_stress_test() -> None:
     groups = [arm("control", 10, 4, 0.050), arm("arch", 10, 1, 0.045), arm("opt", 10, 2, 0.051)]
-    stress = {"cells": [cell(name, 6, lr, 3, fails) for name in ("control", "arch", "opt")
-                        for lr, fails in ((1e-3, 0), (1e-2, 3))]}
+    stress = {
+        "cells": [
+            cell(name, 6, lr, 3, fails) for name in ("control", "arch", "opt") for lr, fails in ((1e-3, 0), (1e-2, 3))
+        ]
+    }
     verdict = decide(groups, stress)
     assert verdict["outcome"] == "pivot"
     assert verdict["stage_b"]["arch"]["passes"] is False and verdict["stage_b"]["opt"]["passes"] is False
-    assert verdict["stage_b"]["arch"]["fix"]["deep"] == {"n": 6, "failures": 3, "failure_rate": 0.5,
-                                                         "failure_ci95": pytest.approx(list(wilson_interval(3, 6)))}
+    assert verdict["stage_b"]["arch"]["fix"]["deep"] == {
+        "n": 6,
+        "failures": 3,
+        "failure_rate": 0.5,
+        "failure_ci95": pytest.approx(list(wilson_interval(3, 6))),
+    }
 
 
 def test_verdict_inconclusive_when_the_control_never_failed() -> None:
@@ -354,8 +423,14 @@ def test_verdict_inconclusive_when_the_control_never_failed_even_if_both_fixes_l
 
 
 def test_verdict_inconclusive_when_a_role_arm_crashed() -> None:
-    crashed = arm("opt", 10, 2, 0.05, failures_by_status={"error": 2},
-                  runs=[{"status": "error", "failure": {"reason": "ValueError: bad clip"}}])
+    crashed = arm(
+        "opt",
+        10,
+        2,
+        0.05,
+        failures_by_status={"error": 2},
+        runs=[{"status": "error", "failure": {"reason": "ValueError: bad clip"}}],
+    )
     verdict = decide([arm("control", 10, 4, 0.05), arm("arch", 10, 0, 0.06), crashed])
     assert verdict["outcome"] == "inconclusive"
     assert "Fix the error of opt and rerun its runs: ValueError: bad clip" in verdict["next_steps"]
@@ -385,27 +460,54 @@ def test_stress_boundary_from_hand_made_stress_runs(tmp_path: Path) -> None:
     write_sweep(root, "stress", ["control"], [0, 1])
     plan = {"params": 4_417_975_522, "total_bytes": 141_375_216_704, "geometry_error": None}
     outcomes = {  # (depth, lr) → statuses of seeds 0 and 1
-        (4, 1e-4): ["ok", "ok"], (4, 1e-3): ["ok", "ok"], (4, 1e-2): ["diverged", "ok"],
-        (6, 1e-4): ["ok", "ok"], (6, 1e-3): ["diverged", "collapsed"], (6, 1e-2): ["diverged", "diverged"],
-        (8, 1e-4): ["infeasible"] * 2, (8, 1e-3): ["infeasible"] * 2, (8, 1e-2): ["infeasible"] * 2,
+        (4, 1e-4): ["ok", "ok"],
+        (4, 1e-3): ["ok", "ok"],
+        (4, 1e-2): ["diverged", "ok"],
+        (6, 1e-4): ["ok", "ok"],
+        (6, 1e-3): ["diverged", "collapsed"],
+        (6, 1e-2): ["diverged", "diverged"],
+        (8, 1e-4): ["infeasible"] * 2,
+        (8, 1e-3): ["infeasible"] * 2,
+        (8, 1e-2): ["infeasible"] * 2,
     }
     for (depth, lr), statuses in outcomes.items():
         for seed, status in enumerate(statuses):
-            result = make_result("control", seed, status=status, step=0 if status == "infeasible" else 30, epoch=1,
-                                 kind="stress", depth=depth, lr=lr, memory_plan=plan if depth == 8 else None)
+            result = make_result(
+                "control",
+                seed,
+                status=status,
+                step=0 if status == "infeasible" else 30,
+                epoch=1,
+                kind="stress",
+                depth=depth,
+                lr=lr,
+                memory_plan=plan if depth == 8 else None,
+            )
             write_run(root / f"runs/control/d{depth}-lr{lr:g}/seed-{seed}", result)
     document, _ = build_summary(collect([root]))
     stress = document["stress"]
     boundaries = stress["arms"][0]
-    assert boundaries["lr_by_depth"] == [{"depth": 4, "lr": 1e-3, "infeasible": False},
-                                         {"depth": 6, "lr": 1e-4, "infeasible": False},
-                                         {"depth": 8, "lr": None, "infeasible": True}]
-    assert boundaries["depth_by_lr"] == [{"lr": 1e-4, "depth": 6}, {"lr": 1e-3, "depth": 4}, {"lr": 1e-2, "depth": None}]
+    assert boundaries["lr_by_depth"] == [
+        {"depth": 4, "lr": 1e-3, "infeasible": False},
+        {"depth": 6, "lr": 1e-4, "infeasible": False},
+        {"depth": 8, "lr": None, "infeasible": True},
+    ]
+    assert boundaries["depth_by_lr"] == [
+        {"lr": 1e-4, "depth": 6},
+        {"lr": 1e-3, "depth": 4},
+        {"lr": 1e-2, "depth": None},
+    ]
     assert boundaries["boundary"] == {"lr": 1e-4, "depth": None, "lr_swept": True, "depth_swept": True}
     d6 = next(c for c in stress["cells"] if c["depth"] == 6 and c["lr"] == 1e-3)
     assert (d6["n"], d6["failures"], d6["statuses"], d6["stable"]) == (2, 2, {"collapsed": 1, "diverged": 1}, False)
-    assert [(i["depth"], i["lr"], i["seeds"]) for i in stress["infeasible"]] == [(8, 1e-4, [0, 1]), (8, 1e-3, [0, 1]), (8, 1e-2, [0, 1])]
-    assert stress["infeasible"][0]["params"] == 4_417_975_522 and stress["infeasible"][0]["total_bytes"] == 141_375_216_704
+    assert [(i["depth"], i["lr"], i["seeds"]) for i in stress["infeasible"]] == [
+        (8, 1e-4, [0, 1]),
+        (8, 1e-3, [0, 1]),
+        (8, 1e-2, [0, 1]),
+    ]
+    assert (
+        stress["infeasible"][0]["params"] == 4_417_975_522 and stress["infeasible"][0]["total_bytes"] == 141_375_216_704
+    )
     assert arm_of(document, "control@d4-lr0.01")["failure_rate"] == 0.5
     # Infeasible runs never trained, so they have no time to failure.
     assert arm_of(document, "control@d8-lr0.001")["time_to_failure"]["steps"] == []
@@ -417,14 +519,26 @@ def test_stress_boundaries_compare_arms_on_a_shared_grid() -> None:
     # lr 1e-2 fails even at depth 4
     assert stress_boundaries(cells)["boundary"] == {"lr": 1e-3, "depth": None, "lr_swept": True, "depth_swept": True}
     # restricted to one lr, the lr axis is not swept: only the depth boundary remains
-    assert stress_boundaries(cells, lrs=[1e-3])["boundary"] == {"lr": None, "depth": 8, "lr_swept": False, "depth_swept": True}
+    assert stress_boundaries(cells, lrs=[1e-3])["boundary"] == {
+        "lr": None,
+        "depth": 8,
+        "lr_swept": False,
+        "depth_swept": True,
+    }
 
 
 # -------------------------------------------------------------------------------------- gates
 def test_gates_pass_and_fail_on_per_arm_numbers(shootout: Path) -> None:
     document, _ = build_summary(collect([shootout]))
-    gates = [parse_gate(text) for text in ("failure_rate<=0.5", "failure_rate[control] < 0.5", "amp_ssim[arch]>=0.6",
-                                           "best_val_loss[opt]<1e-1")]
+    gates = [
+        parse_gate(text)
+        for text in (
+            "failure_rate<=0.5",
+            "failure_rate[control] < 0.5",
+            "amp_ssim[arch]>=0.6",
+            "best_val_loss[opt]<1e-1",
+        )
+    ]
     results = evaluate_gates(gates, document["arms"])
     verdicts = {(r["gate"], r["arm"]): (r["value"], r["passed"]) for r in results}
     assert verdicts[("failure_rate<=0.5", "control")] == (0.5, True)
@@ -441,7 +555,9 @@ def test_a_gate_without_a_value_fails(shootout: Path) -> None:
     assert result["value"] is None and result["passed"] is False
 
 
-@pytest.mark.parametrize("text", ["failure_rate=0.3", "failure_rate<=", "<=0.3", "failure_rate[control<=0.3", "failure_rate<=abc"])
+@pytest.mark.parametrize(
+    "text", ["failure_rate=0.3", "failure_rate<=", "<=0.3", "failure_rate[control<=0.3", "failure_rate<=abc"]
+)
 def test_malformed_gates_are_input_errors_listing_valid_metrics(text: str) -> None:
     with pytest.raises(InputError, match="valid metrics: failure_rate"):
         parse_gate(text)
@@ -458,8 +574,14 @@ def test_unknown_gate_metric_and_unknown_arm_are_input_errors(shootout: Path) ->
 def test_roles_fall_back_to_architecture_and_clip_without_giving_one_arm_two_roles() -> None:
     from fnostab.report.verdict import resolve_roles
 
-    roles = resolve_roles({"base": ("hybrid", "none"), "stable": ("stable_hybrid", "none"),
-                           "agc_t": ("hybrid", "agc_tensor:0.01"), "agc_u": ("hybrid", "agc:0.01")})
+    roles = resolve_roles(
+        {
+            "base": ("hybrid", "none"),
+            "stable": ("stable_hybrid", "none"),
+            "agc_t": ("hybrid", "agc_tensor:0.01"),
+            "agc_u": ("hybrid", "agc:0.01"),
+        }
+    )
     assert roles == {"control": "base", "arch": "stable", "opt": "agc_u"}
     assert resolve_roles({"arch": ("hybrid", "none")}) == {"control": None, "arch": "arch", "opt": None}
 

@@ -27,10 +27,22 @@ def test_every_contract_key_has_its_dtype_and_shape(smoke_data) -> None:
     for path, n, extra in ((train_path, n_train, set()), (test_path, n_test, {"YY_ground_truth", "norm_Y_I"})):
         with np.load(path, allow_pickle=False) as f:
             keys = set(f.files)
-            assert keys == {
-                "diffraction", "Y_I", "Y_phi", "coords_offsets", "coords_nominal", "coords_true",
-                "probeGuess", "probe_simulated", "YY_full", "_metadata",
-            } | extra
+            assert (
+                keys
+                == {
+                    "diffraction",
+                    "Y_I",
+                    "Y_phi",
+                    "coords_offsets",
+                    "coords_nominal",
+                    "coords_true",
+                    "probeGuess",
+                    "probe_simulated",
+                    "YY_full",
+                    "_metadata",
+                }
+                | extra
+            )
             for key in ("diffraction", "Y_I", "Y_phi"):
                 assert f[key].dtype == np.float32 and f[key].shape == (n, N, N, 1), key
             for key in ("coords_offsets", "coords_nominal", "coords_true"):
@@ -243,9 +255,16 @@ def test_noise_floor_is_the_loss_of_the_true_object_computed_independently(smoke
             objects, probe = f["YY_full"][..., 0].astype(np.complex128), f["probe_simulated"].astype(np.complex128)
             measured = f["diffraction"][..., 0].astype(np.float64)
         N, stride = SMOKE.N, meta["stride"]
-        patches = np.stack([objects[0, r:r + N, c:c + N]
-                            for r in range(0, SMOKE.object_size - N + 1, stride)
-                            for c in range(0, SMOKE.object_size - N + 1, stride)]) / meta["norm_Y_I"]
+        patches = (
+            np.stack(
+                [
+                    objects[0, r : r + N, c : c + N]
+                    for r in range(0, SMOKE.object_size - N + 1, stride)
+                    for c in range(0, SMOKE.object_size - N + 1, stride)
+                ]
+            )
+            / meta["norm_Y_I"]
+        )
         true = np.abs(np.fft.fftshift(np.fft.fft2(patches * probe), axes=(-2, -1))) / N
         mae = np.abs(true - measured).mean() / measured.mean()
         rate, counts = true**2 + 1e-8, measured**2
@@ -257,6 +276,10 @@ def test_noise_floor_is_the_loss_of_the_true_object_computed_independently(smoke
         # 1e9 photons: the shot noise of the amplitude is tiny, and the floor shows it.
         assert 1e-4 < meta["noise_floor"]["mae"] < 1e-2
         # Validation averages per-batch losses (batches of 64); the whole-split floor is within 1% of that.
-        batches = [np.abs(t - m).mean() / m.mean() * len(t) for t, m in
-                   zip(np.array_split(true, range(64, len(true), 64)), np.array_split(measured, range(64, len(true), 64)))]
+        batches = [
+            np.abs(t - m).mean() / m.mean() * len(t)
+            for t, m in zip(
+                np.array_split(true, range(64, len(true), 64)), np.array_split(measured, range(64, len(true), 64))
+            )
+        ]
         assert sum(batches) / len(true) == pytest.approx(mae, rel=1e-2)

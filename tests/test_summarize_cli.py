@@ -27,7 +27,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def json_run_with_failed_gate(sweep: Path) -> CliResult:
     """One CLI run shared by several tests (each subprocess costs about a second)."""
-    return run_cli("summarize", sweep, "--json", "--fail-on", "failure_rate<=0.6", "--fail-on", "failure_rate[control]<=0.3")
+    return run_cli(
+        "summarize", sweep, "--json", "--fail-on", "failure_rate<=0.6", "--fail-on", "failure_rate[control]<=0.3"
+    )
 
 
 def test_failed_gate_exits_1_naming_the_gate_and_its_value(json_run_with_failed_gate: CliResult) -> None:
@@ -47,7 +49,9 @@ def test_json_prints_one_parseable_summary_document(json_run_with_failed_gate: C
     assert [g["passed"] for g in document["gates"]] == [True, True, False]
 
 
-def test_summary_json_markdown_and_plots_are_written_into_the_sweep_dir(json_run_with_failed_gate: CliResult, sweep: Path) -> None:
+def test_summary_json_markdown_and_plots_are_written_into_the_sweep_dir(
+    json_run_with_failed_gate: CliResult, sweep: Path
+) -> None:
     assert json_run_with_failed_gate.returncode == 1  # the summary is written before the gate fails
     assert json.loads((sweep / "summary.json").read_text())["arms"][1]["arm"] == "arch"
     assert "## Verdict" in (sweep / "summary.md").read_text()
@@ -80,8 +84,12 @@ def test_corrupt_result_json_is_a_usage_error_naming_the_file(tmp_path: Path) ->
 
 def test_malformed_gate_and_unknown_arm_are_usage_errors_with_nothing_written(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "never"
-    assert_clean_usage_error(run_cli("summarize", sweep, "--out", out, "--fail-on", "failure_rate=0.3"),
-                             "failure_rate=0.3", "valid metrics")
-    assert_clean_usage_error(run_cli("summarize", sweep, "--out", out, "--fail-on", "failure_rate[opt]<=0.3"),
-                             "no arm 'opt'", "arms: arch, control")
+    assert_clean_usage_error(
+        run_cli("summarize", sweep, "--out", out, "--fail-on", "failure_rate=0.3"), "failure_rate=0.3", "valid metrics"
+    )
+    assert_clean_usage_error(
+        run_cli("summarize", sweep, "--out", out, "--fail-on", "failure_rate[opt]<=0.3"),
+        "no arm 'opt'",
+        "arms: arch, control",
+    )
     assert not out.exists()

@@ -122,8 +122,10 @@ def test_logged_preclip_norm_equals_an_independent_computation(smoke_data, tmp_p
     probe = torch.from_numpy(prepared.train.probe)
     loss = physics_loss("mae", predicted_amplitude(generator(batch), probe), batch)
     loss.backward()
-    squares = [torch.view_as_real(p.grad).square().sum() if p.grad.is_complex() else p.grad.square().sum()
-               for p in generator.parameters()]
+    squares = [
+        torch.view_as_real(p.grad).square().sum() if p.grad.is_complex() else p.grad.square().sum()
+        for p in generator.parameters()
+    ]
     assert logged[0] == pytest.approx(math.sqrt(sum(s.item() for s in squares)), rel=1e-5)
 
 
@@ -146,7 +148,9 @@ def test_grad_norm_log_frequency_and_default_off(smoke_data, tmp_path) -> None:
 
 
 def test_same_seed_gives_identical_results_and_another_seed_does_not(smoke_data, tmp_path) -> None:
-    runs = [run_training(prepare_run(_config(smoke_data, seed=s)), tmp_path / f"run{i}") for i, s in enumerate((5, 5, 6))]
+    runs = [
+        run_training(prepare_run(_config(smoke_data, seed=s)), tmp_path / f"run{i}") for i, s in enumerate((5, 5, 6))
+    ]
     keys = ("training", "grad_norm", "metrics")
     assert [runs[0][k] for k in keys] == [runs[1][k] for k in keys]
     assert runs[0]["training"]["val_losses"] != runs[2]["training"]["val_losses"]
@@ -230,7 +234,9 @@ class _OutOfMemoryAtInference(_ConstantObject):
 
 
 def test_a_failing_evaluation_is_recorded_and_keeps_the_training_status(smoke_data, tmp_path) -> None:
-    result = run_training(prepare_run(_config(smoke_data, epochs=1)), tmp_path / "run", generator=_OutOfMemoryAtInference())
+    result = run_training(
+        prepare_run(_config(smoke_data, epochs=1)), tmp_path / "run", generator=_OutOfMemoryAtInference()
+    )
     assert result["status"] == "ok" and result["metrics"] is None
     assert result["evaluation_note"].startswith("evaluation failed: OutOfMemoryError")
     assert json.loads((tmp_path / "run" / "result.json").read_text())["evaluation_note"] == result["evaluation_note"]
@@ -268,8 +274,9 @@ def test_initial_loss_noise_floor_and_floor_multiples_in_result_json(smoke_data,
     probe = torch.from_numpy(prepared.test.probe)
     patterns = torch.from_numpy(prepared.test.diffraction)  # (n, C, N, N), C = 1
     with torch.no_grad():
-        weighted = [physics_loss("mae", predicted_amplitude(generator(b), probe), b).item() * len(b)
-                    for b in patterns.split(64)]
+        weighted = [
+            physics_loss("mae", predicted_amplitude(generator(b), probe), b).item() * len(b) for b in patterns.split(64)
+        ]
     assert training["initial_val_loss"] == pytest.approx(sum(weighted) / len(patterns), rel=1e-5)
     assert training["initial_val_loss"] > training["best_val_loss"]
 
@@ -317,8 +324,9 @@ def test_force_replaces_a_run_only_once_the_new_one_is_written(smoke_data, tmp_p
     fresh_mode = out.stat().st_mode & 0o7777
     refused = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--out", out)
     assert refused.returncode == 2 and "--force" in refused.stderr
-    second = run_cli("train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--seed", "2", "--out", out,
-                     "--force", "--json")
+    second = run_cli(
+        "train", *smoke_data, "--preset", "smoke", "--epochs", "1", "--seed", "2", "--out", out, "--force", "--json"
+    )
     assert second.returncode == 0, second.stderr
     assert json.loads((out / "config.json").read_text())["train"]["seed"] == 2
     assert json.loads((out / "result.json").read_text())["training"] == json.loads(second.stdout)["training"]
@@ -331,8 +339,18 @@ def test_ctrl_c_exits_130_and_leaves_no_result_or_temp_file(tmp_path) -> None:
     # As when pytest itself runs with SIGINT ignored (`make test &` in a script): the child must not inherit that.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        proc = spawn_cli("train", "--preset", "smoke", "--epochs", "200", "--out", out, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        proc = spawn_cli(
+            "train",
+            "--preset",
+            "smoke",
+            "--epochs",
+            "200",
+            "--out",
+            out,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 120

@@ -144,8 +144,13 @@ def command(fn: F) -> F:
         except KeyboardInterrupt as interrupt:
             terminated = isinstance(interrupt, Terminated)
             message = "interrupted by SIGTERM" if terminated else "interrupted"
-            report_failure("interrupted", EXIT_TERMINATED if terminated else EXIT_INTERRUPTED, message,
-                           json_mode=json_mode, prefix="")
+            report_failure(
+                "interrupted",
+                EXIT_TERMINATED if terminated else EXIT_INTERRUPTED,
+                message,
+                json_mode=json_mode,
+                prefix="",
+            )
         except OSError as error:
             report_failure("error", EXIT_FAILED, describe_os_error(error), json_mode=json_mode)
         except Exception as error:  # noqa: BLE001 - a bug: keep its traceback, still end by the conventions
@@ -160,10 +165,16 @@ def command(fn: F) -> F:
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout; logs go to stderr.")
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars or log lines on stderr.")
 LOGGER_OPTION = typer.Option(
-    None, "--logger", help="Also log to tensorboard or mlflow (repeatable; metrics.csv is always written).", rich_help_panel="Logging"
+    None,
+    "--logger",
+    help="Also log to tensorboard or mlflow (repeatable; metrics.csv is always written).",
+    rich_help_panel="Logging",
 )
 MLFLOW_URI_OPTION = typer.Option(
-    None, "--mlflow-uri", help="MLflow tracking URI (default: a file store mlruns/ in the run or sweep dir).", rich_help_panel="Logging"
+    None,
+    "--mlflow-uri",
+    help="MLflow tracking URI (default: a file store mlruns/ in the run or sweep dir).",
+    rich_help_panel="Logging",
 )
 PRESET_HELP = "Size preset: smoke (tests, seconds), cpu (default, minutes on 2 cores), paper (Stage A, GPU)."
 

@@ -11,7 +11,9 @@ from fnostab.cli.common import JSON_OPTION, QUIET_OPTION, Output, command
 
 @command
 def explain_command(
-    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A run dir written by fnostab train (best with --precursors-every)."),
+    run_dir: Path = typer.Argument(
+        ..., metavar="RUN_DIR", help="A run dir written by fnostab train (best with --precursors-every)."
+    ),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the timeline explain.png into RUN_DIR."),
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,

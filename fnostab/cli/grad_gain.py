@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -30,21 +29,30 @@ from fnostab.cli.probe import (
 @command
 def grad_gain_command(
     train_npz: Path = typer.Argument(..., metavar="TRAIN.npz", help="Patterns (and probe) for the physics loss."),
-    out: Path = typer.Option(Path("grad-gain"), "--out", help="Directory for grad_gain.json and grad_gain.png.", rich_help_panel=RUN_PANEL),
-    checkpoint: Optional[Path] = CHECKPOINT_OPTION,
-    run: Optional[Path] = RUN_OPTION,
-    preset: Optional[str] = PRESET_OPTION,
-    seed: Optional[int] = SEED_OPTION,
-    arch: Optional[str] = ARCH_OPTION,
-    fno_blocks: Optional[int] = FNO_BLOCKS_OPTION,
-    width: Optional[int] = WIDTH_OPTION,
-    modes: Optional[int] = MODES_OPTION,
-    max_hidden_channels: Optional[int] = MAX_HIDDEN_OPTION,
-    bands: Optional[str] = BANDS_OPTION,
-    block_init: Optional[str] = BLOCK_INIT_OPTION,
-    batches: int = typer.Option(4, "--batches", help="K batches (consecutive, in file order) to average over.", rich_help_panel=RUN_PANEL),
+    out: Path = typer.Option(
+        Path("grad-gain"), "--out", help="Directory for grad_gain.json and grad_gain.png.", rich_help_panel=RUN_PANEL
+    ),
+    checkpoint: Path | None = CHECKPOINT_OPTION,
+    run: Path | None = RUN_OPTION,
+    preset: str | None = PRESET_OPTION,
+    seed: int | None = SEED_OPTION,
+    arch: str | None = ARCH_OPTION,
+    fno_blocks: int | None = FNO_BLOCKS_OPTION,
+    width: int | None = WIDTH_OPTION,
+    modes: int | None = MODES_OPTION,
+    max_hidden_channels: int | None = MAX_HIDDEN_OPTION,
+    bands: str | None = BANDS_OPTION,
+    block_init: str | None = BLOCK_INIT_OPTION,
+    batches: int = typer.Option(
+        4, "--batches", help="K batches (consecutive, in file order) to average over.", rich_help_panel=RUN_PANEL
+    ),
     batch_size: int = BATCH_SIZE_OPTION,
-    norm: str = typer.Option("l2", "--norm", help="Gradient norm: l2, l1, linf or mean (mean |g|: compares blocks of different sizes, e.g. hybrid levels).", rich_help_panel=RUN_PANEL),
+    norm: str = typer.Option(
+        "l2",
+        "--norm",
+        help="Gradient norm: l2, l1, linf or mean (mean |g|: compares blocks of different sizes, e.g. hybrid levels).",
+        rich_help_panel=RUN_PANEL,
+    ),
     loss: str = typer.Option("mae", "--loss", help="Physics loss: mae or poisson.", rich_help_panel=RUN_PANEL),
     device: str = DEVICE_OPTION,
     json_output: bool = JSON_OPTION,
@@ -65,7 +73,9 @@ def grad_gain_command(
     )
 
     output = Output(json_mode=json_output, quiet=quiet)
-    settings = build(GradGainSettings, dict(batches=batches, batch_size=batch_size, norm=norm, loss=loss, device=device))
+    settings = build(
+        GradGainSettings, dict(batches=batches, batch_size=batch_size, norm=norm, loss=loss, device=device)
+    )
     target, split, generator, model_info = load_diagnostic_inputs(
         train_npz, out, settings.device, checkpoint=checkpoint, run=run, preset=preset, seed=seed,
         options=dict(arch=arch, fno_blocks=fno_blocks, width=width, modes=modes,
@@ -82,9 +92,17 @@ def grad_gain_command(
     )  # fmt: skip
     used, requested = report["settings"]["batches_used"], report["settings"]["batches_requested"]
     if used < requested:
-        output.warn(f"{train_npz} holds {split.n} patterns: only {used} of the {requested} requested batches of {settings.batch_size} exist")
+        output.warn(
+            f"{train_npz} holds {split.n} patterns: only {used} of the {requested} requested batches of {settings.batch_size} exist"
+        )
     report["model"] = model_info
-    report["data"] = {"path": str(train_npz), "N": split.N, "gridsize": split.gridsize, "n_samples": split.n,
-                      "n_patterns": split.n * split.channels, "probe": "synthetic" if warning else "npz"}
+    report["data"] = {
+        "path": str(train_npz),
+        "N": split.N,
+        "gridsize": split.gridsize,
+        "n_samples": split.n,
+        "n_patterns": split.n * split.channels,
+        "probe": "synthetic" if warning else "npz",
+    }
     paths = write_grad_gain_report(report, out)
     output.result(format_grad_gain_report(report, paths), report)

@@ -6,7 +6,7 @@ The model options here are shared with ``fnostab grad-gain`` (:mod:`fnostab.cli.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -17,10 +17,19 @@ RUN_PANEL = "Run"
 
 # Option declarations shared by both diagnostics commands. Every model option defaults to None so
 # that an explicitly given one can be told apart from a default and refused next to a checkpoint.
-CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="A trained generator's checkpoint.pt.", rich_help_panel=MODEL_PANEL)
+CHECKPOINT_OPTION = typer.Option(
+    None, "--checkpoint", help="A trained generator's checkpoint.pt.", rich_help_panel=MODEL_PANEL
+)
 RUN_OPTION = typer.Option(None, "--run", help="A run dir: its checkpoint.pt is used.", rich_help_panel=MODEL_PANEL)
-PRESET_OPTION = typer.Option(None, "--preset", help=PRESET_HELP + " Fresh generator only; N comes from the NPZ.", rich_help_panel=MODEL_PANEL)
-SEED_OPTION = typer.Option(None, "--seed", help="Seed of a fresh generator's weights (default 42, as fnostab train).", rich_help_panel=MODEL_PANEL)
+PRESET_OPTION = typer.Option(
+    None, "--preset", help=PRESET_HELP + " Fresh generator only; N comes from the NPZ.", rich_help_panel=MODEL_PANEL
+)
+SEED_OPTION = typer.Option(
+    None,
+    "--seed",
+    help="Seed of a fresh generator's weights (default 42, as fnostab train).",
+    rich_help_panel=MODEL_PANEL,
+)
 ARCH_OPTION = model_option("--arch", MODEL_PANEL)
 FNO_BLOCKS_OPTION = model_option("--fno-blocks", MODEL_PANEL)
 WIDTH_OPTION = model_option("--width", MODEL_PANEL)
@@ -28,13 +37,22 @@ MODES_OPTION = model_option("--modes", MODEL_PANEL)
 MAX_HIDDEN_OPTION = model_option("--max-hidden-channels", MODEL_PANEL)
 BANDS_OPTION = model_option("--bands", MODEL_PANEL)
 BLOCK_INIT_OPTION = model_option("--block-init", MODEL_PANEL)
-DEVICE_OPTION = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when available).", rich_help_panel=RUN_PANEL)
+DEVICE_OPTION = typer.Option(
+    "auto", "--device", help="cpu, cuda or auto (cuda when available).", rich_help_panel=RUN_PANEL
+)
 BATCH_SIZE_OPTION = typer.Option(16, "--batch-size", help="Patterns per forward pass.", rich_help_panel=RUN_PANEL)
 
 
 def load_diagnostic_inputs(
-    train_npz: Path, out: Path, device: str, *, checkpoint: Path | None, run: Path | None, preset: str | None,
-    seed: int | None, options: dict[str, Any],
+    train_npz: Path,
+    out: Path,
+    device: str,
+    *,
+    checkpoint: Path | None,
+    run: Path | None,
+    preset: str | None,
+    seed: int | None,
+    options: dict[str, Any],
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
     """What both diagnostics commands need, checked in this order before any work: the model source,
     the device, ``--out``, the NPZ; then the generator. Returns (device, split, generator, model info)."""
@@ -52,20 +70,29 @@ def load_diagnostic_inputs(
 
 @command
 def probe_activations_command(
-    train_npz: Path = typer.Argument(..., metavar="TRAIN.npz", help="Patterns to probe (only 'diffraction' is needed)."),
-    out: Path = typer.Option(Path("activations"), "--out", help="Directory for activation_report.json and activations.png.", rich_help_panel=RUN_PANEL),
-    checkpoint: Optional[Path] = CHECKPOINT_OPTION,
-    run: Optional[Path] = RUN_OPTION,
-    preset: Optional[str] = PRESET_OPTION,
-    seed: Optional[int] = SEED_OPTION,
-    arch: Optional[str] = ARCH_OPTION,
-    fno_blocks: Optional[int] = FNO_BLOCKS_OPTION,
-    width: Optional[int] = WIDTH_OPTION,
-    modes: Optional[int] = MODES_OPTION,
-    max_hidden_channels: Optional[int] = MAX_HIDDEN_OPTION,
-    bands: Optional[str] = BANDS_OPTION,
-    block_init: Optional[str] = BLOCK_INIT_OPTION,
-    max_samples: int = typer.Option(64, "--max-samples", help="Probe the first this many patterns.", rich_help_panel=RUN_PANEL),
+    train_npz: Path = typer.Argument(
+        ..., metavar="TRAIN.npz", help="Patterns to probe (only 'diffraction' is needed)."
+    ),
+    out: Path = typer.Option(
+        Path("activations"),
+        "--out",
+        help="Directory for activation_report.json and activations.png.",
+        rich_help_panel=RUN_PANEL,
+    ),
+    checkpoint: Path | None = CHECKPOINT_OPTION,
+    run: Path | None = RUN_OPTION,
+    preset: str | None = PRESET_OPTION,
+    seed: int | None = SEED_OPTION,
+    arch: str | None = ARCH_OPTION,
+    fno_blocks: int | None = FNO_BLOCKS_OPTION,
+    width: int | None = WIDTH_OPTION,
+    modes: int | None = MODES_OPTION,
+    max_hidden_channels: int | None = MAX_HIDDEN_OPTION,
+    bands: str | None = BANDS_OPTION,
+    block_init: str | None = BLOCK_INIT_OPTION,
+    max_samples: int = typer.Option(
+        64, "--max-samples", help="Probe the first this many patterns.", rich_help_panel=RUN_PANEL
+    ),
     batch_size: int = BATCH_SIZE_OPTION,
     device: str = DEVICE_OPTION,
     json_output: bool = JSON_OPTION,
@@ -92,12 +119,19 @@ def probe_activations_command(
                      max_hidden_channels=max_hidden_channels, bands=bands, block_init=block_init),
     )  # fmt: skip
 
-    output.log(f"probing {model_info['architecture']} ({model_info['source']}) on {min(settings.max_samples, split.n)} patterns of {train_npz} ...")
+    output.log(
+        f"probing {model_info['architecture']} ({model_info['source']}) on {min(settings.max_samples, split.n)} patterns of {train_npz} ..."
+    )
     report = probe_activations(
         split.diffraction, generator, batch_size=settings.batch_size, max_samples=settings.max_samples, device=target
     )
     report["model"] = model_info
-    report["data"] = {"path": str(train_npz), "N": split.N, "gridsize": split.gridsize, "n_samples": split.n,
-                      "n_patterns": split.n * split.channels}
+    report["data"] = {
+        "path": str(train_npz),
+        "N": split.N,
+        "gridsize": split.gridsize,
+        "n_samples": split.n,
+        "n_patterns": split.n * split.channels,
+    }
     paths = write_activation_report(report, out)
     output.result(format_activation_report(report, paths), report)

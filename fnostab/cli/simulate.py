@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -46,18 +45,28 @@ def format_summary(summary: dict, out: Path) -> str:
 def simulate_command(
     out: Path = typer.Option(..., "--out", help="Directory to write train.npz and test.npz into."),
     preset: str = typer.Option(DEFAULT_PRESET, "--preset", help=PRESET_HELP),
-    N: Optional[int] = typer.Option(None, "--N", help="Patch size: 32, 64 or 128."),
-    object_size: Optional[int] = typer.Option(None, "--object-size", help="Object side S in pixels (default 392)."),
-    nimgs_train: Optional[int] = typer.Option(None, "--nimgs-train", help="Objects in the train split."),
-    nimgs_test: Optional[int] = typer.Option(None, "--nimgs-test", help="Objects in the test split."),
-    stride_train: Optional[int] = typer.Option(None, "--stride-train", help="Scan stride of the train grid (px)."),
-    stride_test: Optional[int] = typer.Option(None, "--stride-test", help="Scan stride of the test grid (px)."),
-    nphotons: Optional[float] = typer.Option(None, "--nphotons", help="Mean photon count per pattern."),
-    set_phi: Optional[bool] = typer.Option(None, "--set-phi/--no-set-phi", help="Give the object a phase (default on)."),
-    probe: Optional[Path] = typer.Option(None, "--probe", help="NPZ whose 'probeGuess' (complex N×N) replaces the synthetic probe."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed of objects and noise."),
-    gridsize: Optional[int] = typer.Option(None, "--gridsize", help="g: each sample a g×g group of overlapping patterns, C = g² channels (1 or 2; docs/gridsize.md)."),
-    offset: Optional[int] = typer.Option(None, "--offset", help="Spacing of the patterns inside a group in px (gridsize 2; default 4)."),
+    N: int | None = typer.Option(None, "--N", help="Patch size: 32, 64 or 128."),
+    object_size: int | None = typer.Option(None, "--object-size", help="Object side S in pixels (default 392)."),
+    nimgs_train: int | None = typer.Option(None, "--nimgs-train", help="Objects in the train split."),
+    nimgs_test: int | None = typer.Option(None, "--nimgs-test", help="Objects in the test split."),
+    stride_train: int | None = typer.Option(None, "--stride-train", help="Scan stride of the train grid (px)."),
+    stride_test: int | None = typer.Option(None, "--stride-test", help="Scan stride of the test grid (px)."),
+    nphotons: float | None = typer.Option(None, "--nphotons", help="Mean photon count per pattern."),
+    set_phi: bool | None = typer.Option(
+        None, "--set-phi/--no-set-phi", help="Give the object a phase (default on)."
+    ),
+    probe: Path | None = typer.Option(
+        None, "--probe", help="NPZ whose 'probeGuess' (complex N×N) replaces the synthetic probe."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed of objects and noise."),
+    gridsize: int | None = typer.Option(
+        None,
+        "--gridsize",
+        help="g: each sample a g×g group of overlapping patterns, C = g² channels (1 or 2; docs/gridsize.md).",
+    ),
+    offset: int | None = typer.Option(
+        None, "--offset", help="Spacing of the patterns inside a group in px (gridsize 2; default 4)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing train.npz / test.npz."),
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -65,9 +74,18 @@ def simulate_command(
     """Simulate a grid-lines ptychography data set (train.npz and test.npz)."""
     output = Output(json_mode=json_output, quiet=quiet)
     overrides = dict(
-        N=N, object_size=object_size, nimgs_train=nimgs_train, nimgs_test=nimgs_test,
-        stride_train=stride_train, stride_test=stride_test, nphotons=nphotons, set_phi=set_phi,
-        probe=probe, seed=seed, gridsize=gridsize, offset=offset,
+        N=N,
+        object_size=object_size,
+        nimgs_train=nimgs_train,
+        nimgs_test=nimgs_test,
+        stride_train=stride_train,
+        stride_test=stride_test,
+        nphotons=nphotons,
+        set_phi=set_phi,
+        probe=probe,
+        seed=seed,
+        gridsize=gridsize,
+        offset=offset,
     )
     config: SimulationConfig = build(SimulationConfig, merge(preset, "data", overrides))
     _check_destination(out, force)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,11 +12,14 @@ from fnostab.cli.common import EXIT_FAILED, JSON_OPTION, QUIET_OPTION, Output, c
 @command
 def summarize_command(
     paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Run dirs, sweep dirs or result.json files."),
-    out: Optional[Path] = typer.Option(
-        None, "--out", help="Directory for summary.json, summary.md and plots (default: the single PATH; required for several)."
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Directory for summary.json, summary.md and plots (default: the single PATH; required for several).",
     ),
-    fail_on: Optional[list[str]] = typer.Option(
-        None, "--fail-on",
+    fail_on: list[str] | None = typer.Option(
+        None,
+        "--fail-on",
         # Backslashes keep rich from reading [ARM] as markup in --help.
         help="Gate METRIC\\[ARM]OP NUMBER, e.g. 'failure_rate<=0.3' or 'amp_ssim\\[arch]>=0.4' (repeatable; exit 1 if one fails).",
     ),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -24,16 +24,33 @@ from fnostab.io import check_out_dir
 SWEEP_PANEL = "Sweep"
 EXEC_PANEL = "Execution"
 
-TRAIN_ARG = typer.Argument(None, metavar="[TRAIN.npz]", help="Train split shared by all runs (default: the preset's simulated data, cached).")
+TRAIN_ARG = typer.Argument(
+    None, metavar="[TRAIN.npz]", help="Train split shared by all runs (default: the preset's simulated data, cached)."
+)
 TEST_ARG = typer.Argument(None, metavar="[TEST.npz]", help="Test split shared by all runs.")
-ARM_OPTION = typer.Option(None, "--arm", help="NAME:key=val,... (repeatable); keys are model and training options, e.g. control:arch=hybrid,clip=none.", rich_help_panel=SWEEP_PANEL)
+ARM_OPTION = typer.Option(
+    None,
+    "--arm",
+    help="NAME:key=val,... (repeatable); keys are model and training options, e.g. control:arch=hybrid,clip=none.",
+    rich_help_panel=SWEEP_PANEL,
+)
 # The backslash keeps rich from reading [arms.NAME] as markup (it printed "TOML file with  tables.").
-ARMS_FILE_OPTION = typer.Option(None, "--arms-file", help="TOML file with \\[arms.NAME] tables.", rich_help_panel=SWEEP_PANEL)
+ARMS_FILE_OPTION = typer.Option(
+    None, "--arms-file", help="TOML file with \\[arms.NAME] tables.", rich_help_panel=SWEEP_PANEL
+)
 SEEDS_OPTION = typer.Option(None, "--seeds", help="Seeds 0..N-1 per arm (default 3).", rich_help_panel=SWEEP_PANEL)
 SEED_LIST_OPTION = typer.Option(None, "--seed-list", help="Explicit seeds, e.g. 3,7,11.", rich_help_panel=SWEEP_PANEL)
-JOBS_OPTION = typer.Option(1, "--jobs", "-j", help="Runs at once on this machine (CPU threads are split between them).", rich_help_panel=EXEC_PANEL)
+JOBS_OPTION = typer.Option(
+    1,
+    "--jobs",
+    "-j",
+    help="Runs at once on this machine (CPU threads are split between them).",
+    rich_help_panel=EXEC_PANEL,
+)
 EXECUTOR_OPTION = typer.Option("local", "--executor", help="local (process pool) or ray.", rich_help_panel=EXEC_PANEL)
-RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local Ray instance).", rich_help_panel=EXEC_PANEL)
+RAY_ADDRESS_OPTION = typer.Option(
+    None, "--ray-address", help="Ray cluster address (default: start a local Ray instance).", rich_help_panel=EXEC_PANEL
+)
 
 
 def _overrides(**values: Any) -> dict[str, dict[str, Any]]:
@@ -53,28 +70,53 @@ def _finish(output: Output, summary: dict[str, Any], sweep_dir: Path) -> None:
 
 @command
 def shootout_command(
-    train_npz: Optional[Path] = TRAIN_ARG,
-    test_npz: Optional[Path] = TEST_ARG,
-    out: Path = typer.Option(..., "--out", help="Sweep dir (rerun the same command to resume).", rich_help_panel=SWEEP_PANEL),
+    train_npz: Path | None = TRAIN_ARG,
+    test_npz: Path | None = TEST_ARG,
+    out: Path = typer.Option(
+        ..., "--out", help="Sweep dir (rerun the same command to resume).", rich_help_panel=SWEEP_PANEL
+    ),
     preset: str = typer.Option(DEFAULT_PRESET, "--preset", help=PRESET_HELP, rich_help_panel=SWEEP_PANEL),
-    arm: Optional[list[str]] = ARM_OPTION,
-    arms_file: Optional[Path] = ARMS_FILE_OPTION,
-    seeds: Optional[int] = SEEDS_OPTION,
-    seed_list: Optional[str] = SEED_LIST_OPTION,
-    lrs: Optional[str] = typer.Option(None, "--lrs", help="Run every arm at each of these peak learning rates, e.g. 1e-3,1e-2,3e-2,1e-1: stable-LR boundary and LR sensitivity per arm.", rich_help_panel=SWEEP_PANEL),
-    clip_sweep: Optional[str] = typer.Option(None, "--clip-sweep", help="Add control arms with these global norm clips, e.g. 1,5,10,20,50,100.", rich_help_panel=SWEEP_PANEL),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (at most 20; longer runs belong to `stress`).", rich_help_panel=SWEEP_PANEL),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", rich_help_panel=SWEEP_PANEL),
-    fno_blocks: Optional[int] = typer.Option(None, "--fno-blocks", help="Depth for every arm (arms may override).", rich_help_panel=SWEEP_PANEL),
-    val_patches: Optional[int] = typer.Option(None, "--val-patches", help="Fixed validation subset per epoch.", rich_help_panel=SWEEP_PANEL),
-    monitor_every: Optional[int] = typer.Option(None, "--monitor-every", help="Per-block monitors every N steps.", rich_help_panel=SWEEP_PANEL),
-    gridsize: Optional[int] = gridsize_option(SWEEP_PANEL),
-    accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=EXEC_PANEL),
+    arm: list[str] | None = ARM_OPTION,
+    arms_file: Path | None = ARMS_FILE_OPTION,
+    seeds: int | None = SEEDS_OPTION,
+    seed_list: str | None = SEED_LIST_OPTION,
+    lrs: str | None = typer.Option(
+        None,
+        "--lrs",
+        help="Run every arm at each of these peak learning rates, e.g. 1e-3,1e-2,3e-2,1e-1: stable-LR boundary and LR sensitivity per arm.",
+        rich_help_panel=SWEEP_PANEL,
+    ),
+    clip_sweep: str | None = typer.Option(
+        None,
+        "--clip-sweep",
+        help="Add control arms with these global norm clips, e.g. 1,5,10,20,50,100.",
+        rich_help_panel=SWEEP_PANEL,
+    ),
+    epochs: int | None = typer.Option(
+        None,
+        "--epochs",
+        help="Epochs per run (at most 20; longer runs belong to `stress`).",
+        rich_help_panel=SWEEP_PANEL,
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", rich_help_panel=SWEEP_PANEL),
+    fno_blocks: int | None = typer.Option(
+        None, "--fno-blocks", help="Depth for every arm (arms may override).", rich_help_panel=SWEEP_PANEL
+    ),
+    val_patches: int | None = typer.Option(
+        None, "--val-patches", help="Fixed validation subset per epoch.", rich_help_panel=SWEEP_PANEL
+    ),
+    monitor_every: int | None = typer.Option(
+        None, "--monitor-every", help="Per-block monitors every N steps.", rich_help_panel=SWEEP_PANEL
+    ),
+    gridsize: int | None = gridsize_option(SWEEP_PANEL),
+    accelerator: str | None = typer.Option(
+        None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=EXEC_PANEL
+    ),
     jobs: int = JOBS_OPTION,
     executor: str = EXECUTOR_OPTION,
-    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
-    logger: Optional[list[str]] = LOGGER_OPTION,
-    mlflow_uri: Optional[str] = MLFLOW_URI_OPTION,
+    ray_address: str | None = RAY_ADDRESS_OPTION,
+    logger: list[str] | None = LOGGER_OPTION,
+    mlflow_uri: str | None = MLFLOW_URI_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -93,18 +135,30 @@ def shootout_command(
     check_epochs(epochs)
     execution = ExecutionOptions(jobs=jobs, executor=executor, ray_address=ray_address)
     arms = resolve_arms(arm or [], arms_file, clip_sweep)
-    seed_values = resolve_seeds(seeds, parse_number_list(seed_list, "--seed-list", kind=int, positive=False) if seed_list else None)
-    overrides = _overrides(epochs=epochs, batch_size=batch_size, fno_blocks=fno_blocks, val_patches=val_patches,
-                           monitor_every=monitor_every, accelerator=accelerator)
+    seed_values = resolve_seeds(
+        seeds, parse_number_list(seed_list, "--seed-list", kind=int, positive=False) if seed_list else None
+    )
+    overrides = _overrides(
+        epochs=epochs,
+        batch_size=batch_size,
+        fno_blocks=fno_blocks,
+        val_patches=val_patches,
+        monitor_every=monitor_every,
+        accelerator=accelerator,
+    )
     _check_out(out, "shootout")
     logging = _logging(logger, mlflow_uri, out)
     data, size = shared_data(train_npz, test_npz, preset, gridsize)
     lr_values = parse_number_list(lrs, "--lrs") if lrs else None
     specs = plan_shootout(arms, seed_values, preset, data, overrides, lr_values)
     validate_specs(specs, size)
-    plan_document = {"preset": preset, "data": {"train": str(data.train), "test": str(data.test), "gridsize": data.gridsize},
-                     "arms": {a.name: a.to_dict() for a in arms}, "seeds": seed_values,
-                     **({"lrs": lr_values} if lr_values else {})}
+    plan_document = {
+        "preset": preset,
+        "data": {"train": str(data.train), "test": str(data.test), "gridsize": data.gridsize},
+        "arms": {a.name: a.to_dict() for a in arms},
+        "seeds": seed_values,
+        **({"lrs": lr_values} if lr_values else {}),
+    }
     summary = run_sweep(out, "shootout", specs, plan_document, execution, output, logging=logging)
     _finish(output, summary, out)
 
@@ -126,39 +180,73 @@ def _check_out(out: Path, kind: str) -> None:
     if plan.exists():
         found = read_sweep_plan(plan)["kind"]
         if found != kind:
-            raise InputError(f"{out}: --out holds a finished or running {found} sweep (its {SWEEP_NAME}), not a "
-                             f"{kind} sweep; choose another --out")
+            raise InputError(
+                f"{out}: --out holds a finished or running {found} sweep (its {SWEEP_NAME}), not a "
+                f"{kind} sweep; choose another --out"
+            )
     elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise InputError(f"{out}: --out is a non-empty directory that is not a sweep dir; choose another")
 
 
 @command
 def stress_command(
-    train_npz: Optional[Path] = TRAIN_ARG,
-    test_npz: Optional[Path] = TEST_ARG,
-    out: Optional[Path] = typer.Option(None, "--out", help="Sweep dir (required unless --plan-only).", rich_help_panel=SWEEP_PANEL),
+    train_npz: Path | None = TRAIN_ARG,
+    test_npz: Path | None = TEST_ARG,
+    out: Path | None = typer.Option(
+        None, "--out", help="Sweep dir (required unless --plan-only).", rich_help_panel=SWEEP_PANEL
+    ),
     preset: str = typer.Option(DEFAULT_PRESET, "--preset", help=PRESET_HELP, rich_help_panel=SWEEP_PANEL),
-    arm: Optional[list[str]] = ARM_OPTION,
-    arms_file: Optional[Path] = ARMS_FILE_OPTION,
-    seeds: Optional[int] = SEEDS_OPTION,
-    seed_list: Optional[str] = SEED_LIST_OPTION,
-    depths: Optional[str] = typer.Option(None, "--depths", help="fno_blocks values, e.g. 4,6,8.", rich_help_panel=SWEEP_PANEL),
-    lrs: Optional[str] = typer.Option(None, "--lrs", help="Learning rates, e.g. 1e-3,3e-3,1e-2,3e-2,1e-1.", rich_help_panel=SWEEP_PANEL),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per run (not capped).", rich_help_panel=SWEEP_PANEL),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", rich_help_panel=SWEEP_PANEL),
-    N: Optional[int] = typer.Option(None, "--N", help="Patch size for --plan-only without data (default: the preset's).", rich_help_panel=SWEEP_PANEL),
-    max_hidden_channels: Optional[int] = typer.Option(None, "--max-hidden-channels", help="Cap on hybrid channel doubling.", rich_help_panel=SWEEP_PANEL),
-    checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing", help="Gradient checkpointing of encoder and bottleneck.", rich_help_panel=SWEEP_PANEL),
-    val_patches: Optional[int] = typer.Option(None, "--val-patches", rich_help_panel=SWEEP_PANEL),
-    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory of the machine the runs share, e.g. 24GiB (default: the device's free memory, or 75% of RAM on CPU); with --jobs K each run's plan must fit in a K-th of it.", rich_help_panel=SWEEP_PANEL),
-    plan_only: bool = typer.Option(False, "--plan-only", help="Print the memory plans and exit; nothing is built or written.", rich_help_panel=SWEEP_PANEL),
-    gridsize: Optional[int] = gridsize_option(SWEEP_PANEL),
-    accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=EXEC_PANEL),
+    arm: list[str] | None = ARM_OPTION,
+    arms_file: Path | None = ARMS_FILE_OPTION,
+    seeds: int | None = SEEDS_OPTION,
+    seed_list: str | None = SEED_LIST_OPTION,
+    depths: str | None = typer.Option(
+        None, "--depths", help="fno_blocks values, e.g. 4,6,8.", rich_help_panel=SWEEP_PANEL
+    ),
+    lrs: str | None = typer.Option(
+        None, "--lrs", help="Learning rates, e.g. 1e-3,3e-3,1e-2,3e-2,1e-1.", rich_help_panel=SWEEP_PANEL
+    ),
+    epochs: int | None = typer.Option(
+        None, "--epochs", help="Epochs per run (not capped).", rich_help_panel=SWEEP_PANEL
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", rich_help_panel=SWEEP_PANEL),
+    N: int | None = typer.Option(
+        None,
+        "--N",
+        help="Patch size for --plan-only without data (default: the preset's).",
+        rich_help_panel=SWEEP_PANEL,
+    ),
+    max_hidden_channels: int | None = typer.Option(
+        None, "--max-hidden-channels", help="Cap on hybrid channel doubling.", rich_help_panel=SWEEP_PANEL
+    ),
+    checkpointing: bool | None = typer.Option(
+        None,
+        "--checkpointing/--no-checkpointing",
+        help="Gradient checkpointing of encoder and bottleneck.",
+        rich_help_panel=SWEEP_PANEL,
+    ),
+    val_patches: int | None = typer.Option(None, "--val-patches", rich_help_panel=SWEEP_PANEL),
+    memory_limit: str | None = typer.Option(
+        None,
+        "--memory-limit",
+        help="Memory of the machine the runs share, e.g. 24GiB (default: the device's free memory, or 75% of RAM on CPU); with --jobs K each run's plan must fit in a K-th of it.",
+        rich_help_panel=SWEEP_PANEL,
+    ),
+    plan_only: bool = typer.Option(
+        False,
+        "--plan-only",
+        help="Print the memory plans and exit; nothing is built or written.",
+        rich_help_panel=SWEEP_PANEL,
+    ),
+    gridsize: int | None = gridsize_option(SWEEP_PANEL),
+    accelerator: str | None = typer.Option(
+        None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=EXEC_PANEL
+    ),
     jobs: int = JOBS_OPTION,
     executor: str = EXECUTOR_OPTION,
-    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
-    logger: Optional[list[str]] = LOGGER_OPTION,
-    mlflow_uri: Optional[str] = MLFLOW_URI_OPTION,
+    ray_address: str | None = RAY_ADDRESS_OPTION,
+    logger: list[str] | None = LOGGER_OPTION,
+    mlflow_uri: str | None = MLFLOW_URI_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -176,19 +264,29 @@ def stress_command(
     output = Output(json_mode=json_output, quiet=quiet)
     execution = ExecutionOptions(jobs=jobs, executor=executor, ray_address=ray_address)
     arms = resolve_arms(arm or [], arms_file, None)
-    seed_values = resolve_seeds(seeds, parse_number_list(seed_list, "--seed-list", kind=int, positive=False) if seed_list else None)
+    seed_values = resolve_seeds(
+        seeds, parse_number_list(seed_list, "--seed-list", kind=int, positive=False) if seed_list else None
+    )
     depth_values: list = parse_number_list(depths, "--depths", kind=int) if depths else [None]
     lr_values: list = parse_number_list(lrs, "--lrs") if lrs else [None]
     if depths is None and lrs is None:
         raise InputError("give --depths and/or --lrs: the axes of the stress sweep")
     if not plan_only and out is None:
         raise InputError("--out is required (unless --plan-only)")
-    limit, limit_source = (parse_bytes(memory_limit), "--memory-limit") if memory_limit else default_memory_limit(accelerator or "auto")
+    limit, limit_source = (
+        (parse_bytes(memory_limit), "--memory-limit") if memory_limit else default_memory_limit(accelerator or "auto")
+    )
     if executor != "ray" and jobs > 1:
         # K local runs at once share the machine (or the one GPU): each gets a K-th of the limit.
         limit, limit_source = limit // jobs, f"{limit_source} / {jobs} runs at once"
-    overrides = _overrides(epochs=epochs, batch_size=batch_size, max_hidden_channels=max_hidden_channels,
-                           checkpointing=checkpointing, val_patches=val_patches, accelerator=accelerator)
+    overrides = _overrides(
+        epochs=epochs,
+        batch_size=batch_size,
+        max_hidden_channels=max_hidden_channels,
+        checkpointing=checkpointing,
+        val_patches=val_patches,
+        accelerator=accelerator,
+    )
     if plan_only:
         from fnostab.config import DataSource
 
@@ -198,18 +296,26 @@ def stress_command(
 
             split = load_split(train_npz)
             if grid is not None and grid != split.gridsize:
-                raise InputError(f"gridsize mismatch: --gridsize {grid}, but {train_npz} holds gridsize {split.gridsize}")
+                raise InputError(
+                    f"gridsize mismatch: --gridsize {grid}, but {train_npz} holds gridsize {split.gridsize}"
+                )
             size, grid = size or split.N, split.gridsize
         elif size is None or grid is None:
             simulation = build(SimulationConfig, merge(preset, "data", {"gridsize": grid}))
             size, grid = size or simulation.N, simulation.gridsize
         placeholder = DataSource(train=Path("train.npz"), test=Path("test.npz"), gridsize=grid)
-        specs, infeasible = plan_stress(arms, seed_values, depth_values, lr_values, preset, placeholder, overrides, size, limit)
+        specs, infeasible = plan_stress(
+            arms, seed_values, depth_values, lr_values, preset, placeholder, overrides, size, limit
+        )
         table, rows = plan_table(specs, infeasible)
-        text = (f"memory plans at N={size}, gridsize {grid}, batch {specs[0].config.train.batch_size}; "
-                f"limit {format_bytes(limit)} ({limit_source})\n\n{table}")
-        output.result(text, {"N": size, "gridsize": grid, "memory_limit": limit, "memory_limit_source": limit_source,
-                             "plans": rows})
+        text = (
+            f"memory plans at N={size}, gridsize {grid}, batch {specs[0].config.train.batch_size}; "
+            f"limit {format_bytes(limit)} ({limit_source})\n\n{table}"
+        )
+        output.result(
+            text,
+            {"N": size, "gridsize": grid, "memory_limit": limit, "memory_limit_source": limit_source, "plans": rows},
+        )
         return
     if N is not None:
         raise InputError("--N only applies to --plan-only; a sweep uses the data's N")
@@ -220,8 +326,14 @@ def stress_command(
     specs, infeasible = plan_stress(arms, seed_values, depth_values, lr_values, preset, data, overrides, size, limit)
     table, _ = plan_table(specs, infeasible)
     output.log(f"memory plans (limit {format_bytes(limit)}, {limit_source}):\n{table}")
-    plan_document = {"preset": preset, "data": {"train": str(data.train), "test": str(data.test), "gridsize": data.gridsize},
-                     "arms": {a.name: a.to_dict() for a in arms}, "seeds": seed_values,
-                     "depths": depth_values, "lrs": lr_values, "memory_limit": limit}
+    plan_document = {
+        "preset": preset,
+        "data": {"train": str(data.train), "test": str(data.test), "gridsize": data.gridsize},
+        "arms": {a.name: a.to_dict() for a in arms},
+        "seeds": seed_values,
+        "depths": depth_values,
+        "lrs": lr_values,
+        "memory_limit": limit,
+    }
     summary = run_sweep(out, "stress", specs, plan_document, execution, output, infeasible=infeasible, logging=logging)
     _finish(output, summary, out)

@@ -6,7 +6,7 @@ import os
 import shutil
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -31,7 +31,6 @@ from fnostab.config import (
     TrainConfig,
     build,
     merge,
-    preset_values,
 )
 from fnostab.errors import InputError
 from fnostab.io import DirectoryLock, check_out_dir, make_temp_dir
@@ -57,7 +56,9 @@ def build_run_config(
     """
     model_config = build(ModelConfig, merge(preset, "model", model))
     train_config = build(TrainConfig, merge(preset, "train", train))
-    simulation = None if train_npz is not None else build(SimulationConfig, merge(preset, "data", {"gridsize": gridsize}))
+    simulation = (
+        None if train_npz is not None else build(SimulationConfig, merge(preset, "data", {"gridsize": gridsize}))
+    )
     data = build(
         DataSource, {"train": train_npz, "test": test_npz, "simulation": simulation, "gridsize": gridsize},
         source="TRAIN.npz TEST.npz",
@@ -69,7 +70,9 @@ def format_result(result: dict[str, Any], run_dir: Path) -> str:
     lines = [f"run dir: {run_dir}"]
     failure = result.get("failure")
     if failure:
-        lines.append(f"status: {result['status']} at step {failure['step']} (epoch {failure['epoch']}): {failure['reason']}")
+        lines.append(
+            f"status: {result['status']} at step {failure['step']} (epoch {failure['epoch']}): {failure['reason']}"
+        )
     else:
         lines.append("status: ok")
     if (run_dir / "precursors.csv").is_file():
@@ -164,49 +167,128 @@ def _train_replacing(prepared: Any, run_dir: Path, output: Output, logging: Any)
 
 @command
 def train_command(
-    train_npz: Optional[Path] = typer.Argument(None, metavar="[TRAIN.npz]", help="Train split (default: the preset's simulated data, cached)."),
-    test_npz: Optional[Path] = typer.Argument(None, metavar="[TEST.npz]", help="Test split (validation and evaluation)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run dir to write (default runs/train-<time>-<arch>-s<seed>).", rich_help_panel=RUN_PANEL),
+    train_npz: Path | None = typer.Argument(
+        None, metavar="[TRAIN.npz]", help="Train split (default: the preset's simulated data, cached)."
+    ),
+    test_npz: Path | None = typer.Argument(
+        None, metavar="[TEST.npz]", help="Test split (validation and evaluation)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Run dir to write (default runs/train-<time>-<arch>-s<seed>).", rich_help_panel=RUN_PANEL
+    ),
     preset: str = typer.Option(DEFAULT_PRESET, "--preset", help=PRESET_HELP, rich_help_panel=RUN_PANEL),
-    arch: Optional[str] = model_option("--arch", MODEL_PANEL),
-    fno_blocks: Optional[int] = model_option("--fno-blocks", MODEL_PANEL),
-    width: Optional[int] = model_option("--width", MODEL_PANEL),
-    modes: Optional[int] = model_option("--modes", MODEL_PANEL),
-    max_hidden_channels: Optional[int] = model_option("--max-hidden-channels", MODEL_PANEL),
-    bands: Optional[str] = model_option("--bands", MODEL_PANEL),
-    checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing", help="Gradient checkpointing of encoder and bottleneck blocks.", rich_help_panel=MODEL_PANEL),
-    block_init: Optional[str] = model_option("--block-init", MODEL_PANEL),
-    head: Optional[str] = typer.Option(None, "--head", help="Output head: real_imag or amp_phase.", rich_help_panel=MODEL_PANEL),
-    gridsize: Optional[int] = gridsize_option(MODEL_PANEL),
-    clip: Optional[str] = typer.Option(None, "--clip", help="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ.", rich_help_panel=TRAIN_PANEL),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam, adamw or sgd.", rich_help_panel=TRAIN_PANEL),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate.", rich_help_panel=TRAIN_PANEL),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", rich_help_panel=TRAIN_PANEL),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="constant, warmup_cosine or plateau (stepped per epoch).", rich_help_panel=TRAIN_PANEL),
-    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", rich_help_panel=TRAIN_PANEL),
-    min_lr_ratio: Optional[float] = typer.Option(None, "--min-lr-ratio", help="Final LR of warmup_cosine as a fraction of --lr.", rich_help_panel=TRAIN_PANEL),
-    loss: Optional[str] = typer.Option(None, "--loss", help="mae or poisson.", rich_help_panel=TRAIN_PANEL),
-    epochs: Optional[int] = typer.Option(None, "--epochs", rich_help_panel=TRAIN_PANEL),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", rich_help_panel=TRAIN_PANEL),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights and batch order.", rich_help_panel=TRAIN_PANEL),
-    blowup_factor: Optional[float] = typer.Option(None, "--blowup-factor", help="Loss above this × best smoothed loss → diverged (default 1000).", rich_help_panel=TRAIN_PANEL),
-    collapse_threshold: Optional[float] = typer.Option(None, "--collapse-threshold", help="Predicted amplitude std/mean below this on validation → collapsed (default 0.01).", rich_help_panel=TRAIN_PANEL),
-    accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=RUN_PANEL),
-    precision: Optional[str] = typer.Option(None, "--precision", help="32 or bf16-mixed.", rich_help_panel=RUN_PANEL),
-    devices: Optional[int] = typer.Option(None, "--devices", help="Processes (CPU) or GPUs of this one run: K > 1 trains with DDP, the global --batch-size split across them.", rich_help_panel=RUN_PANEL),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="auto or ddp (the strategy of --devices > 1).", rich_help_panel=RUN_PANEL),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads.", rich_help_panel=RUN_PANEL),
-    log_grad_norm: Optional[bool] = typer.Option(None, "--log-grad-norm/--no-log-grad-norm", help="Log grad_norm_preclip/postclip to metrics.csv.", rich_help_panel=RUN_PANEL),
-    grad_norm_log_freq: Optional[int] = typer.Option(None, "--grad-norm-log-freq", help="Log grad norms every N steps.", rich_help_panel=RUN_PANEL),
-    monitor_every: Optional[int] = typer.Option(None, "--monitor-every", help="Log per-block gradient norm and activation mean every N steps.", rich_help_panel=RUN_PANEL),
-    precursors_every: Optional[int] = typer.Option(None, "--precursors-every", help="Per-block precursor signals (gradient, weight and update norms, update/weight ratio, update/gradient cosine, Adam second moment) logged every N steps; a window of every step is kept before each spike or failure.", rich_help_panel=RUN_PANEL),
-    curvature_every: Optional[int] = typer.Option(None, "--curvature-every", help="Sharpness and Adam-preconditioned sharpness (Hessian-vector products) every N steps, beside 2/η and 38/η.", rich_help_panel=RUN_PANEL),
-    batch_sharpness_every: Optional[int] = typer.Option(None, "--batch-sharpness-every", help="Batch sharpness gᵀHg/‖g‖² alone (one Hessian-vector product, cheap) every N steps, beside 2/η.", rich_help_panel=RUN_PANEL),
-    precursor_window: Optional[int] = typer.Option(None, "--precursor-window", help="Steps kept before a spike or failure (default 100).", rich_help_panel=RUN_PANEL),
-    val_patches: Optional[int] = typer.Option(None, "--val-patches", help="Validate each epoch on a fixed subset of this many test patterns.", rich_help_panel=RUN_PANEL),
+    arch: str | None = model_option("--arch", MODEL_PANEL),
+    fno_blocks: int | None = model_option("--fno-blocks", MODEL_PANEL),
+    width: int | None = model_option("--width", MODEL_PANEL),
+    modes: int | None = model_option("--modes", MODEL_PANEL),
+    max_hidden_channels: int | None = model_option("--max-hidden-channels", MODEL_PANEL),
+    bands: str | None = model_option("--bands", MODEL_PANEL),
+    checkpointing: bool | None = typer.Option(
+        None,
+        "--checkpointing/--no-checkpointing",
+        help="Gradient checkpointing of encoder and bottleneck blocks.",
+        rich_help_panel=MODEL_PANEL,
+    ),
+    block_init: str | None = model_option("--block-init", MODEL_PANEL),
+    head: str | None = typer.Option(
+        None, "--head", help="Output head: real_imag or amp_phase.", rich_help_panel=MODEL_PANEL
+    ),
+    gridsize: int | None = gridsize_option(MODEL_PANEL),
+    clip: str | None = typer.Option(
+        None, "--clip", help="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ.", rich_help_panel=TRAIN_PANEL
+    ),
+    optimizer: str | None = typer.Option(
+        None, "--optimizer", help="adam, adamw or sgd.", rich_help_panel=TRAIN_PANEL
+    ),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate.", rich_help_panel=TRAIN_PANEL),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", rich_help_panel=TRAIN_PANEL),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", help="constant, warmup_cosine or plateau (stepped per epoch).", rich_help_panel=TRAIN_PANEL
+    ),
+    warmup_epochs: int | None = typer.Option(None, "--warmup-epochs", rich_help_panel=TRAIN_PANEL),
+    min_lr_ratio: float | None = typer.Option(
+        None, "--min-lr-ratio", help="Final LR of warmup_cosine as a fraction of --lr.", rich_help_panel=TRAIN_PANEL
+    ),
+    loss: str | None = typer.Option(None, "--loss", help="mae or poisson.", rich_help_panel=TRAIN_PANEL),
+    epochs: int | None = typer.Option(None, "--epochs", rich_help_panel=TRAIN_PANEL),
+    batch_size: int | None = typer.Option(None, "--batch-size", rich_help_panel=TRAIN_PANEL),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of weights and batch order.", rich_help_panel=TRAIN_PANEL
+    ),
+    blowup_factor: float | None = typer.Option(
+        None,
+        "--blowup-factor",
+        help="Loss above this × best smoothed loss → diverged (default 1000).",
+        rich_help_panel=TRAIN_PANEL,
+    ),
+    collapse_threshold: float | None = typer.Option(
+        None,
+        "--collapse-threshold",
+        help="Predicted amplitude std/mean below this on validation → collapsed (default 0.01).",
+        rich_help_panel=TRAIN_PANEL,
+    ),
+    accelerator: str | None = typer.Option(
+        None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=RUN_PANEL
+    ),
+    precision: str | None = typer.Option(None, "--precision", help="32 or bf16-mixed.", rich_help_panel=RUN_PANEL),
+    devices: int | None = typer.Option(
+        None,
+        "--devices",
+        help="Processes (CPU) or GPUs of this one run: K > 1 trains with DDP, the global --batch-size split across them.",
+        rich_help_panel=RUN_PANEL,
+    ),
+    strategy: str | None = typer.Option(
+        None, "--strategy", help="auto or ddp (the strategy of --devices > 1).", rich_help_panel=RUN_PANEL
+    ),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads.", rich_help_panel=RUN_PANEL),
+    log_grad_norm: bool | None = typer.Option(
+        None,
+        "--log-grad-norm/--no-log-grad-norm",
+        help="Log grad_norm_preclip/postclip to metrics.csv.",
+        rich_help_panel=RUN_PANEL,
+    ),
+    grad_norm_log_freq: int | None = typer.Option(
+        None, "--grad-norm-log-freq", help="Log grad norms every N steps.", rich_help_panel=RUN_PANEL
+    ),
+    monitor_every: int | None = typer.Option(
+        None,
+        "--monitor-every",
+        help="Log per-block gradient norm and activation mean every N steps.",
+        rich_help_panel=RUN_PANEL,
+    ),
+    precursors_every: int | None = typer.Option(
+        None,
+        "--precursors-every",
+        help="Per-block precursor signals (gradient, weight and update norms, update/weight ratio, update/gradient cosine, Adam second moment) logged every N steps; a window of every step is kept before each spike or failure.",
+        rich_help_panel=RUN_PANEL,
+    ),
+    curvature_every: int | None = typer.Option(
+        None,
+        "--curvature-every",
+        help="Sharpness and Adam-preconditioned sharpness (Hessian-vector products) every N steps, beside 2/η and 38/η.",
+        rich_help_panel=RUN_PANEL,
+    ),
+    batch_sharpness_every: int | None = typer.Option(
+        None,
+        "--batch-sharpness-every",
+        help="Batch sharpness gᵀHg/‖g‖² alone (one Hessian-vector product, cheap) every N steps, beside 2/η.",
+        rich_help_panel=RUN_PANEL,
+    ),
+    precursor_window: int | None = typer.Option(
+        None,
+        "--precursor-window",
+        help="Steps kept before a spike or failure (default 100).",
+        rich_help_panel=RUN_PANEL,
+    ),
+    val_patches: int | None = typer.Option(
+        None,
+        "--val-patches",
+        help="Validate each epoch on a fixed subset of this many test patterns.",
+        rich_help_panel=RUN_PANEL,
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing run dir.", rich_help_panel=RUN_PANEL),
-    logger: Optional[list[str]] = LOGGER_OPTION,
-    mlflow_uri: Optional[str] = MLFLOW_URI_OPTION,
+    logger: list[str] | None = LOGGER_OPTION,
+    mlflow_uri: str | None = MLFLOW_URI_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -221,16 +303,44 @@ def train_command(
         test_npz=test_npz,
         preset=preset,
         gridsize=gridsize,
-        model=dict(arch=arch, fno_blocks=fno_blocks, width=width, modes=modes, max_hidden_channels=max_hidden_channels,
-                   bands=bands, checkpointing=checkpointing, block_init=block_init, head=head),
-        train=dict(clip=clip, optimizer=optimizer, lr=lr, weight_decay=weight_decay, scheduler=scheduler,
-                   warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, loss=loss, epochs=epochs,
-                   batch_size=batch_size, seed=seed, blowup_factor=blowup_factor, collapse_threshold=collapse_threshold,
-                   accelerator=accelerator,
-                   precision=precision, devices=devices, threads=threads, log_grad_norm=log_grad_norm,
-                   grad_norm_log_freq=grad_norm_log_freq, monitor_every=monitor_every, val_patches=val_patches,
-                   precursors_every=precursors_every, curvature_every=curvature_every,
-                   batch_sharpness_every=batch_sharpness_every, precursor_window=precursor_window),
+        model=dict(
+            arch=arch,
+            fno_blocks=fno_blocks,
+            width=width,
+            modes=modes,
+            max_hidden_channels=max_hidden_channels,
+            bands=bands,
+            checkpointing=checkpointing,
+            block_init=block_init,
+            head=head,
+        ),
+        train=dict(
+            clip=clip,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            scheduler=scheduler,
+            warmup_epochs=warmup_epochs,
+            min_lr_ratio=min_lr_ratio,
+            loss=loss,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            blowup_factor=blowup_factor,
+            collapse_threshold=collapse_threshold,
+            accelerator=accelerator,
+            precision=precision,
+            devices=devices,
+            threads=threads,
+            log_grad_norm=log_grad_norm,
+            grad_norm_log_freq=grad_norm_log_freq,
+            monitor_every=monitor_every,
+            val_patches=val_patches,
+            precursors_every=precursors_every,
+            curvature_every=curvature_every,
+            batch_sharpness_every=batch_sharpness_every,
+            precursor_window=precursor_window,
+        ),
     )
     from fnostab.training.loggers import parse_logging
     from fnostab.training.runner import prepare_run, run_training

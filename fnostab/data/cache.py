@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from fnostab.config import SimulationConfig
+from fnostab.data.simulate import FORMAT_VERSION, simulate, write_dataset
 from fnostab.errors import InputError
 from fnostab.io import make_temp_dir
-from fnostab.data.simulate import FORMAT_VERSION, simulate, write_dataset
 
 
 def cache_root() -> Path:

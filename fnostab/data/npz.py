@@ -137,8 +137,7 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
                 if not isinstance(arrays[key], np.ndarray):
                     # np.load hands back the raw bytes of a zip member that is not a .npy file
                     raise InputError(
-                        f"{path}: member {key!r}: expected a .npy array, found {len(arrays[key])} bytes "
-                        "of other data"
+                        f"{path}: member {key!r}: expected a .npy array, found {len(arrays[key])} bytes of other data"
                     )
             return arrays
     except InputError:
@@ -159,9 +158,7 @@ def _patches(path: Path, arrays: dict[str, np.ndarray], key: str, n_N_C: tuple[i
     if array.ndim == 3:
         array = array[..., None]
     if array.ndim != 4:
-        raise InputError(
-            f"{path}: key {key!r}: expected shape (n, N, N) or (n, N, N, C), found {stored_shape}"
-        )
+        raise InputError(f"{path}: key {key!r}: expected shape (n, N, N) or (n, N, N, C), found {stored_shape}")
     if 0 in array.shape:
         raise InputError(f"{path}: key {key!r}: expected a non-empty array, found shape {stored_shape}")
     if array.shape[1] != array.shape[2]:
@@ -180,13 +177,13 @@ def _patches(path: Path, arrays: dict[str, np.ndarray], key: str, n_N_C: tuple[i
     if not np.isfinite(array).all():
         raise InputError(f"{path}: key {key!r}: expected finite values, found NaN or inf")
     if key in NON_NEGATIVE_KEYS and (array < 0).any():
-        raise InputError(
-            f"{path}: key {key!r}: expected non-negative amplitudes, found minimum {float(array.min()):g}"
-        )
+        raise InputError(f"{path}: key {key!r}: expected non-negative amplitudes, found minimum {float(array.min()):g}")
     return array
 
 
-def _groups(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, Any], n: int, N: int, C: int) -> GroupGeometry:
+def _groups(
+    path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, Any], n: int, N: int, C: int
+) -> GroupGeometry:
     """Where the C members of each sample sit: from ``coords_nominal`` (relative offsets), else the metadata."""
     if "coords_nominal" in arrays:
         coords = arrays["coords_nominal"]
@@ -250,9 +247,7 @@ def _centres(path: Path, arrays: dict[str, np.ndarray], n: int) -> np.ndarray:
     coords = arrays["coords_offsets"]
     _check_dtype(path, "coords_offsets", coords, REAL_KINDS, "real (row, col) centres")
     if coords.size != 2 * n:
-        raise InputError(
-            f"{path}: key 'coords_offsets': expected {n} (row, col) centres, found shape {coords.shape}"
-        )
+        raise InputError(f"{path}: key 'coords_offsets': expected {n} (row, col) centres, found shape {coords.shape}")
     centres = coords.reshape(n, 2).astype(np.float64)
     if not np.isfinite(centres).all():
         raise InputError(f"{path}: key 'coords_offsets': expected finite centres, found NaN or inf")
@@ -323,16 +318,16 @@ def load_pair(train_path: Path | str, test_path: Path | str) -> tuple[PtychoSpli
     train = load_split(train_path)
     test = load_split(test_path)
     if train.N != test.N:
-        raise InputError(
-            f"N mismatch: {train.path} has {train.N}×{train.N} patches, {test.path} has {test.N}×{test.N}"
-        )
+        raise InputError(f"N mismatch: {train.path} has {train.N}×{train.N} patches, {test.path} has {test.N}×{test.N}")
     if train.groups != test.groups:
         raise InputError(
             f"gridsize mismatch: {train.path} has {describe_groups(train.groups)}, "
             f"{test.path} has {describe_groups(test.groups)}"
         )
     if train.probe is None:
-        raise InputError(f"{train.path}: missing key 'probe_simulated' or 'probeGuess' (the probe is needed for the physics loss)")
+        raise InputError(
+            f"{train.path}: missing key 'probe_simulated' or 'probeGuess' (the probe is needed for the physics loss)"
+        )
     return train, test
 
 

@@ -35,16 +35,12 @@ def draw_lines(canvas_size: int, n_lines: int, rng: np.random.Generator) -> np.n
 def lines_amplitude(size: int, n_lines: int, rng: np.random.Generator) -> np.ndarray:
     """Amplitude of one lines object, (size, size) float32, non-negative and unbounded."""
     canvas = draw_lines(2 * size, n_lines, rng)
-    blurred = (
-        gaussian_filter(canvas, 1.0) + 2.0 * gaussian_filter(canvas, 5.0) + 5.0 * gaussian_filter(canvas, 10.0)
-    )
+    blurred = gaussian_filter(canvas, 1.0) + 2.0 * gaussian_filter(canvas, 5.0) + 5.0 * gaussian_filter(canvas, 10.0)
     start = size // 2
     return np.ascontiguousarray(blurred[start : start + size, start : start + size], dtype=np.float32)
 
 
-def lines_objects(
-    n_images: int, size: int, n_lines: int, set_phi: bool, rng: np.random.Generator
-) -> np.ndarray:
+def lines_objects(n_images: int, size: int, n_lines: int, set_phi: bool, rng: np.random.Generator) -> np.ndarray:
     """A stack of complex lines objects, (n_images, size, size) complex64."""
     amplitude = np.stack([lines_amplitude(size, n_lines, rng) for _ in range(n_images)])
     if not set_phi:

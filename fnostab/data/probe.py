@@ -19,8 +19,7 @@ from fnostab.errors import InputError
 
 PROBE_SCALE = 4.0
 SYNTHETIC_RECIPE = (
-    "circular pupil of radius N/8 with quadratic defocus phase pi*N/24 at its edge, "
-    "inverse FFT, unit peak amplitude"
+    "circular pupil of radius N/8 with quadratic defocus phase pi*N/24 at its edge, inverse FFT, unit peak amplitude"
 )
 
 

@@ -42,9 +42,7 @@ from fnostab.physics import LOSS_NAMES, far_field_amplitude_np, intensity_scale,
 
 # 2: _metadata carries the noise floor (cached data sets of format 1 are simulated again).
 FORMAT_VERSION = 2
-SEED_DERIVATION = (
-    "numpy SeedSequence(seed).spawn(4) -> train object, test object, train noise, test noise"
-)
+SEED_DERIVATION = "numpy SeedSequence(seed).spawn(4) -> train object, test object, train noise, test noise"
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from pydantic import Field
 from fnostab.data.npz import PtychoSplit
 from fnostab.data.probe import SYNTHETIC_RECIPE, normalise_probe, synthetic_probe
 from fnostab.diagnostics.source import Device, Settings, architecture_of, as_patterns, block_names, resolve_device
+from fnostab.groups import GroupGeometry
 from fnostab.hooks import GradientGainMonitor
 from fnostab.hooks.gradient_gain import (
     AMPLIFYING_THRESHOLD,
@@ -51,7 +52,6 @@ from fnostab.hooks.gradient_gain import (
     summarize_gains,
 )
 from fnostab.io import write_json_atomic
-from fnostab.groups import GroupGeometry
 from fnostab.physics import LOSS_NAMES, physics_loss, predicted_amplitude
 
 GRAD_GAIN_SCHEMA = "fnostab.grad_gain/1"
@@ -159,7 +159,9 @@ def measure_grad_gain(
     generator.train()
     per_batch: list[dict[str, Any]] = []
     try:
-        with GradientGainMonitor(generator.blocks, norm_type=norm_type, strict_single_backward=True, eps=eps) as monitor:
+        with GradientGainMonitor(
+            generator.blocks, norm_type=norm_type, strict_single_backward=True, eps=eps
+        ) as monitor:
             for k in range(used):
                 monitor.reset()
                 batch = patterns[k * batch_size : (k + 1) * batch_size].to(target)

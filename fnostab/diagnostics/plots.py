@@ -144,10 +144,20 @@ def plot_grad_gain(report: dict[str, Any]) -> Figure:
         mx, my = _series(positions, report["mean_log_gains"])
         if my:
             gain_axes.plot(mx, my, "kD", ms=5, label="mean per-batch log γ")
-        gain_axes.axhline(math.log(thresholds["amplifying"]), color="tab:red", ls="--", lw=1,
-                          label=f"amplifying γ > {thresholds['amplifying']:g} (heuristic)")
-        gain_axes.axhline(math.log(thresholds["damping"]), color="tab:blue", ls="--", lw=1,
-                          label=f"damping γ < {thresholds['damping']:g} (heuristic)")
+        gain_axes.axhline(
+            math.log(thresholds["amplifying"]),
+            color="tab:red",
+            ls="--",
+            lw=1,
+            label=f"amplifying γ > {thresholds['amplifying']:g} (heuristic)",
+        )
+        gain_axes.axhline(
+            math.log(thresholds["damping"]),
+            color="tab:blue",
+            ls="--",
+            lw=1,
+            label=f"damping γ < {thresholds['damping']:g} (heuristic)",
+        )
         gain_axes.axhline(0.0, color="black", lw=0.8)
         gain_axes.set_xticks(positions, transitions, rotation=30, fontsize=8)
         gain_axes.legend(fontsize=7, loc="best")

@@ -122,7 +122,11 @@ def resolve_model_source(
             raise InputError(f"{run}: no {CHECKPOINT_NAME} in this run dir (is it a finished fnostab run?)")
     if checkpoint is not None:
         given = {"preset": preset, "seed": seed, **options}
-        conflicting = [MODEL_OPTION_FLAGS.get(key, "--" + key.replace("_", "-")) for key, value in given.items() if value is not None]
+        conflicting = [
+            MODEL_OPTION_FLAGS.get(key, "--" + key.replace("_", "-"))
+            for key, value in given.items()
+            if value is not None
+        ]
         if conflicting:
             flag = "--run" if run is not None else "--checkpoint"
             raise InputError(
@@ -163,18 +167,29 @@ def load_model(source: ModelSource, N: int, gridsize: int = 1) -> tuple[torch.nn
         try:
             generator, model = load_generator(source.checkpoint, N)
         except ConfigError as error:  # build_generator: the geometry does not fit N
-            raise InputError(f"{source.checkpoint}: the checkpoint's model cannot run at this NPZ's N={N}: {error}") from None
+            raise InputError(
+                f"{source.checkpoint}: the checkpoint's model cannot run at this NPZ's N={N}: {error}"
+            ) from None
         except (ValidationError, KeyError, TypeError, AttributeError) as error:
             raise InputError(
                 f"{source.checkpoint}: not a usable fnostab checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})"
             ) from None
-        info = {"source": "checkpoint", "checkpoint": str(source.checkpoint), "config": model.model_dump(mode="json"),
-                "gridsize": gridsize}
+        info = {
+            "source": "checkpoint",
+            "checkpoint": str(source.checkpoint),
+            "config": model.model_dump(mode="json"),
+            "gridsize": gridsize,
+        }
         return generator, {"architecture": model.arch, **info}
     assert source.model is not None and source.seed is not None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(source.seed)
         generator = build_generator(source.model.arch, **source.model.generator_kwargs(N, gridsize**2))
-    info = {"source": "fresh", "preset": source.preset, "seed": source.seed, "config": source.model.model_dump(mode="json"),
-            "gridsize": gridsize}
+    info = {
+        "source": "fresh",
+        "preset": source.preset,
+        "seed": source.seed,
+        "config": source.model.model_dump(mode="json"),
+        "gridsize": gridsize,
+    }
     return generator, {"architecture": source.model.arch, **info}

@@ -222,9 +222,7 @@ def frc(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float, float]:
     floor = FRC_NEGLIGIBLE_POWER * max(p1.sum(), p2.sum())
     empty1, empty2 = p1 <= floor, p2 <= floor  # False for NaN, so NaN inputs stay NaN below
     with np.errstate(divide="ignore", invalid="ignore"):
-        curve = np.where(
-            empty1 & empty2, 1.0, np.where(empty1 | empty2, 0.0, np.abs(num) / np.sqrt(p1 * p2))
-        )
+        curve = np.where(empty1 & empty2, 1.0, np.where(empty1 | empty2, 0.0, np.abs(num) / np.sqrt(p1 * p2)))
     return curve, _first_crossing(curve, 0.5), _first_crossing(curve, 1.0 / 7.0)
 
 
@@ -286,8 +284,7 @@ def align_tile_phases(pred: np.ndarray, truth: np.ndarray, tile: int) -> np.ndar
     t = int(tile)
     if p.ndim < 2 or p.shape[-2] % t or p.shape[-1] % t:
         raise InputError(
-            f"align_tile_phases needs (..., H, W) images with H and W multiples of tile={t}; "
-            f"found {p.shape}"
+            f"align_tile_phases needs (..., H, W) images with H and W multiples of tile={t}; found {p.shape}"
         )
     *lead, H, W = p.shape
     blocks = (*lead, H // t, t, W // t, t)
@@ -335,9 +332,7 @@ def _score(pred: np.ndarray, truth: np.ndarray, tile: int, trim: int) -> dict[st
     # Tiles are aligned on the untrimmed grid, where every tile is whole; trimming comes after.
     aligned = align_tile_phases(pred, truth, tile)
     crop = (slice(None), slice(trim, truth.shape[1] - trim), slice(trim, truth.shape[2] - trim))
-    per_image = [
-        _image_scores(p, q, al) for p, q, al in zip(pred[crop], truth[crop], aligned[crop], strict=True)
-    ]
+    per_image = [_image_scores(p, q, al) for p, q, al in zip(pred[crop], truth[crop], aligned[crop], strict=True)]
     return {key: float(np.mean([s[key] for s in per_image])) for key in METRIC_KEYS}
 
 
@@ -419,9 +414,7 @@ def evaluate_reconstruction(
         )
     amp = np.abs(truth[:, trim : H - trim, trim : W - trim])
     if np.any(amp.max(axis=(1, 2)) == amp.min(axis=(1, 2))):
-        raise InputError(
-            "the ground-truth amplitude is constant over an image: SSIM and PSNR need a data range > 0"
-        )
+        raise InputError("the ground-truth amplitude is constant over an image: SSIM and PSNR need a data range > 0")
 
     # The baseline is exactly what stitching patches of 1 + 0j gives, so a constant prediction of
     # ones scores bit-for-bit its baseline.

@@ -38,9 +38,7 @@ def _as_patches(patches: np.ndarray) -> np.ndarray:
     if patches.ndim == 4 and patches.shape[-1] == 1:
         patches = patches[..., 0]
     if patches.ndim != 3 or patches.shape[1] != patches.shape[2]:
-        raise InputError(
-            f"patches must have shape (n, N, N) (or (n, N, N, 1)); found {patches.shape}"
-        )
+        raise InputError(f"patches must have shape (n, N, N) (or (n, N, N, 1)); found {patches.shape}")
     if patches.shape[0] == 0:
         raise InputError("patches is empty: there is nothing to stitch")
     return patches
@@ -53,8 +51,7 @@ def _as_centres(centres: np.ndarray, n: int) -> np.ndarray:
         centres = centres[:, 0, :, 0]
     if centres.shape != (n, 2):
         raise InputError(
-            f"centres must have shape (n, 2) = ({n}, 2) [row, col] to match {n} patches; "
-            f"found {centres.shape}"
+            f"centres must have shape (n, 2) = ({n}, 2) [row, col] to match {n} patches; found {centres.shape}"
         )
     if not np.all(np.isfinite(centres)):
         raise InputError("centres contain NaN or inf")
@@ -121,9 +118,7 @@ def _grid_layout(
     grid = offset // stride  # (n_images, per_image, 2)
     shape = grid.max(axis=1) + 1  # (n_images, 2)
     if np.any(shape != shape[0]):
-        raise InputError(
-            f"every image must have the same scan grid; found grid shapes {shape.tolist()}"
-        )
+        raise InputError(f"every image must have the same scan grid; found grid shapes {shape.tolist()}")
     rows, cols = (int(v) for v in shape[0])
     if rows * cols != per_image:
         raise InputError(
@@ -133,15 +128,11 @@ def _grid_layout(
     cell = grid[..., 0] * cols + grid[..., 1]  # (n_images, per_image)
     # per_image cells each in [0, rows·cols): all distinct ⇔ every cell is covered exactly once.
     if np.any(np.diff(np.sort(cell, axis=1), axis=1) == 0):
-        raise InputError(
-            "two patches of the same image have the same centre: the scan grid has duplicates"
-        )
+        raise InputError("two patches of the same image have the same centre: the scan grid has duplicates")
     return image, grid.reshape(n, 2), origin, (rows, cols)
 
 
-def stitch_patches(
-    patches: np.ndarray, centres: np.ndarray, stride: int, n_images: int = 1
-) -> np.ndarray:
+def stitch_patches(patches: np.ndarray, centres: np.ndarray, stride: int, n_images: int = 1) -> np.ndarray:
     """Tile the central ``stride``×``stride`` crop of every patch into whole images.
 
     Args:
@@ -175,9 +166,7 @@ def stitch_patches(
     return tiles.transpose(0, 1, 3, 2, 4).reshape(int(n_images), rows * stride, cols * stride)
 
 
-def ground_truth_region(
-    full_object: np.ndarray, centres: np.ndarray, N: int, stride: int
-) -> np.ndarray:
+def ground_truth_region(full_object: np.ndarray, centres: np.ndarray, N: int, stride: int) -> np.ndarray:
     """Cut out the part of each full object that ``stitch_patches`` covers.
 
     This replaces the original's ``get_clipped_object`` (drop (S − N) mod stride trailing pixels,
@@ -201,9 +190,7 @@ def ground_truth_region(
     if obj.ndim == 4 and obj.shape[-1] == 1:
         obj = obj[..., 0]
     if obj.ndim != 3:
-        raise InputError(
-            f"full_object must have shape (n_images, S, S) (or (n_images, S, S, 1)); found {obj.shape}"
-        )
+        raise InputError(f"full_object must have shape (n_images, S, S) (or (n_images, S, S, 1)); found {obj.shape}")
     if isinstance(N, bool) or int(N) != N or N < 1:
         raise InputError(f"N must be a positive integer; found {N!r}")
     N = int(N)
@@ -222,6 +209,4 @@ def ground_truth_region(
             f"{origin[:, 1].tolist()}…{end[:, 1].tolist()}) does not fit in objects of shape "
             f"{obj.shape[1:]}: do the centres belong to this object?"
         )
-    return np.stack(
-        [obj[i, r : r + height, c : c + width] for i, (r, c) in enumerate(origin)]
-    )
+    return np.stack([obj[i, r : r + height, c : c + width] for i, (r, c) in enumerate(origin)])

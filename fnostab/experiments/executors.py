@@ -85,8 +85,13 @@ def run_in_process(
 
 
 def run_in_pool(
-    specs: list[RunSpec], sweep_dir: Path, kind: str, jobs: int, threads: int,
-    worker: Callable[..., Outcome] = execute_run, logging: Any = None,
+    specs: list[RunSpec],
+    sweep_dir: Path,
+    kind: str,
+    jobs: int,
+    threads: int,
+    worker: Callable[..., Outcome] = execute_run,
+    logging: Any = None,
 ) -> Iterator[Outcome]:
     """K runs at once in spawned worker processes (spawn: torch and fork do not mix safely).
 
@@ -107,7 +112,12 @@ def run_in_pool(
 
 
 def _pool_pass(
-    queue: deque[RunSpec], sweep_dir: Path, kind: str, jobs: int, threads: int, worker: Callable[..., Outcome],
+    queue: deque[RunSpec],
+    sweep_dir: Path,
+    kind: str,
+    jobs: int,
+    threads: int,
+    worker: Callable[..., Outcome],
     logging: Any = None,
 ) -> Generator[Outcome, None, list[tuple[RunSpec, int | None]]]:
     """Run ``queue`` (consumed) with at most ``jobs`` runs in flight; on a dead worker, return the
@@ -181,7 +191,12 @@ def _record_worker_death(spec: RunSpec, sweep_dir: Path, kind: str, exit_code: i
 
 
 def run_on_ray(
-    specs: list[RunSpec], sweep_dir: Path, kind: str, threads: int, address: str | None, gpus_per_run: float,
+    specs: list[RunSpec],
+    sweep_dir: Path,
+    kind: str,
+    threads: int,
+    address: str | None,
+    gpus_per_run: float,
     logging: Any = None,
 ) -> Iterator[Outcome]:
     """Each run a Ray task asking for ``threads`` CPUs (and GPUs); results land in ``sweep_dir``.

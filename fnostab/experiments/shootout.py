@@ -59,6 +59,14 @@ def plan_shootout(
                 if lr is None:
                     specs.append(RunSpec(arm.name, seed, config, shootout_run_dir(arm.name, seed)))
                 else:
-                    specs.append(RunSpec(arm.name, seed, config, shootout_lr_run_dir(arm.name, config.train.lr, seed),
-                                         depth=config.model.fno_blocks, lr=config.train.lr))
+                    specs.append(
+                        RunSpec(
+                            arm.name,
+                            seed,
+                            config,
+                            shootout_lr_run_dir(arm.name, config.train.lr, seed),
+                            depth=config.model.fno_blocks,
+                            lr=config.train.lr,
+                        )
+                    )
     return specs

@@ -52,8 +52,14 @@ class RunSpec:
         return {"kind": kind, "arm": self.arm, "seed": self.seed, "depth": self.depth, "lr": self.lr}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"arm": self.arm, "seed": self.seed, "depth": self.depth, "lr": self.lr, "dir": self.relative_dir,
-                "plan": self.plan}
+        return {
+            "arm": self.arm,
+            "seed": self.seed,
+            "depth": self.depth,
+            "lr": self.lr,
+            "dir": self.relative_dir,
+            "plan": self.plan,
+        }
 
 
 def shootout_run_dir(arm: str, seed: int) -> str:

@@ -19,8 +19,22 @@ from fnostab.experiments.arms import Arm
 from fnostab.experiments.store import RunSpec, stress_run_dir
 from fnostab.experiments.sweep import arm_run_config
 
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "kb": 1e3,
+    "m": 1e6,
+    "mb": 1e6,
+    "g": 1e9,
+    "gb": 1e9,
+    "t": 1e12,
+    "tb": 1e12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
@@ -78,7 +92,9 @@ def plan_stress(
         for depth in depths:
             for lr in lrs:
                 extra_model = {"fno_blocks": depth} if depth is not None else {}
-                arm_with_point = Arm(arm.name, {**arm.model, **extra_model}, {**arm.train, **({"lr": lr} if lr is not None else {})})
+                arm_with_point = Arm(
+                    arm.name, {**arm.model, **extra_model}, {**arm.train, **({"lr": lr} if lr is not None else {})}
+                )
                 for seed in seeds:
                     config = arm_run_config(arm_with_point, seed, preset, data, overrides)
                     t = config.train
@@ -87,8 +103,15 @@ def plan_stress(
                     plan_doc = {**model_plan.to_dict(), "memory_limit": memory_limit}
                     run_depth = config.model.fno_blocks
                     run_lr = config.train.lr
-                    spec = RunSpec(arm.name, seed, config, stress_run_dir(arm.name, run_depth, run_lr, seed),
-                                   depth=run_depth, lr=run_lr, plan=plan_doc)
+                    spec = RunSpec(
+                        arm.name,
+                        seed,
+                        config,
+                        stress_run_dir(arm.name, run_depth, run_lr, seed),
+                        depth=run_depth,
+                        lr=run_lr,
+                        plan=plan_doc,
+                    )
                     specs.append(spec)
                     if model_plan.geometry_error:
                         infeasible[spec.relative_dir] = f"geometry: {model_plan.geometry_error}"
@@ -111,14 +134,25 @@ def plan_table(specs: list[RunSpec], infeasible: dict[str, str]) -> tuple[str, l
             continue
         seen.add(key)
         p = spec.plan or {}
-        rows.append({
-            "arm": spec.arm, "arch": spec.config.model.arch, "depth": spec.depth,
-            "max_hidden_channels": spec.config.model.max_hidden_channels, "checkpointing": spec.config.model.checkpointing,
-            "params": p.get("params"), "weight_bytes": p.get("weight_bytes"), "grad_bytes": p.get("grad_bytes"),
-            "optimizer_bytes": p.get("optimizer_bytes"), "activation_bytes": p.get("activation_bytes"),
-            "total_bytes": p.get("total_bytes"), "memory_limit": p.get("memory_limit"),
-            "geometry_error": p.get("geometry_error"), "feasible": spec.relative_dir not in infeasible, "reason": infeasible.get(spec.relative_dir),
-        })
+        rows.append(
+            {
+                "arm": spec.arm,
+                "arch": spec.config.model.arch,
+                "depth": spec.depth,
+                "max_hidden_channels": spec.config.model.max_hidden_channels,
+                "checkpointing": spec.config.model.checkpointing,
+                "params": p.get("params"),
+                "weight_bytes": p.get("weight_bytes"),
+                "grad_bytes": p.get("grad_bytes"),
+                "optimizer_bytes": p.get("optimizer_bytes"),
+                "activation_bytes": p.get("activation_bytes"),
+                "total_bytes": p.get("total_bytes"),
+                "memory_limit": p.get("memory_limit"),
+                "geometry_error": p.get("geometry_error"),
+                "feasible": spec.relative_dir not in infeasible,
+                "reason": infeasible.get(spec.relative_dir),
+            }
+        )
     lines = [
         "| arm | arch | depth | cap | ckpt | params | weights | grads | optimizer | activations | total | feasible |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -47,7 +47,6 @@ def shared_data(
         raise InputError("give both TRAIN.npz and TEST.npz, or neither to simulate the preset's data")
     if train is not None:
         from fnostab.data.npz import load_pair
-
         from fnostab.training.runner import check_evaluable
 
         loaded, loaded_test = load_pair(train, test)  # validate once, before anything is written
@@ -73,8 +72,13 @@ def arm_run_config(
     train = merge(preset, "train", {**overrides.get("train", {}), **arm.train, **train_extra})
     train.update(seed=seed, log_grad_norm=True)
     source = f"arm {arm.name!r}"
-    return RunConfig(name=arm.name, preset=preset, data=data, model=build(ModelConfig, model, source),
-                     train=build(TrainConfig, train, source))
+    return RunConfig(
+        name=arm.name,
+        preset=preset,
+        data=data,
+        model=build(ModelConfig, model, source),
+        train=build(TrainConfig, train, source),
+    )
 
 
 def validate_specs(specs: Iterable[RunSpec], N: int) -> None:
@@ -118,15 +122,26 @@ def run_sweep(
     infeasible = infeasible or {}
     with SweepLock(sweep_dir):
         finished, to_run = check_resumable(sweep_dir, specs)
-        document = {"kind": kind, "created": now_iso(), "command": sys.argv[1:], **plan_document,
-                    "runs": [spec.to_dict() for spec in specs]}
+        document = {
+            "kind": kind,
+            "created": now_iso(),
+            "command": sys.argv[1:],
+            **plan_document,
+            "runs": [spec.to_dict() for spec in specs],
+        }
         write_sweep_plan(sweep_dir, document)
         prepare_store(logging)
         runnable = [spec for spec in to_run if spec.relative_dir not in infeasible]
         for spec in to_run:
             if spec.relative_dir in infeasible:
-                record_bare_result(sweep_dir / spec.relative_dir, spec.config, "infeasible", infeasible[spec.relative_dir],
-                                   plan=spec.plan, sweep=spec.sweep_info(kind))
+                record_bare_result(
+                    sweep_dir / spec.relative_dir,
+                    spec.config,
+                    "infeasible",
+                    infeasible[spec.relative_dir],
+                    plan=spec.plan,
+                    sweep=spec.sweep_info(kind),
+                )
         output.log(
             f"{len(specs)} runs: {len(finished)} already finished, {len(to_run) - len(runnable)} infeasible, "
             f"{len(runnable)} to run ({execution.executor}, {execution.jobs} at a time)"
@@ -141,6 +156,15 @@ def run_sweep(
                 output.log(f"  {outcome['dir']}: {outcome['status']}{detail}")
 
             gpus = 1.0 if any(spec.config.train.accelerator == "cuda" for spec in runnable) else 0.0
-            execute(runnable, sweep_dir, kind, jobs=execution.jobs, executor=execution.executor,
-                    ray_address=execution.ray_address, gpus_per_run=gpus, on_outcome=report, logging=logging)
+            execute(
+                runnable,
+                sweep_dir,
+                kind,
+                jobs=execution.jobs,
+                executor=execution.executor,
+                ray_address=execution.ray_address,
+                gpus_per_run=gpus,
+                on_outcome=report,
+                logging=logging,
+            )
         return summarize([sweep_dir], out_dir=sweep_dir)

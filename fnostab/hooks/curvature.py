@@ -100,19 +100,32 @@ def hessian_vector_product(loss_fn: Callable[[], Tensor], parameters: Sequence[T
         parts = []
         for size, keep in zip(sizes, present):
             h = next(hv) if keep else None
-            parts.append(torch.zeros(size, dtype=torch.float64, device=vector.device) if h is None
-                         else _real(h).reshape(-1).to(torch.float64))
+            parts.append(
+                torch.zeros(size, dtype=torch.float64, device=vector.device)
+                if h is None
+                else _real(h).reshape(-1).to(torch.float64)
+            )
         return torch.cat(parts)
 
-    product.gradient = torch.cat([  # type: ignore[attr-defined]
-        torch.zeros(size, dtype=torch.float64, device=parameters[0].device) if not keep
-        else _real(g).detach().reshape(-1).to(torch.float64) for g, size, keep in zip(gradients, sizes, present)
-    ])
+    product.gradient = torch.cat(
+        [  # type: ignore[attr-defined]
+            torch.zeros(size, dtype=torch.float64, device=parameters[0].device)
+            if not keep
+            else _real(g).detach().reshape(-1).to(torch.float64)
+            for g, size, keep in zip(gradients, sizes, present)
+        ]
+    )
     return product
 
 
-def lanczos_max_eigenvalue(matvec: Callable[[Tensor], Tensor], dimension: int, iterations: int,
-                           *, device: torch.device, generator: torch.Generator | None = None) -> float:
+def lanczos_max_eigenvalue(
+    matvec: Callable[[Tensor], Tensor],
+    dimension: int,
+    iterations: int,
+    *,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> float:
     """Largest eigenvalue of the symmetric operator ``matvec`` after ``iterations`` products (Lanczos)."""
     start = torch.randn(dimension, dtype=torch.float64, generator=generator).to(device)
     basis = [start / start.norm()]
@@ -173,8 +186,9 @@ def hessian_max_eigenvalue(
     return _max_eigenvalue(product, params, iterations, diagonal, seed)
 
 
-def _max_eigenvalue(product: Callable[[Tensor], Tensor], params: Sequence[Tensor], iterations: int,
-                    diagonal: Tensor | None, seed: int) -> float:
+def _max_eigenvalue(
+    product: Callable[[Tensor], Tensor], params: Sequence[Tensor], iterations: int, diagonal: Tensor | None, seed: int
+) -> float:
     dimension = sum(_real(p).numel() for p in params)
     device = params[0].device
     matvec = product
@@ -212,7 +226,9 @@ def curvature_estimates(
     finite = math.isfinite(squared)
     out = {
         "sharpness": _max_eigenvalue(product, params, iterations, None, seed) if finite and iterations else math.nan,
-        "batch_sharpness": float(torch.dot(gradient, product(gradient))) / squared if finite and squared > 0 else math.nan,
+        "batch_sharpness": float(torch.dot(gradient, product(gradient))) / squared
+        if finite and squared > 0
+        else math.nan,
         "sharpness_precond": math.nan,
     }
     diagonal = None

@@ -119,8 +119,7 @@ def geometry_error(name: str, *, N: int, fno_blocks: int) -> str | None:
         advice += f", or fno_blocks ≤ {max(shallower)}"
     if N / factor < MIN_MAP:
         problem = (
-            f"its coarsest map would be N / {factor} = {N / factor:g} px a side, "
-            f"below the {MIN_MAP}×{MIN_MAP} minimum"
+            f"its coarsest map would be N / {factor} = {N / factor:g} px a side, below the {MIN_MAP}×{MIN_MAP} minimum"
         )
     else:
         problem = f"N={N} is not divisible by 2^(fno_blocks−1) = {factor}"

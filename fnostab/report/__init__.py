@@ -14,7 +14,19 @@ from fnostab.report.summary import SUMMARY_SCHEMA, build_summary, summarize
 from fnostab.report.verdict import decide
 
 __all__ = [
-    "GATE_METRICS", "SUMMARY_SCHEMA", "Collection", "Gate", "RunRecord", "build_summary", "collect", "decide",
-    "evaluate_gates", "format_summary_table", "format_terminal", "parse_gate", "render_markdown", "summarize",
+    "GATE_METRICS",
+    "SUMMARY_SCHEMA",
+    "Collection",
+    "Gate",
+    "RunRecord",
+    "build_summary",
+    "collect",
+    "decide",
+    "evaluate_gates",
+    "format_summary_table",
+    "format_terminal",
+    "parse_gate",
+    "render_markdown",
+    "summarize",
     "wilson_interval",
 ]

@@ -179,7 +179,8 @@ def collect(paths: Sequence[Path | str]) -> Collection:
         else:
             result_files = sorted(p for p in path.rglob(RESULT_NAME) if p.is_file() and not _hidden(p, path))
             pending = sorted(
-                p.parent for p in path.rglob(CONFIG_NAME)
+                p.parent
+                for p in path.rglob(CONFIG_NAME)
                 if not _hidden(p, path) and not (p.parent / RESULT_NAME).exists()
             )
             for sweep_file in sorted(path.rglob(SWEEP_NAME)):
@@ -200,18 +201,25 @@ def collect(paths: Sequence[Path | str]) -> Collection:
                 continue
             seen.add(key)
             runs.append(make_record(result_file.parent, read_result(result_file)))
-    collection = Collection(inputs=inputs, runs=runs, unfinished=sorted(unfinished.values()), sweeps=sweeps,
-                            outside_plan=outside_plan)
+    collection = Collection(
+        inputs=inputs, runs=runs, unfinished=sorted(unfinished.values()), sweeps=sweeps, outside_plan=outside_plan
+    )
     order = {arm: i for i, arm in enumerate(collection.arm_order)}
     # Shootout and plain runs first, then grid cells; within each by declared arm order, depth, lr, seed.
-    collection.runs.sort(key=lambda r: (r.is_grid_cell, order[r.arm], r.depth or 0, r.lr or 0.0,
-                                        r.seed if r.seed is not None else -1, str(r.dir)))
+    collection.runs.sort(
+        key=lambda r: (
+            r.is_grid_cell,
+            order[r.arm],
+            r.depth or 0,
+            r.lr or 0.0,
+            r.seed if r.seed is not None else -1,
+            str(r.dir),
+        )
+    )
     return collection
 
 
-def read_metric_columns(
-    path: Path, wanted: Callable[[str], bool]
-) -> dict[str, tuple[list[int], list[float]]] | None:
+def read_metric_columns(path: Path, wanted: Callable[[str], bool]) -> dict[str, tuple[list[int], list[float]]] | None:
     """The columns of a metrics.csv for which ``wanted(name)`` is true, as (steps, values) pairs.
 
     Rows where a column is empty are skipped for that column (CSVLogger writes sparse rows); a cell

@@ -62,8 +62,11 @@ DIRECTIONS = {"grad_norm": "up", "weight_norm": "up", "update_ratio": "both", "a
 EPSILON_RMS = 1e-7
 # Each curvature measure against its reference line, and how the text names them.
 CURVATURE_LINES = (("sharpness", "edge_gd"), ("sharpness_precond", "edge_adam"), ("batch_sharpness", "edge_gd"))
-CURVATURE_LABELS = {"sharpness": ("sharpness", "2/η"), "sharpness_precond": ("preconditioned sharpness", "(2+2β1)/((1−β1)η)"),
-                    "batch_sharpness": ("batch sharpness", "2/η")}
+CURVATURE_LABELS = {
+    "sharpness": ("sharpness", "2/η"),
+    "sharpness_precond": ("preconditioned sharpness", "(2+2β1)/((1−β1)η)"),
+    "batch_sharpness": ("batch sharpness", "2/η"),
+}
 SIGNAL_LABELS = {
     "grad_norm": "gradient norm",
     "weight_norm": "weight norm",
@@ -92,7 +95,9 @@ def _merge(*series: tuple[Sequence[int], Sequence[float]]) -> tuple[list[int], l
     return ordered, [merged[s] for s in ordered]
 
 
-def signal_moves(signal: str, steps: Sequence[int], values: Sequence[float], start: int, end: int) -> Iterator[dict[str, Any]]:
+def signal_moves(
+    signal: str, steps: Sequence[int], values: Sequence[float], start: int, end: int
+) -> Iterator[dict[str, Any]]:
     """Every step in [start, end] where the signal left the range of its own last HISTORY values.
 
     Compared on a log scale: d = ln(x / median of the history). A move needs d ≥ ln MOVE_FACTOR and
@@ -122,8 +127,13 @@ def signal_moves(signal: str, steps: Sequence[int], values: Sequence[float], sta
             if signed >= threshold:
                 baseline = math.exp(level)
                 factor = value / baseline if math.isfinite(value) else math.inf
-                yield {"step": step, "value": value, "baseline": baseline, "factor": factor,
-                       "score": abs(deviation) / threshold}
+                yield {
+                    "step": step,
+                    "value": value,
+                    "baseline": baseline,
+                    "factor": factor,
+                    "score": abs(deviation) / threshold,
+                }
         if math.isfinite(value) and value > 0:
             history.append(math.log(value))
 
@@ -169,7 +179,9 @@ def _loss_spike(steps: Sequence[int], values: Sequence[float], start: int, end: 
     for step, value in zip(steps, values):
         if step > end:
             break
-        if step >= start and (not math.isfinite(value) or (len(history) and value > LOSS_SPIKE_FACTOR * history.median())):
+        if step >= start and (
+            not math.isfinite(value) or (len(history) and value > LOSS_SPIKE_FACTOR * history.median())
+        ):
             return step
         if math.isfinite(value):
             history.push(value)
@@ -200,9 +212,13 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
         raise InputError(f"{run_dir}: no {RESULT_NAME}; expected a finished run dir written by fnostab train")
     result = read_result(run_dir / RESULT_NAME)
     failure = result.get("failure")
-    columns = read_metric_columns(
-        run_dir / METRICS_NAME, lambda n: n.startswith((PRECURSOR_PREFIX, CURVATURE_PREFIX)) or n.endswith("_train_loss") or n == "lr"
-    ) or {}
+    columns = (
+        read_metric_columns(
+            run_dir / METRICS_NAME,
+            lambda n: n.startswith((PRECURSOR_PREFIX, CURVATURE_PREFIX)) or n.endswith("_train_loss") or n == "lr",
+        )
+        or {}
+    )
     train_key = next((n for n in columns if n.endswith("_train_loss")), "")
     windows = read_windows(run_dir / PRECURSORS_NAME) if (run_dir / PRECURSORS_NAME).is_file() else []
     document: dict[str, Any] = {
@@ -210,8 +226,16 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
         "run_dir": str(run_dir),
         "status": result.get("status"),
         "failure": failure,
-        "windows": [{"trigger": w["trigger"], "trigger_step": w["trigger_step"], "reason": w["reason"],
-                     "first_step": w["steps"][0] if w["steps"] else None, "steps": len(w["steps"])} for w in windows],
+        "windows": [
+            {
+                "trigger": w["trigger"],
+                "trigger_step": w["trigger_step"],
+                "reason": w["reason"],
+                "first_step": w["steps"][0] if w["steps"] else None,
+                "steps": len(w["steps"]),
+            }
+            for w in windows
+        ],
         "event": None,
         "loss_spike_step": None,
         "first_signal": None,
@@ -229,27 +253,38 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
         if failure["status"] == "collapsed":
             # A collapse is found at an epoch's validation, long after it began: the first spike before
             # it, when there is one, is where the run went wrong.
-            target = next((w for w in windows if w["trigger"] == "spike" and w["trigger_step"] <= event["step"]), target)
+            target = next(
+                (w for w in windows if w["trigger"] == "spike" and w["trigger_step"] <= event["step"]), target
+            )
     else:
         target = next((w for w in windows if w["trigger"] == "spike"), None)
-        event = None if target is None else {"kind": "spike", "step": target["trigger_step"], "reason": target["reason"]}
+        event = (
+            None if target is None else {"kind": "spike", "step": target["trigger_step"], "reason": target["reason"]}
+        )
     document["event"] = event
     if event is None:
-        document["note"] = ("the run did not fail and had no spike: nothing to explain" if not failure
-                            else f"status {failure['status']}: not a training instability, nothing to explain")
+        document["note"] = (
+            "the run did not fail and had no spike: nothing to explain"
+            if not failure
+            else f"status {failure['status']}: not a training instability, nothing to explain"
+        )
         return document, ExplainTraces()
     if target is None and not any(_split_column(n) for n in columns):
-        document["note"] = ("no precursor signals recorded: train with --precursors-every K to record them "
-                            "(and --curvature-every M for curvature)")
+        document["note"] = (
+            "no precursor signals recorded: train with --precursors-every K to record them "
+            "(and --curvature-every M for curvature)"
+        )
     end = target["trigger_step"] if target else event["step"]
     start = target["steps"][0] if target and target["steps"] else max(0, end - 100)
     # The optimizer's transient is skipped, except in a run that failed (or first spiked) inside twice
     # that span: there the transient is the failure.
     start = max(start, WARMUP_STEPS if end >= 2 * WARMUP_STEPS else 1)
     start = min(start, end)
-    document["searched"] = {"first_step": start, "last_step": end,
-                            "window": None if target is None else {"trigger": target["trigger"],
-                                                                   "trigger_step": target["trigger_step"]}}
+    document["searched"] = {
+        "first_step": start,
+        "last_step": end,
+        "window": None if target is None else {"trigger": target["trigger"], "trigger_step": target["trigger_step"]},
+    }
     window_columns = target["columns"] if target else {}
     window_steps = target["steps"] if target else []
 
@@ -259,8 +294,9 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
             parts.append((window_steps, window_columns[name]))
         return _merge(*parts)
 
-    loss_steps, loss_values = _merge(columns.get(train_key, ([], [])),
-                                     (window_steps, window_columns.get(f"{PRECURSOR_PREFIX}loss", [])))
+    loss_steps, loss_values = _merge(
+        columns.get(train_key, ([], [])), (window_steps, window_columns.get(f"{PRECURSOR_PREFIX}loss", []))
+    )
     document["loss_spike_step"] = _loss_spike(loss_steps, loss_values, start, end)
 
     names = sorted({n for n in [*columns, *window_columns] if _split_column(n)})
@@ -270,8 +306,16 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
         steps, values = series(name)
         move = next(signal_moves(signal, steps, values, start, end), None)
         if move is not None:
-            movers.append({"signal": signal, "block": block, "column": name, **move,
-                           "finite": math.isfinite(move["value"]), "steps_before_event": event["step"] - move["step"]})
+            movers.append(
+                {
+                    "signal": signal,
+                    "block": block,
+                    "column": name,
+                    **move,
+                    "finite": math.isfinite(move["value"]),
+                    "steps_before_event": event["step"] - move["step"],
+                }
+            )
         if signal == "grad_norm":
             since = _dead_since(steps, values, event["step"])
             if since is not None:
@@ -288,16 +332,19 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
     if movers:
         document["first_signal"] = document["movers"][0]
     elif names and document["note"] is None:
-        document["note"] = (f"no per-block signal left ×{MOVE_FACTOR:g} of its own median between step {start} "
-                            f"and step {end}")
+        document["note"] = (
+            f"no per-block signal left ×{MOVE_FACTOR:g} of its own median between step {start} and step {end}"
+        )
 
     curvature = {}
     for name, line_name in CURVATURE_LINES:
         steps, values = series(f"{CURVATURE_PREFIX}{name}")
         line_steps, lines = series(f"{CURVATURE_PREFIX}{line_name}")
         by_step = dict(zip(line_steps, lines))
-        curvature[name] = {"line_name": line_name,
-                           **_crossing(steps, values, [by_step.get(s, math.nan) for s in steps], event["step"])}
+        curvature[name] = {
+            "line_name": line_name,
+            **_crossing(steps, values, [by_step.get(s, math.nan) for s in steps], event["step"]),
+        }
     document["curvature"] = curvature if any(c["measured"] for c in curvature.values()) else None
     traces = ExplainTraces(loss=(loss_steps, loss_values), grad_norm=series(f"{PRECURSOR_PREFIX}grad_norm"))
     if document["first_signal"] is not None:
@@ -310,10 +357,16 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
     lr_steps, lrs = _merge(columns.get("lr", ([], [])), (window_steps, window_columns.get(f"{PRECURSOR_PREFIX}lr", [])))
     if lr_steps and traces.curvature["edge_gd"][0]:
         gd = [2.0 / lr if lr > 0 else math.nan for lr in lrs]
-        multiples = [a / g for a, g in zip(traces.curvature["edge_adam"][1], traces.curvature["edge_gd"][1])
-                     if math.isfinite(a) and math.isfinite(g) and g > 0]
+        multiples = [
+            a / g
+            for a, g in zip(traces.curvature["edge_adam"][1], traces.curvature["edge_gd"][1])
+            if math.isfinite(a) and math.isfinite(g) and g > 0
+        ]
         traces.curvature["edge_gd"] = (lr_steps, gd)
-        traces.curvature["edge_adam"] = (lr_steps, [multiples[0] * g for g in gd] if multiples else [math.nan] * len(gd))
+        traces.curvature["edge_adam"] = (
+            lr_steps,
+            [multiples[0] * g for g in gd] if multiples else [math.nan] * len(gd),
+        )
     return document, traces
 
 
@@ -350,8 +403,10 @@ def format_explanation(document: Mapping[str, Any]) -> str:
     lines[-1] += f", {event['kind']} at step {event['step']}" + (f": {event['reason']}" if event.get("reason") else "")
     spike = document["loss_spike_step"]
     if spike is not None and spike != event["step"]:
-        lines.append(f"loss spike (×{LOSS_SPIKE_FACTOR:g} its median, or non-finite) at step {spike}, "
-                     f"{_steps(event['step'] - spike)} before the {event['kind']} step")
+        lines.append(
+            f"loss spike (×{LOSS_SPIKE_FACTOR:g} its median, or non-finite) at step {spike}, "
+            f"{_steps(event['step'] - spike)} before the {event['kind']} step"
+        )
     first = document["first_signal"]
     if first is not None:
         lead = first["steps_before_event"]
@@ -363,11 +418,15 @@ def format_explanation(document: Mapping[str, Any]) -> str:
         if others:
             lines.append("then: " + "; ".join(describe_move(m) for m in others))
     for dead in document.get("dead_blocks") or []:
-        lines.append(f"{dead['block']}: gradient exactly 0 from step {dead['since_step']} on (a dead block: it "
-                     f"no longer learns), {_lead(event['step'] - dead['since_step'], event['kind'])}")
+        lines.append(
+            f"{dead['block']}: gradient exactly 0 from step {dead['since_step']} on (a dead block: it "
+            f"no longer learns), {_lead(event['step'] - dead['since_step'], event['kind'])}"
+        )
     for low in document.get("near_epsilon") or []:
-        lines.append(f"{low['block']}: Adam second-moment RMS {_fmt(low['value'])} at step {low['step']}, below 10 ε "
-                     f"(the update collapses near Adam's ε = 1e-8)")
+        lines.append(
+            f"{low['block']}: Adam second-moment RMS {_fmt(low['value'])} at step {low['step']}, below 10 ε "
+            f"(the update collapses near Adam's ε = 1e-8)"
+        )
     searched = document.get("searched")
     if searched and searched["window"] and searched["window"]["trigger"] == "spike" and event["kind"] != "spike":
         lines.append(f"(searched the window before the first spike, step {searched['window']['trigger_step']})")
@@ -383,11 +442,16 @@ def format_explanation(document: Mapping[str, Any]) -> str:
             if not entry["measured"]:
                 continue
             if entry["crossed_step"] is not None:
-                lines.append(f"{label} crossed {line_label} = {_fmt(entry['crossed_line'])} at step {entry['crossed_step']} "
-                             f"(λ = {_fmt(entry['crossed_value'])}), " + _lead(event['step'] - entry['crossed_step'], event['kind']))
+                lines.append(
+                    f"{label} crossed {line_label} = {_fmt(entry['crossed_line'])} at step {entry['crossed_step']} "
+                    f"(λ = {_fmt(entry['crossed_value'])}), "
+                    + _lead(event["step"] - entry["crossed_step"], event["kind"])
+                )
             else:
-                lines.append(f"{label} stayed below {line_label}: at most {_fmt(entry['max_ratio'])} of it "
-                             f"over {entry['measured']} measurements")
+                lines.append(
+                    f"{label} stayed below {line_label}: at most {_fmt(entry['max_ratio'])} of it "
+                    f"over {entry['measured']} measurements"
+                )
         lines.append("(2/η and 38/η are reference lines, not laws, for the L1 loss: docs/diagnostics.md#curvature)")
     return "\n".join(lines)
 
@@ -425,8 +489,11 @@ def plot_explanation(document: Mapping[str, Any], traces: ExplainTraces) -> Any:
     from matplotlib.figure import Figure
 
     event, first = document["event"], document["first_signal"]
-    measured = {name: traces.curvature[name] for name, _ in CURVATURE_LINES
-                if name in traces.curvature and any(math.isfinite(x) for x in traces.curvature[name][1])}
+    measured = {
+        name: traces.curvature[name]
+        for name, _ in CURVATURE_LINES
+        if name in traces.curvature and any(math.isfinite(x) for x in traces.curvature[name][1])
+    }
     rows = 2 + (1 if measured else 0)
     figure = Figure(figsize=(8.0, 2.6 * rows + 0.6), dpi=100)
     figure.subplots_adjust(left=0.1, right=0.8, bottom=0.08, top=0.92, hspace=0.35)
@@ -465,15 +532,28 @@ def plot_explanation(document: Mapping[str, Any], traces: ExplainTraces) -> Any:
             shown = values_a / np.median(positive) if positive.size else values_a
             mask = np.isfinite(shown) & (shown > 0)
             winner = block == first["block"]
-            ax.plot(steps_a[mask], shown[mask], marker="." if mask.sum() < 30 else None,
-                    lw=2.0 if winner else 0.8, alpha=1.0 if winner else 0.6,
-                    color=f"C{index % 10}", label=block + (" (first)" if winner else ""))
+            ax.plot(
+                steps_a[mask],
+                shown[mask],
+                marker="." if mask.sum() < 30 else None,
+                lw=2.0 if winner else 0.8,
+                alpha=1.0 if winner else 0.6,
+                color=f"C{index % 10}",
+                label=block + (" (first)" if winner else ""),
+            )
         ax.set_yscale("log")
         ax.set_ylabel(ylabel, fontsize=8)
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
     else:
-        ax.text(0.5, 0.5, document.get("note") or "no precursor signal moved", ha="center", va="center",
-                transform=ax.transAxes, fontsize=8)
+        ax.text(
+            0.5,
+            0.5,
+            document.get("note") or "no precursor signal moved",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=8,
+        )
 
     if measured:
         ax = axes[2]
@@ -485,7 +565,14 @@ def plot_explanation(document: Mapping[str, Any], traces: ExplainTraces) -> Any:
             line = traces.curvature.get(line_name)
             if line is not None and line_name not in drawn_lines:
                 drawn_lines.add(line_name)
-                ax.step(*finite(*line), "--", where="post", color=colour, lw=0.8, label="2/η" if line_name == "edge_gd" else "(2+2β1)/((1−β1)η)")
+                ax.step(
+                    *finite(*line),
+                    "--",
+                    where="post",
+                    color=colour,
+                    lw=0.8,
+                    label="2/η" if line_name == "edge_gd" else "(2+2β1)/((1−β1)η)",
+                )
         ax.set_yscale("log")
         ax.set_ylabel("λmax")
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)

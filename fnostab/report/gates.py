@@ -43,12 +43,17 @@ GATE_METRICS: dict[str, str] = {
 }
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
-    "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt,
+    "<=": operator.le,
+    ">=": operator.ge,
+    "<": operator.lt,
+    ">": operator.gt,
 }
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_GATE = re.compile(rf"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?:\[\s*(?P<arm>[^\[\]]+?)\s*\])?\s*"
-                   rf"(?P<op><=|>=|<|>)\s*(?P<number>{_NUMBER})\s*$")
+_GATE = re.compile(
+    rf"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?:\[\s*(?P<arm>[^\[\]]+?)\s*\])?\s*"
+    rf"(?P<op><=|>=|<|>)\s*(?P<number>{_NUMBER})\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -116,11 +121,17 @@ def evaluate_gates(gates: Sequence[Gate], groups: Sequence[Mapping[str, Any]]) -
     for gate in gates:
         for group in _targets(gate, groups):
             value = gate_value(group, gate.metric)
-            results.append({
-                "gate": gate.text, "metric": gate.metric, "arm": group["label"], "op": gate.op,
-                "threshold": gate.threshold, "value": value,
-                "passed": gate.holds(value) if group["n"] > 0 else None,
-            })
+            results.append(
+                {
+                    "gate": gate.text,
+                    "metric": gate.metric,
+                    "arm": group["label"],
+                    "op": gate.op,
+                    "threshold": gate.threshold,
+                    "value": value,
+                    "passed": gate.holds(value) if group["n"] > 0 else None,
+                }
+            )
     return results
 
 

@@ -107,8 +107,15 @@ def seed_curves(points: Iterable[LrPoint], grid: Sequence[float]) -> tuple[list[
 
 def sensitivity(curves: Sequence[SeedCurve], grid: Sequence[float], best: float) -> dict[str, Any]:
     """Mean, 95% interval and per-seed values of the sensitivity for a given ℓ*."""
-    per_seed = [{"seed": c.seed, "value": sum(c.scores[lr] for lr in grid) / len(grid) - best,
-                 "scores": [c.scores[lr] for lr in grid], "initial_val_loss": c.initial} for c in curves]
+    per_seed = [
+        {
+            "seed": c.seed,
+            "value": sum(c.scores[lr] for lr in grid) / len(grid) - best,
+            "scores": [c.scores[lr] for lr in grid],
+            "initial_val_loss": c.initial,
+        }
+        for c in curves
+    ]
     values = [entry["value"] for entry in per_seed]
     return {
         "best_loss": best,
@@ -156,8 +163,10 @@ def lr_sensitivities(points_by_arm: Mapping[str, Iterable[LrPoint]]) -> dict[str
 
 def points_from_runs(runs: Iterable[Mapping[str, Any]], lr: float) -> list[LrPoint]:
     """LrPoints from a summary group's ``runs`` entries (``seed, status, final_val_loss, initial_val_loss``)."""
-    return [LrPoint(run.get("seed"), float(lr), run["status"], run.get("final_val_loss"), run.get("initial_val_loss"))
-            for run in runs]
+    return [
+        LrPoint(run.get("seed"), float(lr), run["status"], run.get("final_val_loss"), run.get("initial_val_loss"))
+        for run in runs
+    ]
 
 
 def separated(fix: Mapping[str, Any] | None, control: Mapping[str, Any] | None) -> bool | None:

@@ -78,25 +78,44 @@ def _interval(interval: Sequence[float] | None) -> str:
 
 
 def _sensitivity_header() -> list[str]:
-    return ["arm", "depth", "learning rates", "seeds", "stable-LR boundary", "LR sensitivity [95% CI]", "ℓ* (own)",
-            "LR sensitivity, common ℓ* [95% CI]", "ℓ* (common)"]
+    return [
+        "arm",
+        "depth",
+        "learning rates",
+        "seeds",
+        "stable-LR boundary",
+        "LR sensitivity [95% CI]",
+        "ℓ* (own)",
+        "LR sensitivity, common ℓ* [95% CI]",
+        "ℓ* (common)",
+    ]
 
 
 def _sensitivity_rows(stress: Mapping[str, Any]) -> list[list[str]]:
     """One row per arm and depth: its LR sensitivity (both ℓ*) beside its stable-LR boundary."""
-    boundaries = {(e["arm"], e["depth"]): e["lr"] for a in stress["arms"] for e in
-                  [{"arm": a["arm"], **d} for d in a["lr_by_depth"]]}
+    boundaries = {
+        (e["arm"], e["depth"]): e["lr"]
+        for a in stress["arms"]
+        for e in [{"arm": a["arm"], **d} for d in a["lr_by_depth"]]
+    }
     rows = []
     for entry in stress.get("lr_sensitivity") or []:
         common = entry.get("common") or {}
         grid = entry["grid"]
-        rows.append([
-            entry["arm"], str(entry["depth"]), f"{_num(grid[0])} … {_num(grid[-1])} ({len(grid)})",
-            str(entry["n_seeds"]) + (f" (+{len(entry['excluded_seeds'])} left out)" if entry["excluded_seeds"] else ""),
-            _num(boundaries.get((entry["arm"], entry["depth"]))),
-            f"{_num(entry['mean'], 3)} {_interval(entry['ci95'])}", _num(entry["best_loss"]),
-            f"{_num(common.get('mean'), 3)} {_interval(common.get('ci95'))}", _num(common.get("best_loss")),
-        ])
+        rows.append(
+            [
+                entry["arm"],
+                str(entry["depth"]),
+                f"{_num(grid[0])} … {_num(grid[-1])} ({len(grid)})",
+                str(entry["n_seeds"])
+                + (f" (+{len(entry['excluded_seeds'])} left out)" if entry["excluded_seeds"] else ""),
+                _num(boundaries.get((entry["arm"], entry["depth"]))),
+                f"{_num(entry['mean'], 3)} {_interval(entry['ci95'])}",
+                _num(entry["best_loss"]),
+                f"{_num(common.get('mean'), 3)} {_interval(common.get('ci95'))}",
+                _num(common.get("best_loss")),
+            ]
+        )
     return rows
 
 
@@ -119,27 +138,57 @@ def _stress_lines(stress: Mapping[str, Any]) -> list[str]:
     lines += ["### Cells", ""]
     lines += _table(
         ["arm", "depth", "lr", "runs", "failed", "statuses", "stable"],
-        [[c["arm"], c["depth"], _num(c["lr"]), c["n"] + c["n_infeasible"], c["failures"],
-          ", ".join(f"{k} {v}" for k, v in c["statuses"].items()), "infeasible" if c["infeasible"] else ("yes" if c["stable"] else "no")]
-         for c in stress["cells"]],
+        [
+            [
+                c["arm"],
+                c["depth"],
+                _num(c["lr"]),
+                c["n"] + c["n_infeasible"],
+                c["failures"],
+                ", ".join(f"{k} {v}" for k, v in c["statuses"].items()),
+                "infeasible" if c["infeasible"] else ("yes" if c["stable"] else "no"),
+            ]
+            for c in stress["cells"]
+        ],
     )
-    lines += ["Stability boundary: the largest value at which every seed is ok, and every smaller tested value too. "
-              "The single number per axis is the smallest over the other axis (the LR that is safe at every depth tested; "
-              "the depth reached at every LR). — means unstable already at the smallest value tested.", ""]
+    lines += [
+        "Stability boundary: the largest value at which every seed is ok, and every smaller tested value too. "
+        "The single number per axis is the smallest over the other axis (the LR that is safe at every depth tested; "
+        "the depth reached at every LR). — means unstable already at the smallest value tested.",
+        "",
+    ]
     lines += _table(
         ["arm", "boundary lr", "boundary depth", "largest stable lr per depth", "largest stable depth per lr"],
-        [[a["arm"], _boundary(a["boundary"], "lr"), _boundary(a["boundary"], "depth"),
-          "; ".join(f"d{e['depth']}: {'infeasible' if e['infeasible'] else _num(e['lr'])}" for e in a["lr_by_depth"]),
-          "; ".join(f"lr {_num(e['lr'])}: {_num(e['depth'])}" for e in a["depth_by_lr"])]
-         for a in stress["arms"]],
+        [
+            [
+                a["arm"],
+                _boundary(a["boundary"], "lr"),
+                _boundary(a["boundary"], "depth"),
+                "; ".join(
+                    f"d{e['depth']}: {'infeasible' if e['infeasible'] else _num(e['lr'])}" for e in a["lr_by_depth"]
+                ),
+                "; ".join(f"lr {_num(e['lr'])}: {_num(e['depth'])}" for e in a["depth_by_lr"]),
+            ]
+            for a in stress["arms"]
+        ],
     )
     if stress["infeasible"]:
         lines += ["Infeasible configurations (memory plan over the limit; nothing was allocated):", ""]
         lines += _table(
             ["arm", "depth", "lr", "seeds", "params", "total bytes", "geometry error", "reason"],
-            [[i["arm"], i["depth"], _num(i["lr"]), len(i["seeds"]), "—" if i["params"] is None else f"{i['params']:,}",
-              "—" if i["total_bytes"] is None else f"{i['total_bytes']:,}", i["geometry_error"] or "—", i["reason"] or "—"]
-             for i in stress["infeasible"]],
+            [
+                [
+                    i["arm"],
+                    i["depth"],
+                    _num(i["lr"]),
+                    len(i["seeds"]),
+                    "—" if i["params"] is None else f"{i['params']:,}",
+                    "—" if i["total_bytes"] is None else f"{i['total_bytes']:,}",
+                    i["geometry_error"] or "—",
+                    i["reason"] or "—",
+                ]
+                for i in stress["infeasible"]
+            ],
         )
     return lines
 
@@ -149,16 +198,39 @@ def _first_signal_lines(groups: Sequence[Mapping[str, Any]]) -> list[str]:
     failed = [g for g in groups if g.get("failures_by_first_signal")]
     if not failed:
         return []
-    lines = ["## Why runs failed (first precursor signal)", "",
-             "`fnostab explain` per diverged or collapsed run: the earliest per-block signal that left its own recent "
-             "range in the window before the failure (docs/diagnostics.md#explain); `none`: no signal moved, or the run "
-             "was trained without --precursors-every.", ""]
-    lines += _table(["arm", "failed runs", "by first signal"],
-                    [[g["label"], sum(g["failures_by_first_signal"].values()),
-                      ", ".join(f"{name} {count}" for name, count in g["failures_by_first_signal"].items())] for g in failed])
-    rows = [[g["label"], f"`{r['dir']}`", e["event"], e["event_step"], e["text"] or "—",
-             "—" if e["steps_before_event"] is None else e["steps_before_event"]]
-            for g in failed for r in g["runs"] for e in [r.get("explanation")] if e and e.get("event")]
+    lines = [
+        "## Why runs failed (first precursor signal)",
+        "",
+        "`fnostab explain` per diverged or collapsed run: the earliest per-block signal that left its own recent "
+        "range in the window before the failure (docs/diagnostics.md#explain); `none`: no signal moved, or the run "
+        "was trained without --precursors-every.",
+        "",
+    ]
+    lines += _table(
+        ["arm", "failed runs", "by first signal"],
+        [
+            [
+                g["label"],
+                sum(g["failures_by_first_signal"].values()),
+                ", ".join(f"{name} {count}" for name, count in g["failures_by_first_signal"].items()),
+            ]
+            for g in failed
+        ],
+    )
+    rows = [
+        [
+            g["label"],
+            f"`{r['dir']}`",
+            e["event"],
+            e["event_step"],
+            e["text"] or "—",
+            "—" if e["steps_before_event"] is None else e["steps_before_event"],
+        ]
+        for g in failed
+        for r in g["runs"]
+        for e in [r.get("explanation")]
+        if e and e.get("event")
+    ]
     if rows:
         lines += _table(["arm", "run", "failure", "step", "first signal", "steps before"], rows)
     return lines
@@ -171,72 +243,152 @@ def render_markdown(document: Mapping[str, Any]) -> str:
     runs = document["runs"]
     lines = ["# fnostab summary", ""]
     gridsizes = document.get("gridsizes") or [1]
-    lines.append(f"Inputs: {', '.join(f'`{p}`' for p in document['inputs'])}. "
-                 f"Gridsize {', '.join(map(str, gridsizes))}. {runs['finished']} finished runs"
-                 + (f"; {len(runs['unfinished'])} unfinished run dirs skipped (no result.json)." if runs["unfinished"] else "."))
+    lines.append(
+        f"Inputs: {', '.join(f'`{p}`' for p in document['inputs'])}. "
+        f"Gridsize {', '.join(map(str, gridsizes))}. {runs['finished']} finished runs"
+        + (f"; {len(runs['unfinished'])} unfinished run dirs skipped (no result.json)." if runs["unfinished"] else ".")
+    )
     lines += [""] + [f"- skipped, unfinished: `{p}`" for p in runs["unfinished"]] + ([""] if runs["unfinished"] else [])
     lines += _verdict_lines(document["verdict"])
 
     lines += ["## Failures", ""]
     lines += _table(
         ["arm", "runs", "failed", "failure rate", "95% Wilson CI", "by status"],
-        [[g["label"], _runs(g), g["failures"], _pct(g["failure_rate"]), _ci(g["failure_ci95"]), _statuses(g["failures_by_status"])]
-         for g in groups],
+        [
+            [
+                g["label"],
+                _runs(g),
+                g["failures"],
+                _pct(g["failure_rate"]),
+                _ci(g["failure_ci95"]),
+                _statuses(g["failures_by_status"]),
+            ]
+            for g in groups
+        ],
     )
     lines += ["## Time to failure", ""]
     failed = [g for g in groups if g["time_to_failure"]["steps"]]
     if failed:
         lines += _table(
             ["arm", "failed runs", "steps", "step median (min–max)", "epoch median (min–max)"],
-            [[g["label"], len(g["time_to_failure"]["steps"]), _steps_list(g["time_to_failure"]["steps"]),
-              f"{_num(t['step']['median'])} ({_num(t['step']['min'])}–{_num(t['step']['max'])})",
-              f"{_num(t['epoch']['median'])} ({_num(t['epoch']['min'])}–{_num(t['epoch']['max'])})"]
-             for g in failed for t in [g["time_to_failure"]]],
+            [
+                [
+                    g["label"],
+                    len(g["time_to_failure"]["steps"]),
+                    _steps_list(g["time_to_failure"]["steps"]),
+                    f"{_num(t['step']['median'])} ({_num(t['step']['min'])}–{_num(t['step']['max'])})",
+                    f"{_num(t['epoch']['median'])} ({_num(t['epoch']['min'])}–{_num(t['epoch']['max'])})",
+                ]
+                for g in failed
+                for t in [g["time_to_failure"]]
+            ],
         )
     else:
         lines += ["No run failed during training.", ""]
 
-    lines += ["## Quality of successful runs vs the constant baseline", "",
-              "Median [p25–p75] over runs with status ok; (const …) is the median score of a constant prediction "
-              "on the same test data. Phase SSIM is close to its constant baseline by construction (small phase range, "
-              "per-tile offsets at gridsize 1): read it only next to that baseline, never as a pass criterion. "
-              "× floor is the best validation loss as a multiple of the noise floor, the loss of the true object "
-              "on the same data (1 would be a perfect reconstruction).", ""]
+    lines += [
+        "## Quality of successful runs vs the constant baseline",
+        "",
+        "Median [p25–p75] over runs with status ok; (const …) is the median score of a constant prediction "
+        "on the same test data. Phase SSIM is close to its constant baseline by construction (small phase range, "
+        "per-tile offsets at gridsize 1): read it only next to that baseline, never as a pass criterion. "
+        "× floor is the best validation loss as a multiple of the noise floor, the loss of the true object "
+        "on the same data (1 would be a perfect reconstruction).",
+        "",
+    ]
     lines += _table(
-        ["arm", "ok runs", "best val loss", "× floor", "final val loss", "amp SSIM", "amp SSIM − const", "amp MAE", "phase SSIM", "phase SSIM (tile-aligned)"],
-        [[g["label"], g["n_ok"], _metric(g["metrics"]["best_val_loss"]),
-          _metric(g["metrics"]["best_val_loss_over_floor"], iqr=False)] + [_metric(g["metrics"][k]) for k in
-          ("final_val_loss", "amp_ssim")] + [_metric(g["metrics"]["amp_ssim_gain"], baseline=False)]
-         + [_metric(g["metrics"][k]) for k in ("amp_mae", "phase_ssim", "phase_aligned_ssim")]
-         for g in groups],
+        [
+            "arm",
+            "ok runs",
+            "best val loss",
+            "× floor",
+            "final val loss",
+            "amp SSIM",
+            "amp SSIM − const",
+            "amp MAE",
+            "phase SSIM",
+            "phase SSIM (tile-aligned)",
+        ],
+        [
+            [
+                g["label"],
+                g["n_ok"],
+                _metric(g["metrics"]["best_val_loss"]),
+                _metric(g["metrics"]["best_val_loss_over_floor"], iqr=False),
+            ]
+            + [_metric(g["metrics"][k]) for k in ("final_val_loss", "amp_ssim")]
+            + [_metric(g["metrics"]["amp_ssim_gain"], baseline=False)]
+            + [_metric(g["metrics"][k]) for k in ("amp_mae", "phase_ssim", "phase_aligned_ssim")]
+            for g in groups
+        ],
     )
 
     within = [e for e in document.get("seed_spread") or [] if e["within_spread"]]
     if within:
-        lines += ["Differences within seed spread (the interquartile ranges over seeds overlap, so the medians do "
-                  "not separate the arms at this number of seeds):", ""]
-        lines += [f"- {e['metric']}: {e['label']} {_num(e['median'])} [{_num(e['iqr'][0])}–{_num(e['iqr'][1])}] vs "
-                  f"{e['control']} {_num(e['control_median'])} [{_num(e['control_iqr'][0])}–{_num(e['control_iqr'][1])}]"
-                  for e in within] + [""]
+        lines += [
+            "Differences within seed spread (the interquartile ranges over seeds overlap, so the medians do "
+            "not separate the arms at this number of seeds):",
+            "",
+        ]
+        lines += [
+            f"- {e['metric']}: {e['label']} {_num(e['median'])} [{_num(e['iqr'][0])}–{_num(e['iqr'][1])}] vs "
+            f"{e['control']} {_num(e['control_median'])} [{_num(e['control_iqr'][0])}–{_num(e['control_iqr'][1])}]"
+            for e in within
+        ] + [""]
     lines += [f"## Gradient norms (pre-clip global L2, logged steps in metrics.csv; threshold {threshold:g})", ""]
     lines += _table(
-        ["arm", "runs logged", "logged steps", "median", "p99", "max", "largest spike at", f"steps > {threshold:g}", "non-finite"],
-        [[g["label"], f"{gn['runs_with_series']}/{g['n']}", gn["logged_steps"], _num(gn["median"]), _num(gn["p99"]),
-          _num(gn["max"]), "—" if gn["max_run"] is None else f"step {gn['max_step']} of `{gn['max_run']}`",
-          _pct(gn["frac_above"]), gn["nonfinite"]]
-         for g in groups for gn in [g["grad_norm"]]],
+        [
+            "arm",
+            "runs logged",
+            "logged steps",
+            "median",
+            "p99",
+            "max",
+            "largest spike at",
+            f"steps > {threshold:g}",
+            "non-finite",
+        ],
+        [
+            [
+                g["label"],
+                f"{gn['runs_with_series']}/{g['n']}",
+                gn["logged_steps"],
+                _num(gn["median"]),
+                _num(gn["p99"]),
+                _num(gn["max"]),
+                "—" if gn["max_run"] is None else f"step {gn['max_step']} of `{gn['max_run']}`",
+                _pct(gn["frac_above"]),
+                gn["nonfinite"],
+            ]
+            for g in groups
+            for gn in [g["grad_norm"]]
+        ],
     )
     blocks = [(g, r) for g in groups for r in g["runs"] if r.get("first_block_to_blow_up")]
     if blocks:
-        lines += ["### First block to blow up (failed runs with per-block monitoring)", "",
-                  "The block whose gradient norm first exceeded the median of its own earlier steps by the "
-                  "threshold factor; among blocks crossing at that step, the largest factor. Without a crossing, "
-                  "the block with the largest excursion.", ""]
+        lines += [
+            "### First block to blow up (failed runs with per-block monitoring)",
+            "",
+            "The block whose gradient norm first exceeded the median of its own earlier steps by the "
+            "threshold factor; among blocks crossing at that step, the largest factor. Without a crossing, "
+            "the block with the largest excursion.",
+            "",
+        ]
         lines += _table(
             ["arm", "run", "status", "block", "step", "norm / own earlier median", "crossed factor"],
-            [[g["label"], f"`{r['dir']}`", r["status"], b["block"], b["step"], _num(b["factor"], 3),
-              f"{'yes' if b['crossed'] else 'no'} ({b['threshold_factor']:g}×)"]
-             for g, r in blocks for b in [r["first_block_to_blow_up"]]],
+            [
+                [
+                    g["label"],
+                    f"`{r['dir']}`",
+                    r["status"],
+                    b["block"],
+                    b["step"],
+                    _num(b["factor"], 3),
+                    f"{'yes' if b['crossed'] else 'no'} ({b['threshold_factor']:g}×)",
+                ]
+                for g, r in blocks
+                for b in [r["first_block_to_blow_up"]]
+            ],
         )
     lines += _first_signal_lines(groups)
     if document.get("stress"):
@@ -266,18 +418,35 @@ def _loss_with_floor(metrics: Mapping[str, Any]) -> str:
 def format_summary_table(document: Mapping[str, Any]) -> str:
     """The compact per-arm table for a terminal: failures with CI, loss, SSIM vs constant, grad norms."""
     threshold = document["grad_norm_threshold"]
-    header = ["arm", "n", "failed", "rate [95% CI]", "statuses", "best val loss (× floor)", "amp SSIM (const)",
-              "phase SSIM (const)", f"grad>{threshold:g}", "max grad"]
+    header = [
+        "arm",
+        "n",
+        "failed",
+        "rate [95% CI]",
+        "statuses",
+        "best val loss (× floor)",
+        "amp SSIM (const)",
+        "phase SSIM (const)",
+        f"grad>{threshold:g}",
+        "max grad",
+    ]
     rows = []
     for g in document["arms"]:
         metrics, grads = g["metrics"], g["grad_norm"]
-        rows.append([
-            g["label"], _runs(g), str(g["failures"]), f"{_pct(g['failure_rate'])} [{_ci(g['failure_ci95'])}]",
-            _statuses(g["failures_by_status"]), _loss_with_floor(metrics),
-            f"{_num(metrics['amp_ssim']['median'], 3)} ({_num(metrics['amp_ssim']['baseline_median'], 3)})",
-            f"{_num(metrics['phase_ssim']['median'], 3)} ({_num(metrics['phase_ssim']['baseline_median'], 3)})",
-            _pct(grads["frac_above"]), _num(grads["max"], 3),
-        ])
+        rows.append(
+            [
+                g["label"],
+                _runs(g),
+                str(g["failures"]),
+                f"{_pct(g['failure_rate'])} [{_ci(g['failure_ci95'])}]",
+                _statuses(g["failures_by_status"]),
+                _loss_with_floor(metrics),
+                f"{_num(metrics['amp_ssim']['median'], 3)} ({_num(metrics['amp_ssim']['baseline_median'], 3)})",
+                f"{_num(metrics['phase_ssim']['median'], 3)} ({_num(metrics['phase_ssim']['baseline_median'], 3)})",
+                _pct(grads["frac_above"]),
+                _num(grads["max"], 3),
+            ]
+        )
     return _aligned(header, rows, left=(0, 3, 4))
 
 
@@ -286,7 +455,9 @@ def _aligned(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequenc
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     return "\n".join([line(header), *(line(r) for r in rows)])
 
@@ -308,11 +479,16 @@ def format_terminal(document: Mapping[str, Any]) -> str:
                 f"depth {_boundary(entry['boundary'], 'depth')}"
                 + (f"; infeasible at depth {', '.join(infeasible)}" if infeasible else "")
             )
-        lines.append("(boundary: largest value with every seed ok there and below, at every value of the other axis; "
-                     "— = unstable already at the smallest tested)")
+        lines.append(
+            "(boundary: largest value with every seed ok there and below, at every value of the other axis; "
+            "— = unstable already at the smallest tested)"
+        )
         if stress.get("lr_sensitivity"):
-            lines += ["", "LR sensitivity (mean over seeds [95% CI]; lower is more stable; failed runs score ℓ0):",
-                      _aligned(_sensitivity_header(), _sensitivity_rows(stress))]
+            lines += [
+                "",
+                "LR sensitivity (mean over seeds [95% CI]; lower is more stable; failed runs score ℓ0):",
+                _aligned(_sensitivity_header(), _sensitivity_rows(stress)),
+            ]
     lines += ["", f"verdict: {verdict['outcome']}: {verdict['decision']}", verdict["explanation"]]
     lines += [f"next: {step}" for step in verdict["next_steps"]]
     unfinished = document["runs"]["unfinished"]
@@ -322,7 +498,9 @@ def format_terminal(document: Mapping[str, Any]) -> str:
     if document["gates"]:
         passed = sum(1 for e in checked if e["passed"])
         skipped = len(document["gates"]) - len(checked)
-        lines.append(f"gates: {passed}/{len(checked)} passed" + (f" ({skipped} skipped: no run started)" if skipped else ""))
+        lines.append(
+            f"gates: {passed}/{len(checked)} passed" + (f" ({skipped} skipped: no run started)" if skipped else "")
+        )
     if document.get("out_dir"):
         lines.append(f"summary: {document['out_dir']}/summary.md, summary.json")
         if document["plots"]["written"]:

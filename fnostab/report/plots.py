@@ -34,8 +34,18 @@ from matplotlib.figure import Figure
 
 from fnostab.io import atomic_path
 
-_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
-            "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+_COLOURS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+)
 _STATUS_MARKERS = {"diverged": "x", "collapsed": "v", "oom": "s", "error": "D", "infeasible": "P"}
 
 
@@ -103,8 +113,13 @@ def plot_grad_norm(document: Mapping[str, Any], traces: Any) -> Figure | str:
     if not any(traces.grad_norms.get(g["label"]) for g in _groups(document)):
         return "no run logged grad_norm_preclip in metrics.csv (train with --log-grad-norm)"
     threshold = document["grad_norm_threshold"]
-    return _trace_figure(document, traces.grad_norms, threshold=threshold if threshold > 0 else None,
-                         ylabel="pre-clip global L2 gradient norm", title="Gradient norm per logged step")
+    return _trace_figure(
+        document,
+        traces.grad_norms,
+        threshold=threshold if threshold > 0 else None,
+        ylabel="pre-clip global L2 gradient norm",
+        title="Gradient norm per logged step",
+    )
 
 
 def plot_train_loss(document: Mapping[str, Any], traces: Any) -> Figure | str:
@@ -112,8 +127,13 @@ def plot_train_loss(document: Mapping[str, Any], traces: Any) -> Figure | str:
     if not any(traces.train_losses.get(g["label"]) for g in _groups(document)):
         return "no run logged a per-step training loss in metrics.csv"
     names = sorted({n.replace("_val_", "_train_") for g in _groups(document) for n in g["val_loss_names"]})
-    return _trace_figure(document, traces.train_losses, threshold=None,
-                         ylabel=" / ".join(names) or "training loss", title="Training loss per step")
+    return _trace_figure(
+        document,
+        traces.train_losses,
+        threshold=None,
+        ylabel=" / ".join(names) or "training loss",
+        title="Training loss per step",
+    )
 
 
 # A logged value counts as a spike when it is this many times its run's rolling median (and above the
@@ -154,8 +174,14 @@ def _aligned(runs: list[tuple[list[int], list[float]]], log_axis: bool) -> tuple
     return steps, grid
 
 
-def _trace_figure(document: Mapping[str, Any], per_label: Mapping[str, list[tuple[list[int], list[float]]]], *,
-                  threshold: float | None, ylabel: str, title: str) -> Figure:
+def _trace_figure(
+    document: Mapping[str, Any],
+    per_label: Mapping[str, list[tuple[list[int], list[float]]]],
+    *,
+    threshold: float | None,
+    ylabel: str,
+    title: str,
+) -> Figure:
     """One line per arm: the rolling median of the per-step median over its runs, a band from the
     rolling min to the rolling max over its runs (narrower window: where the raw extremes are), every
     spike of every run as a dot, and each failed run's failure step as its status marker along the top."""
@@ -185,25 +211,36 @@ def _trace_figure(document: Mapping[str, Any], per_label: Mapping[str, list[tupl
             line = _rolling(middle, window, np.nanmedian)
             # The band's window is a quarter of the line's: a lone spike widens it by a sliver, not a block.
             narrow = max(3, (window // 4) | 1)
-            axes.fill_between(steps, _rolling(low, narrow, np.nanmin), _rolling(high, narrow, np.nanmax),
-                              color=colour, alpha=0.18, linewidth=0)
+            axes.fill_between(
+                steps,
+                _rolling(low, narrow, np.nanmin),
+                _rolling(high, narrow, np.nanmax),
+                color=colour,
+                alpha=0.18,
+                linewidth=0,
+            )
             axes.plot(steps, line, color=colour, linewidth=1.6)
             for row in grid:
                 spike = spike_mask(row, window, threshold)
                 if spike.any():
                     spikes_seen = True
-                    axes.scatter(steps[spike], row[spike], s=16, color=colour, edgecolors="black", linewidths=0.5,
-                                 zorder=3)
-        failures = [(run["failure"]["step"], run["status"]) for run in group["runs"]
-                    if run["status"] not in ("ok", "infeasible")
-                    and isinstance((run.get("failure") or {}).get("step"), (int, float))]
+                    axes.scatter(
+                        steps[spike], row[spike], s=16, color=colour, edgecolors="black", linewidths=0.5, zorder=3
+                    )
+        failures = [
+            (run["failure"]["step"], run["status"])
+            for run in group["runs"]
+            if run["status"] not in ("ok", "infeasible")
+            and isinstance((run.get("failure") or {}).get("step"), (int, float))
+        ]
         for step, status in failures:
             statuses.add(status)
             axes.axvline(step, color=colour, linestyle=":", linewidth=0.9, alpha=0.6)
             marker = _STATUS_MARKERS.get(status, "o")
             outline = {"linewidths": 1.5} if marker in ("x", "+") else {"edgecolors": "black", "linewidths": 0.6}
-            axes.scatter([step], [0.97], transform=top, marker=marker, s=55, color=colour, zorder=4, clip_on=False,
-                         **outline)
+            axes.scatter(
+                [step], [0.97], transform=top, marker=marker, s=55, color=colour, zorder=4, clip_on=False, **outline
+            )
         n_failed = len(failures)
         label = f"{group['label']} ({len(runs)} runs" + (f", {n_failed} failed)" if n_failed else ")")
         handles.append(Line2D([], [], color=colour, linewidth=1.6, label=label))
@@ -212,15 +249,33 @@ def _trace_figure(document: Mapping[str, Any], per_label: Mapping[str, list[tupl
         handles.append(Line2D([], [], color="black", linestyle="--", linewidth=0.8, label=f"threshold {threshold:g}"))
     if spikes_seen:
         rule = f"> {SPIKE_FACTOR:g}× median" + (", > threshold" if threshold is not None else "")
-        handles.append(Line2D([], [], marker="o", color="grey", markeredgecolor="black", linestyle="", markersize=4,
-                              label=f"spike ({rule})"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                color="grey",
+                markeredgecolor="black",
+                linestyle="",
+                markersize=4,
+                label=f"spike ({rule})",
+            )
+        )
     for status in sorted(statuses):
-        handles.append(Line2D([], [], marker=_STATUS_MARKERS.get(status, "o"), color="grey", markeredgecolor="black",
-                              linestyle="", label=f"{status} (step)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker=_STATUS_MARKERS.get(status, "o"),
+                color="grey",
+                markeredgecolor="black",
+                linestyle="",
+                label=f"{status} (step)",
+            )
+        )
     if log_axis:
         axes.set_yscale("log")
-    axes.set(xlabel="step", ylabel=ylabel,
-             title=f"{title}\nline: rolling median per arm; band: min–max over its runs")
+    axes.set(xlabel="step", ylabel=ylabel, title=f"{title}\nline: rolling median per arm; band: min–max over its runs")
     axes.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return figure
 
@@ -278,7 +333,9 @@ def plot_failure_times(document: Mapping[str, Any], traces: Any) -> Figure | str
     for status in sorted({status for _, _, status in rows}):
         chosen = [(i, s) for i, s, st in rows if st == status]
         marker = _STATUS_MARKERS.get(status, "o")
-        axes.scatter([s for _, s in chosen], [i for i, _ in chosen], marker=marker, c=[_colour(i) for i, _ in chosen], s=40)
+        axes.scatter(
+            [s for _, s in chosen], [i for i, _ in chosen], marker=marker, c=[_colour(i) for i, _ in chosen], s=40
+        )
         # The points take their arm's colour; the legend explains only the marker.
         handles.append(Line2D([], [], marker=marker, color="black", linestyle="", label=status))
     axes.set_yticks(range(len(groups)), [g["label"] for g in groups], fontsize="small")
@@ -346,8 +403,13 @@ def plot_lr_curves(document: Mapping[str, Any], traces: Any) -> Figure | str:
             scores = np.array([seed["scores"] for seed in entry["per_seed"]], dtype=float)
             interval = entry["ci95"]
             spread_text = f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else " (one seed)"
-            axes.plot(grid, np.median(scores, axis=0), marker="o", color=colour,
-                      label=f"{name}: LR-sens {entry['mean']:.3g}{spread_text}, n={len(scores)}")
+            axes.plot(
+                grid,
+                np.median(scores, axis=0),
+                marker="o",
+                color=colour,
+                label=f"{name}: LR-sens {entry['mean']:.3g}{spread_text}, n={len(scores)}",
+            )
             if len(scores) > 1:
                 axes.fill_between(grid, scores.min(axis=0), scores.max(axis=0), color=colour, alpha=0.18, linewidth=0)
         else:
@@ -355,16 +417,27 @@ def plot_lr_curves(document: Mapping[str, Any], traces: Any) -> Figure | str:
         for cell in (c for c in cells if c["arm"] == entry["arm"] and c["depth"] == entry["depth"]):
             for run in cell["runs"]:
                 if run["status"] in ("diverged", "collapsed") and isinstance(run.get("initial_val_loss"), (int, float)):
-                    axes.scatter([cell["lr"] * dodge], [run["initial_val_loss"]], marker=_STATUS_MARKERS[run["status"]],
-                                 color=colour, s=50, zorder=3)
+                    axes.scatter(
+                        [cell["lr"] * dodge],
+                        [run["initial_val_loss"]],
+                        marker=_STATUS_MARKERS[run["status"]],
+                        color=colour,
+                        s=50,
+                        zorder=3,
+                    )
     from matplotlib.lines import Line2D
 
     handles, _ = axes.get_legend_handles_labels()
-    handles += [Line2D([], [], marker=_STATUS_MARKERS[s], color="black", linestyle="", label=f"{s} (scored at ℓ0)")
-                for s in ("diverged", "collapsed")]
+    handles += [
+        Line2D([], [], marker=_STATUS_MARKERS[s], color="black", linestyle="", label=f"{s} (scored at ℓ0)")
+        for s in ("diverged", "collapsed")
+    ]
     axes.set_xscale("log")
-    axes.set(xlabel="peak learning rate (arms nudged apart)", ylabel="final validation loss, min(ℓ, ℓ0)",
-             title="Final loss against learning rate (median, min–max over seeds)")
+    axes.set(
+        xlabel="peak learning rate (arms nudged apart)",
+        ylabel="final validation loss, min(ℓ, ℓ0)",
+        title="Final loss against learning rate (median, min–max over seeds)",
+    )
     axes.legend(handles=handles, fontsize="small")
     return figure
 

@@ -97,7 +97,12 @@ def series_stats(steps: Sequence[int], values: Sequence[float], threshold: float
     out: dict[str, Any] = {
         "logged_steps": int(array.size),
         "nonfinite": int((~finite_mask).sum()),
-        "max": None, "median": None, "p99": None, "frac_above": None, "above": 0, "max_step": None,
+        "max": None,
+        "median": None,
+        "p99": None,
+        "frac_above": None,
+        "above": 0,
+        "max_step": None,
     }
     if finite.size:
         index = int(np.argmax(np.where(finite_mask, array, -np.inf)))
@@ -112,7 +117,9 @@ def series_stats(steps: Sequence[int], values: Sequence[float], threshold: float
     return out
 
 
-def pooled_series_stats(traces: Mapping[str, tuple[Sequence[int], Sequence[float]]], threshold: float) -> dict[str, Any]:
+def pooled_series_stats(
+    traces: Mapping[str, tuple[Sequence[int], Sequence[float]]], threshold: float
+) -> dict[str, Any]:
     """Pool several runs' traces (``{run label: (steps, values)}``) into one summary of the arm.
 
     Every logged step of every run weighs the same; the largest spike names its run and step.
@@ -127,8 +134,15 @@ def pooled_series_stats(traces: Mapping[str, tuple[Sequence[int], Sequence[float
     stats = series_stats(list(range(len(pooled_values))), pooled_values, threshold)
     out: dict[str, Any] = {
         "runs_with_series": sum(1 for _, values in traces.values() if len(values)),
-        "logged_steps": 0, "nonfinite": 0, "max": None, "median": None, "p99": None,
-        "frac_above": None, "above": 0, "max_run": None, "max_step": None,
+        "logged_steps": 0,
+        "nonfinite": 0,
+        "max": None,
+        "median": None,
+        "p99": None,
+        "frac_above": None,
+        "above": 0,
+        "max_run": None,
+        "max_step": None,
     }
     if stats is not None:
         out.update({k: stats[k] for k in ("logged_steps", "nonfinite", "max", "median", "p99", "frac_above", "above")})
@@ -218,12 +232,24 @@ def first_block_to_blow_up(
     crossed = [b for b in per_block if b["first_cross_step"] is not None]
     if crossed:
         winner = min(crossed, key=lambda b: (b["first_cross_step"], -b["first_cross_factor"]))
-        step, ratio, value, did_cross = winner["first_cross_step"], winner["first_cross_factor"], winner["first_cross_value"], True
+        step, ratio, value, did_cross = (
+            winner["first_cross_step"],
+            winner["first_cross_factor"],
+            winner["first_cross_value"],
+            True,
+        )
     else:
         winner = max(per_block, key=lambda b: b["peak_factor"])
         step, ratio, value, did_cross = winner["peak_step"], winner["peak_factor"], None, False
-    return {"block": winner["block"], "step": step, "factor": ratio, "value": value, "crossed": did_cross,
-            "threshold_factor": factor, "blocks": per_block}
+    return {
+        "block": winner["block"],
+        "step": step,
+        "factor": ratio,
+        "value": value,
+        "crossed": did_cross,
+        "threshold_factor": factor,
+        "blocks": per_block,
+    }
 
 
 # ------------------------------------------------------------------------------------ stress grid
@@ -269,9 +295,14 @@ def stress_boundaries(
     """
     depth_set = None if depths is None else set(depths)
     lr_set = None if lrs is None else {float(v) for v in lrs}
-    chosen = [c for c in cells
-              if c["depth"] is not None and c["lr"] is not None
-              and (depth_set is None or c["depth"] in depth_set) and (lr_set is None or float(c["lr"]) in lr_set)]
+    chosen = [
+        c
+        for c in cells
+        if c["depth"] is not None
+        and c["lr"] is not None
+        and (depth_set is None or c["depth"] in depth_set)
+        and (lr_set is None or float(c["lr"]) in lr_set)
+    ]
 
     def is_stable(cell: Mapping[str, Any]) -> bool:
         return not cell["infeasible"] and cell["n"] > 0 and cell["failures"] == 0

@@ -99,8 +99,9 @@ class Traces:
     train_losses: dict[str, list[tuple[list[int], list[float]]]] = field(default_factory=dict)  # per logged step
 
 
-def _run_grad_norm(record: RunRecord, columns: dict[str, tuple[list[int], list[float]]] | None,
-                   threshold: float) -> tuple[dict[str, Any] | None, tuple[list[int], list[float]] | None]:
+def _run_grad_norm(
+    record: RunRecord, columns: dict[str, tuple[list[int], list[float]]] | None, threshold: float
+) -> tuple[dict[str, Any] | None, tuple[list[int], list[float]] | None]:
     """A run's pre-clip gradient-norm statistics: from its metrics.csv, else from result.json."""
     for name in GRAD_COLUMNS:
         if columns and columns.get(name) and columns[name][1]:
@@ -110,9 +111,14 @@ def _run_grad_norm(record: RunRecord, columns: dict[str, tuple[list[int], list[f
     if stats and stats.get("max") is not None:
         # result.json counts every step at a fixed threshold of 1.0; keep its fraction only if it matches.
         return {
-            "source": "result.json", "logged_steps": stats.get("steps"), "nonfinite": None,
-            "max": stats.get("max"), "median": stats.get("median"), "p99": stats.get("p99"),
-            "frac_above": stats.get("frac_above_1") if threshold == 1.0 else None, "above": None,
+            "source": "result.json",
+            "logged_steps": stats.get("steps"),
+            "nonfinite": None,
+            "max": stats.get("max"),
+            "median": stats.get("median"),
+            "p99": stats.get("p99"),
+            "frac_above": stats.get("frac_above_1") if threshold == 1.0 else None,
+            "above": None,
             "max_step": stats.get("max_step"),
         }, None
     return None, None
@@ -157,14 +163,17 @@ def _metric_values(record: RunRecord) -> dict[str, tuple[float | None, float | N
     return out
 
 
-def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, traces: Traces,
-                   warnings: list[str]) -> dict[str, Any]:
+def _group_summary(
+    label: str, records: Sequence[RunRecord], threshold: float, traces: Traces, warnings: list[str]
+) -> dict[str, Any]:
     first = records[0]
     n_infeasible = sum(1 for r in records if r.status == "infeasible")
     n = len(records) - n_infeasible
     failed = [r for r in records if r.status not in ("ok", "infeasible")]
     ok = [r for r in records if r.status == "ok"]
-    by_status = {status: sum(1 for r in failed if r.status == status) for status in FAILURE_STATUSES if status != "infeasible"}
+    by_status = {
+        status: sum(1 for r in failed if r.status == status) for status in FAILURE_STATUSES if status != "infeasible"
+    }
     timed = [r for r in failed if r.result.get("failure")]
     steps = [r.result["failure"].get("step") for r in timed]
     epochs = [r.result["failure"].get("epoch") for r in timed]
@@ -197,24 +206,29 @@ def _group_summary(label: str, records: Sequence[RunRecord], threshold: float, t
         if loss_trace is not None:
             traces.train_losses[label].append(loss_trace)
         training = record.result.get("training") or {}
-        traces.val_losses[label].append([v if isinstance(v, (int, float)) else math.nan for v in training.get("val_losses") or []])
+        traces.val_losses[label].append(
+            [v if isinstance(v, (int, float)) else math.nan for v in training.get("val_losses") or []]
+        )
         failure = record.result.get("failure")
-        runs.append({
-            "dir": str(record.dir),
-            "seed": record.seed,
-            "status": record.status,
-            "failure": failure,
-            "initial_val_loss": training.get("initial_val_loss"),
-            "best_val_loss": training.get("best_val_loss"),
-            "final_val_loss": training.get("final_val_loss"),
-            "noise_floor": training.get("noise_floor"),
-            "metrics": {name: (record.result.get("metrics") or {}).get(name) for name in EVAL_METRICS}
-            if record.result.get("metrics") else None,
-            "grad_norm": grad,
-            "first_block_to_blow_up": _first_block(columns) if record.status not in ("ok", "infeasible") else None,
-            "memory_plan": record.result.get("memory_plan"),
-            "explanation": run_explanation(record.dir) if record.status in ("diverged", "collapsed") else None,
-        })
+        runs.append(
+            {
+                "dir": str(record.dir),
+                "seed": record.seed,
+                "status": record.status,
+                "failure": failure,
+                "initial_val_loss": training.get("initial_val_loss"),
+                "best_val_loss": training.get("best_val_loss"),
+                "final_val_loss": training.get("final_val_loss"),
+                "noise_floor": training.get("noise_floor"),
+                "metrics": {name: (record.result.get("metrics") or {}).get(name) for name in EVAL_METRICS}
+                if record.result.get("metrics")
+                else None,
+                "grad_norm": grad,
+                "first_block_to_blow_up": _first_block(columns) if record.status not in ("ok", "infeasible") else None,
+                "memory_plan": record.result.get("memory_plan"),
+                "explanation": run_explanation(record.dir) if record.status in ("diverged", "collapsed") else None,
+            }
+        )
     pooled = pooled_series_stats(series, threshold)
     pooled["threshold"] = threshold
     pooled["runs_without_series"] = n - pooled["runs_with_series"]
@@ -271,22 +285,36 @@ def _stress_section(groups: Sequence[dict[str, Any]], records: Sequence[RunRecor
     for group in stress_groups:
         statuses = [run["status"] for run in group["runs"]]
         n, failures = group["n"], group["failures"]
-        cells.append({
-            "label": group["label"], "arm": group["arm"], "depth": group["depth"], "lr": group["lr"],
-            "arch": group["arch"], "clip": group["clip"],
-            "n": n, "n_infeasible": group["n_infeasible"], "failures": failures,
-            "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
-            "stable": n > 0 and failures == 0,
-            "infeasible": n == 0 and group["n_infeasible"] > 0,
-        })
+        cells.append(
+            {
+                "label": group["label"],
+                "arm": group["arm"],
+                "depth": group["depth"],
+                "lr": group["lr"],
+                "arch": group["arch"],
+                "clip": group["clip"],
+                "n": n,
+                "n_infeasible": group["n_infeasible"],
+                "failures": failures,
+                "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+                "stable": n > 0 and failures == 0,
+                "infeasible": n == 0 and group["n_infeasible"] > 0,
+            }
+        )
     sensitivities = _lr_sensitivities(stress_groups)
     arms = []
     for arm in dict.fromkeys(c["arm"] for c in cells):
         by_depth = [e for e in sensitivities if e["arm"] == arm]
         # The deepest depth stands for the arm, as in Stage B's comparison at the deep setting.
         deepest = max(by_depth, key=lambda e: e["depth"] if e["depth"] is not None else -1) if by_depth else None
-        arms.append({"arm": arm, **stress_boundaries([c for c in cells if c["arm"] == arm]),
-                     "lr_sensitivity": deepest, "lr_sensitivity_by_depth": by_depth})
+        arms.append(
+            {
+                "arm": arm,
+                **stress_boundaries([c for c in cells if c["arm"] == arm]),
+                "lr_sensitivity": deepest,
+                "lr_sensitivity_by_depth": by_depth,
+            }
+        )
     # One entry per infeasible cell: the plan depends on the model, not on the seed.
     infeasible: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in records:
@@ -295,7 +323,11 @@ def _stress_section(groups: Sequence[dict[str, Any]], records: Sequence[RunRecor
             if entry is None:
                 plan = record.result.get("memory_plan") or {}
                 entry = infeasible[record.group_key] = {
-                    "arm": record.arm, "depth": record.depth, "lr": record.lr, "seeds": [], "dirs": [],
+                    "arm": record.arm,
+                    "depth": record.depth,
+                    "lr": record.lr,
+                    "seeds": [],
+                    "dirs": [],
                     "params": plan.get("params", (record.result.get("model") or {}).get("params")),
                     "total_bytes": plan.get("total_bytes"),
                     "geometry_error": plan.get("geometry_error"),
@@ -329,10 +361,18 @@ def seed_spread(groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             mine, theirs = group["metrics"][name], reference["metrics"][name]
             if mine["n"] < 2 or theirs["n"] < 2:
                 continue
-            out.append({"label": group["label"], "control": reference["label"], "metric": name,
-                        "median": mine["median"], "iqr": [mine["p25"], mine["p75"]],
-                        "control_median": theirs["median"], "control_iqr": [theirs["p25"], theirs["p75"]],
-                        "within_spread": intervals_overlap([mine["p25"], mine["p75"]], [theirs["p25"], theirs["p75"]])})
+            out.append(
+                {
+                    "label": group["label"],
+                    "control": reference["label"],
+                    "metric": name,
+                    "median": mine["median"],
+                    "iqr": [mine["p25"], mine["p75"]],
+                    "control_median": theirs["median"],
+                    "control_iqr": [theirs["p25"], theirs["p75"]],
+                    "within_spread": intervals_overlap([mine["p25"], mine["p75"]], [theirs["p25"], theirs["p75"]]),
+                }
+            )
     return out
 
 
@@ -343,10 +383,14 @@ def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[
         grouped.setdefault(record.group_key, []).append(record)
     traces = Traces()
     warnings: list[str] = []
-    groups = [_group_summary(group_label(*key), records, threshold, traces, warnings) for key, records in grouped.items()]
+    groups = [
+        _group_summary(group_label(*key), records, threshold, traces, warnings) for key, records in grouped.items()
+    ]
     for group in groups:
         if len(group["val_loss_names"]) > 1:
-            warnings.append(f"arm {group['label']} mixes validation losses {group['val_loss_names']}: its loss medians are not comparable")
+            warnings.append(
+                f"arm {group['label']} mixes validation losses {group['val_loss_names']}: its loss medians are not comparable"
+            )
     if len({name for g in groups for name in g["val_loss_names"]}) > 1:
         warnings.append("arms use different validation losses: loss comparisons between them are not meaningful")
     gridsizes = sorted({size for g in groups for size in g["gridsizes"]})
@@ -368,8 +412,11 @@ def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[
         "out_dir": None,
         "grad_norm_threshold": threshold,
         "gridsizes": gridsizes,
-        "runs": {"finished": len(collection.runs), "unfinished": [str(p) for p in collection.unfinished],
-                 "outside_plan": [str(p) for p in collection.outside_plan]},
+        "runs": {
+            "finished": len(collection.runs),
+            "unfinished": [str(p) for p in collection.unfinished],
+            "outside_plan": [str(p) for p in collection.outside_plan],
+        },
         "sweeps": [{k: v for k, v in sweep.items() if k != "planned"} for sweep in collection.sweeps],
         "arms": groups,
         "stress": stress,

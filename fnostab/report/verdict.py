@@ -73,8 +73,14 @@ def resolve_roles(arms: Mapping[str, tuple[str | None, str | None]]) -> dict[str
             continue
         taken = {name for name in roles.values() if name is not None}
         for arch, clip_test in wanted[role]:
-            roles[role] = next((arm for arm in sorted(arms) if arm not in taken and arms[arm][0] == arch
-                                and clip_test(arms[arm][1] or "none")), None)
+            roles[role] = next(
+                (
+                    arm
+                    for arm in sorted(arms)
+                    if arm not in taken and arms[arm][0] == arch and clip_test(arms[arm][1] or "none")
+                ),
+                None,
+            )
             if roles[role] is not None:
                 break
     return roles
@@ -103,7 +109,7 @@ def _beyond(fix: Mapping[str, Any], control: Mapping[str, Any], axis: str) -> bo
 
 
 def _arm_numbers(group: Mapping[str, Any]) -> dict[str, Any]:
-    best = ((group.get("metrics") or {}).get("best_val_loss") or {})
+    best = (group.get("metrics") or {}).get("best_val_loss") or {}
     return {
         "arm": group["arm"],
         "n": group["n"],
@@ -118,8 +124,10 @@ def _arm_numbers(group: Mapping[str, Any]) -> dict[str, Any]:
 
 def _describe(numbers: Mapping[str, Any]) -> str:
     lo, hi = numbers["failure_ci95"]
-    return (f"{numbers['arm']} failed {numbers['failures']}/{numbers['n']} ({_pct(numbers['failure_rate'])}, "
-            f"95% CI {_pct(lo)}–{_pct(hi)}), median best val loss {_loss(numbers['median_best_val_loss'])}")
+    return (
+        f"{numbers['arm']} failed {numbers['failures']}/{numbers['n']} ({_pct(numbers['failure_rate'])}, "
+        f"95% CI {_pct(lo)}–{_pct(hi)}), median best val loss {_loss(numbers['median_best_val_loss'])}"
+    )
 
 
 def stage_a_check(role: str, control: Mapping[str, Any], fix: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -130,13 +138,17 @@ def stage_a_check(role: str, control: Mapping[str, Any], fix: Mapping[str, Any] 
     lower_rate: bool | None = fix["failure_rate"] < control["failure_rate"]
     if control["failures"] == 0:
         lower_rate = None
-        reasons.append(f"control never failed ({control['failures']}/{control['n']}): a lower failure rate is impossible")
+        reasons.append(
+            f"control never failed ({control['failures']}/{control['n']}): a lower failure rate is impossible"
+        )
     c_loss, f_loss = control["median_best_val_loss"], fix["median_best_val_loss"]
     c_names, f_names = control.get("val_loss_names") or [], fix.get("val_loss_names") or []
     if c_names and f_names and c_names != f_names:
         loss_ok: bool | None = None
-        reasons.append(f"{role} validates with {'/'.join(f_names)} and the control with {'/'.join(c_names)}: "
-                       "their losses cannot be compared")
+        reasons.append(
+            f"{role} validates with {'/'.join(f_names)} and the control with {'/'.join(c_names)}: "
+            "their losses cannot be compared"
+        )
     elif f_loss is None:
         loss_ok = False
         reasons.append(f"{role} has no successful run, so no median val loss")
@@ -148,18 +160,23 @@ def stage_a_check(role: str, control: Mapping[str, Any], fix: Mapping[str, Any] 
     else:
         loss_ok = f_loss <= (1 + OPT_LOSS_TOLERANCE) * c_loss
     if lower_rate is False:
-        reasons.append(f"failure rate {_pct(fix['failure_rate'])} is not below the control's {_pct(control['failure_rate'])}")
+        reasons.append(
+            f"failure rate {_pct(fix['failure_rate'])} is not below the control's {_pct(control['failure_rate'])}"
+        )
     if loss_ok is False and f_loss is not None and c_loss is not None:
         reasons.append(
-            f"median best val loss {_loss(f_loss)} does not beat the control's {_loss(c_loss)}" if role == "arch" else
-            f"median best val loss {_loss(f_loss)} is more than {OPT_LOSS_TOLERANCE:.0%} above the control's {_loss(c_loss)}"
+            f"median best val loss {_loss(f_loss)} does not beat the control's {_loss(c_loss)}"
+            if role == "arch"
+            else f"median best val loss {_loss(f_loss)} is more than {OPT_LOSS_TOLERANCE:.0%} above the control's {_loss(c_loss)}"
         )
     passes = False if (lower_rate is False or loss_ok is False) else (None if None in (lower_rate, loss_ok) else True)
     return {
         "present": True,
         "passes": passes,
-        "checks": {"lower_failure_rate": lower_rate,
-                   ("beats_control_loss" if role == "arch" else "loss_within_10pct"): loss_ok},
+        "checks": {
+            "lower_failure_rate": lower_rate,
+            ("beats_control_loss" if role == "arch" else "loss_within_10pct"): loss_ok,
+        },
         "loss_ratio": (f_loss / c_loss) if (f_loss is not None and c_loss and loss_ok is not None) else None,
         "intervals_overlap": intervals_overlap(fix["failure_ci95"], control["failure_ci95"]),
         "numbers": dict(fix),
@@ -170,8 +187,12 @@ def stage_a_check(role: str, control: Mapping[str, Any], fix: Mapping[str, Any] 
 def _pool(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     n = sum(c["n"] for c in cells)
     failures = sum(c["failures"] for c in cells)
-    return {"n": n, "failures": failures, "failure_rate": failures / n if n else None,
-            "failure_ci95": list(wilson_interval(failures, n))}
+    return {
+        "n": n,
+        "failures": failures,
+        "failure_rate": failures / n if n else None,
+        "failure_ci95": list(wilson_interval(failures, n)),
+    }
 
 
 def _lr_sensitivity_check(fix: Mapping[str, Any] | None, control: Mapping[str, Any] | None) -> bool | None:
@@ -186,8 +207,11 @@ def _lr_sensitivity_check(fix: Mapping[str, Any] | None, control: Mapping[str, A
         return None
     if fix["mean"] >= control["mean"]:
         return False
-    if fix.get("best_loss") is not None and control.get("best_loss") is not None \
-            and fix["best_loss"] > (1 + OPT_LOSS_TOLERANCE) * control["best_loss"]:
+    if (
+        fix.get("best_loss") is not None
+        and control.get("best_loss") is not None
+        and fix["best_loss"] > (1 + OPT_LOSS_TOLERANCE) * control["best_loss"]
+    ):
         return False
     return True if separated(fix, control) else None
 
@@ -196,8 +220,13 @@ def _sensitivity_at(sensitivities: Sequence[Mapping[str, Any]], arm: str, depth:
     return next((e for e in sensitivities if e["arm"] == arm and e["depth"] == depth), None)
 
 
-def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: str, fix_arm: str | None,
-                  sensitivities: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+def stage_b_check(
+    role: str,
+    cells: Sequence[Mapping[str, Any]],
+    control_arm: str,
+    fix_arm: str | None,
+    sensitivities: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     """Stage B for ``role`` from grid cells ``{arm, depth, lr, n, failures, infeasible}`` and the
     LR-sensitivity entries ``{arm, depth, mean, ci95, best_loss, ...}`` of the summary."""
     if fix_arm is None or not any(c["arm"] == fix_arm for c in cells):
@@ -208,8 +237,11 @@ def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: st
     depths = sorted({c["depth"] for c in control_cells} & {c["depth"] for c in fix_cells})
     lrs = sorted({float(c["lr"]) for c in control_cells} & {float(c["lr"]) for c in fix_cells})
     if not depths or not lrs:
-        return {"present": True, "passes": None,
-                "reasons": [f"the {role} and control stress grids share no (depth, lr) setting"]}
+        return {
+            "present": True,
+            "passes": None,
+            "reasons": [f"the {role} and control stress grids share no (depth, lr) setting"],
+        }
 
     def on_grid(group: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         return [c for c in group if c["depth"] in depths and float(c["lr"]) in lrs]
@@ -217,13 +249,18 @@ def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: st
     control_grid, fix_grid = on_grid(control_cells), on_grid(fix_cells)
     control_bounds = stress_boundaries(control_grid)["boundary"]
     fix_bounds = stress_boundaries(fix_grid)["boundary"]
-    feasible_both = [d for d in depths
-                     if any(c["n"] for c in control_grid if c["depth"] == d) and any(c["n"] for c in fix_grid if c["depth"] == d)]
+    feasible_both = [
+        d
+        for d in depths
+        if any(c["n"] for c in control_grid if c["depth"] == d) and any(c["n"] for c in fix_grid if c["depth"] == d)
+    ]
     deep = max(feasible_both) if feasible_both else None
     control_deep = _pool([c for c in control_grid if c["depth"] == deep]) if deep is not None else None
     fix_deep = _pool([c for c in fix_grid if c["depth"] == deep]) if deep is not None else None
     result: dict[str, Any] = {
-        "present": True, "grid": {"depths": depths, "lrs": lrs}, "deep_depth": deep,
+        "present": True,
+        "grid": {"depths": depths, "lrs": lrs},
+        "deep_depth": deep,
         "control": {"boundary": control_bounds, "deep": control_deep},
         "fix": {"arm": fix_arm, "boundary": fix_bounds, "deep": fix_deep},
         "reasons": [],
@@ -236,10 +273,17 @@ def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: st
     result["control"]["lr_sensitivity"] = control_sens
     result["fix"]["lr_sensitivity"] = fix_sens
     if sum(c["failures"] for c in control_grid) == 0:
-        result.update(passes=None, control_never_failed=True,
-                      checks={"lr_beyond": None, "depth_beyond": None, "less_lr_sensitive": None,
-                              "lower_deep_failure_rate": None},
-                      reasons=["the control never failed on the grid: it stops short of the control's stability boundary"])
+        result.update(
+            passes=None,
+            control_never_failed=True,
+            checks={
+                "lr_beyond": None,
+                "depth_beyond": None,
+                "less_lr_sensitive": None,
+                "lower_deep_failure_rate": None,
+            },
+            reasons=["the control never failed on the grid: it stops short of the control's stability boundary"],
+        )
         return result
     # The failure rate "at the deep setting" means something only when depth was swept; on a pure
     # learning-rate grid it would pool every rate, and the boundary and sensitivity already say more.
@@ -252,8 +296,13 @@ def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: st
     }
     result["checks"] = checks
     result["intervals_overlap"] = intervals_overlap(fix_deep["failure_ci95"], control_deep["failure_ci95"])
-    sensitivity_undecided = checks["less_lr_sensitive"] is None and fix_sens is not None and control_sens is not None \
-        and fix_sens.get("mean") is not None and control_sens.get("mean") is not None
+    sensitivity_undecided = (
+        checks["less_lr_sensitive"] is None
+        and fix_sens is not None
+        and control_sens is not None
+        and fix_sens.get("mean") is not None
+        and control_sens.get("mean") is not None
+    )
     if any(value is True for value in checks.values()):
         result["passes"] = True
     elif sensitivity_undecided:
@@ -265,10 +314,22 @@ def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: st
         )
     else:
         result["passes"] = False
-        deep_text = (f", and failure rate at depth {deep} {_pct(fix_deep['failure_rate'])} not below the control's "
-                     f"{_pct(control_deep['failure_rate'])}") if depth_swept else ""
-        sens_text = (f", LR sensitivity {_sensitivity(fix_sens)} not below the control's {_sensitivity(control_sens)} "
-                     "at a comparable best loss") if fix_sens and control_sens else ""
+        deep_text = (
+            (
+                f", and failure rate at depth {deep} {_pct(fix_deep['failure_rate'])} not below the control's "
+                f"{_pct(control_deep['failure_rate'])}"
+            )
+            if depth_swept
+            else ""
+        )
+        sens_text = (
+            (
+                f", LR sensitivity {_sensitivity(fix_sens)} not below the control's {_sensitivity(control_sens)} "
+                "at a comparable best loss"
+            )
+            if fix_sens and control_sens
+            else ""
+        )
         result["reasons"].append(
             f"boundary lr {_bound(fix_bounds, 'lr')} / depth {_bound(fix_bounds, 'depth')} not beyond the control's "
             f"{_bound(control_bounds, 'lr')} / {_bound(control_bounds, 'depth')}{sens_text}{deep_text}"
@@ -276,13 +337,19 @@ def stage_b_check(role: str, cells: Sequence[Mapping[str, Any]], control_arm: st
     return result
 
 
-def _crashed_arms(groups: Sequence[Mapping[str, Any]], role_maps: Sequence[Mapping[str, str | None]]) -> dict[str, str | None]:
+def _crashed_arms(
+    groups: Sequence[Mapping[str, Any]], role_maps: Sequence[Mapping[str, str | None]]
+) -> dict[str, str | None]:
     """{label: first error reason} for the groups of role arms with runs of status ``error``."""
     role_arms = {arm for roles in role_maps for arm in roles.values() if arm is not None}
     crashed: dict[str, str | None] = {}
     for group in groups:
         if group["arm"] in role_arms and (group.get("failures_by_status") or {}).get("error"):
-            reasons = [(run.get("failure") or {}).get("reason") for run in group.get("runs", []) if run.get("status") == "error"]
+            reasons = [
+                (run.get("failure") or {}).get("reason")
+                for run in group.get("runs", [])
+                if run.get("status") == "error"
+            ]
             crashed[group.get("label", group["arm"])] = next((r for r in reasons if r), None)
     return crashed
 
@@ -295,7 +362,9 @@ def _stress_arms(cells: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str | No
     return {c["arm"]: (c.get("arch"), c.get("clip")) for c in cells}
 
 
-def _grid_arm_numbers(groups: Sequence[Mapping[str, Any]], arm: str, depth: Any, lrs: Sequence[float]) -> dict[str, Any] | None:
+def _grid_arm_numbers(
+    groups: Sequence[Mapping[str, Any]], arm: str, depth: Any, lrs: Sequence[float]
+) -> dict[str, Any] | None:
     """Stage A numbers of ``arm`` pooled over its grid cells at ``depth`` and learning rates ``lrs``."""
     chosen = [g for g in groups if g.get("grid_cell") and g["arm"] == arm and g["depth"] == depth and g["lr"] in lrs]
     if not chosen:
@@ -304,8 +373,13 @@ def _grid_arm_numbers(groups: Sequence[Mapping[str, Any]], arm: str, depth: Any,
     failures = sum(g["failures"] for g in chosen)
     best = quartiles(run.get("best_val_loss") for g in chosen for run in g["runs"] if run["status"] == "ok")
     return {
-        "arm": arm, "n": n, "failures": failures, "failure_rate": failures / n if n else None,
-        "failure_ci95": list(wilson_interval(failures, n)), "median_best_val_loss": best["median"], "n_ok": best["n"],
+        "arm": arm,
+        "n": n,
+        "failures": failures,
+        "failure_rate": failures / n if n else None,
+        "failure_ci95": list(wilson_interval(failures, n)),
+        "median_best_val_loss": best["median"],
+        "n_ok": best["n"],
         "val_loss_names": sorted({name for g in chosen for name in g.get("val_loss_names") or []}),
     }
 
@@ -398,12 +472,17 @@ def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None
             arch_b = stage_b_check("arch", cells, roles_b["control"], roles_b["arch"], sensitivities)
             opt_b = stage_b_check("opt", cells, roles_b["control"], roles_b["opt"], sensitivities)
             if arch_b.get("control_never_failed") or opt_b.get("control_never_failed"):
-                next_steps.append(f"Raise the learning rates or depths until the control fails: `{STRESS_HINT}` with larger values.")
+                next_steps.append(
+                    f"Raise the learning rates or depths until the control fails: `{STRESS_HINT}` with larger values."
+                )
             for role, check in (("arch", arch_b), ("opt", opt_b)):
                 if "seeds_to_separate" in check:
                     needed = check["seeds_to_separate"]
-                    how_many = (f"about {needed} seeds would separate them at the spread seen" if needed
-                                else "the spread seen is too large to separate them with a few more seeds")
+                    how_many = (
+                        f"about {needed} seeds would separate them at the spread seen"
+                        if needed
+                        else "the spread seen is too large to separate them with a few more seeds"
+                    )
                     next_steps.append(
                         f"{role} looks less LR-sensitive than the control but within seed noise: {how_many}; rerun "
                         f"the same command with --seeds {needed or 'N'} on the same --out (finished runs are kept)."
@@ -435,9 +514,12 @@ def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None
     else:
         outcome = "inconclusive"
 
-    overlaps = [f"{role} (Stage {stage})" for stage, pairs in (("A", (("arch", arch_a), ("opt", opt_a))),
-                                                                ("B", (("arch", arch_b), ("opt", opt_b))))
-                for role, check in pairs if check.get("intervals_overlap")]
+    overlaps = [
+        f"{role} (Stage {stage})"
+        for stage, pairs in (("A", (("arch", arch_a), ("opt", opt_a))), ("B", (("arch", arch_b), ("opt", opt_b))))
+        for role, check in pairs
+        if check.get("intervals_overlap")
+    ]
     if overlaps:
         notes.append(
             f"the 95% failure-rate intervals of {', '.join(overlaps)} overlap the control's: "
@@ -445,8 +527,10 @@ def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None
         )
         next_steps.append("Add seeds to separate the failure-rate intervals before acting on this verdict.")
     if outcome == "inconclusive" and not next_steps:
-        next_steps.append("No decision rule applies to these results; add seeds, or stress the arms "
-                          f"(`{STRESS_HINT}`), until Stage A and Stage B give a pass or a fail.")
+        next_steps.append(
+            "No decision rule applies to these results; add seeds, or stress the arms "
+            f"(`{STRESS_HINT}`), until Stage A and Stage B give a pass or a fail."
+        )
     return {
         "outcome": outcome,
         "decision": OUTCOMES[outcome],
@@ -476,13 +560,17 @@ def _stage_b_sentence(role: str, check: Mapping[str, Any]) -> str:
     why = f" ({'; '.join(check['reasons'])})" if check["reasons"] and check["passes"] is not False else ""
     sensitivity = ""
     if fix.get("lr_sensitivity") and control.get("lr_sensitivity"):
-        sensitivity = (f", LR sensitivity {_sensitivity(fix['lr_sensitivity'])} "
-                       f"(control {_sensitivity(control['lr_sensitivity'])})")
-    return (f"On the grid {role} has stability boundary lr {_bound(fix['boundary'], 'lr')}, depth "
-            f"{_bound(fix['boundary'], 'depth')} (control: lr {_bound(control['boundary'], 'lr')}, depth "
-            f"{_bound(control['boundary'], 'depth')}){sensitivity} and fails "
-            f"{fix['deep']['failures']}/{fix['deep']['n']} at depth {check['deep_depth']} "
-            f"(control {control['deep']['failures']}/{control['deep']['n']}): it {verdict} Stage B{why}.")
+        sensitivity = (
+            f", LR sensitivity {_sensitivity(fix['lr_sensitivity'])} "
+            f"(control {_sensitivity(control['lr_sensitivity'])})"
+        )
+    return (
+        f"On the grid {role} has stability boundary lr {_bound(fix['boundary'], 'lr')}, depth "
+        f"{_bound(fix['boundary'], 'depth')} (control: lr {_bound(control['boundary'], 'lr')}, depth "
+        f"{_bound(control['boundary'], 'depth')}){sensitivity} and fails "
+        f"{fix['deep']['failures']}/{fix['deep']['n']} at depth {check['deep_depth']} "
+        f"(control {control['deep']['failures']}/{control['deep']['n']}): it {verdict} Stage B{why}."
+    )
 
 
 def _sensitivity(entry: Mapping[str, Any]) -> str:
@@ -497,8 +585,11 @@ def _explain(outcome: str, stage_a: Mapping[str, Any], stage_b: Mapping[str, Any
     """One paragraph: the outcome, then the numbers of each stage that led to it."""
     parts = [f"Outcome {outcome}: {OUTCOMES[outcome]}"]
     if "control" in stage_a:
-        where = (f" (at the learning rates where the control fails: {', '.join(f'{lr:g}' for lr in stage_a['lrs'])})"
-                 if stage_a.get("source") == "lr_grid" else "")
+        where = (
+            f" (at the learning rates where the control fails: {', '.join(f'{lr:g}' for lr in stage_a['lrs'])})"
+            if stage_a.get("source") == "lr_grid"
+            else ""
+        )
         parts.append(f"Stage A{where}: {_describe(stage_a['control'])}.")
         parts.append(_stage_a_sentence("arch", stage_a["arch"]))
         parts.append(_stage_a_sentence("opt", stage_a["opt"]))

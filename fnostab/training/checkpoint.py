@@ -26,8 +26,15 @@ def save_checkpoint(
     path: Path, generator: torch.nn.Module, model: ModelConfig, N: int, *, epoch: int, step: int, gridsize: int = 1
 ) -> None:
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
-    payload = {"schema": CHECKPOINT_SCHEMA, "model": model.model_dump(mode="json"), "N": N, "gridsize": gridsize,
-               "state_dict": state, "epoch": epoch, "step": step}
+    payload = {
+        "schema": CHECKPOINT_SCHEMA,
+        "model": model.model_dump(mode="json"),
+        "N": N,
+        "gridsize": gridsize,
+        "state_dict": state,
+        "epoch": epoch,
+        "step": step,
+    }
     with atomic_path(path) as tmp:
         try:
             torch.save(payload, tmp)

@@ -126,8 +126,11 @@ def launch(prepared: Any, run_dir: Path, **arguments: Any) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RESULT_NAME).unlink(missing_ok=True)
     context = mp.start_processes(
-        _rank_main, args=(_free_port(), threads, {"prepared": prepared, "run_dir": run_dir, **arguments}),
-        nprocs=devices, join=False, start_method="spawn",
+        _rank_main,
+        args=(_free_port(), threads, {"prepared": prepared, "run_dir": run_dir, **arguments}),
+        nprocs=devices,
+        join=False,
+        start_method="spawn",
     )
     try:
         failure = _wait(context)

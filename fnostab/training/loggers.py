@@ -55,20 +55,37 @@ class LoggingOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types, for a worker process."""
-        return {"loggers": list(self.loggers), "mlflow_uri": self.mlflow_uri,
-                "store_dir": None if self.store_dir is None else str(self.store_dir), "experiment": self.experiment,
-                "run_name": self.run_name, "tags": dict(self.tags)}
+        return {
+            "loggers": list(self.loggers),
+            "mlflow_uri": self.mlflow_uri,
+            "store_dir": None if self.store_dir is None else str(self.store_dir),
+            "experiment": self.experiment,
+            "run_name": self.run_name,
+            "tags": dict(self.tags),
+        }
 
     @classmethod
     def from_dict(cls, document: dict[str, Any]) -> LoggingOptions:
         store = document.get("store_dir")
-        return cls(tuple(document["loggers"]), document.get("mlflow_uri"), None if store is None else Path(store),
-                   document["experiment"], document.get("run_name"), dict(document.get("tags") or {}))
+        return cls(
+            tuple(document["loggers"]),
+            document.get("mlflow_uri"),
+            None if store is None else Path(store),
+            document["experiment"],
+            document.get("run_name"),
+            dict(document.get("tags") or {}),
+        )
 
     def for_run(self, run_name: str, tags: dict[str, Any]) -> LoggingOptions:
         """These options for one run of a sweep (its MLflow run name and tags)."""
-        return LoggingOptions(self.loggers, self.mlflow_uri, self.store_dir, self.experiment, run_name,
-                              {k: str(v) for k, v in tags.items() if v is not None})
+        return LoggingOptions(
+            self.loggers,
+            self.mlflow_uri,
+            self.store_dir,
+            self.experiment,
+            run_name,
+            {k: str(v) for k, v in tags.items() if v is not None},
+        )
 
 
 def parse_logging(
@@ -137,8 +154,12 @@ def build_loggers(
             _allow_file_store(uri)  # every rank: Lightning opens the store on each
             if writer:
                 _ensure_experiment(uri, options.experiment)  # Lightning would announce creating it on stderr
-            logger = MLFlowLogger(experiment_name=options.experiment, run_name=options.run_name or run_dir.name,
-                                  tracking_uri=uri, tags=options.tags or None)
+            logger = MLFlowLogger(
+                experiment_name=options.experiment,
+                run_name=options.run_name or run_dir.name,
+                tracking_uri=uri,
+                tags=options.tags or None,
+            )
         logger.log_hyperparams(hyperparameters)
         loggers.append(logger)
     return loggers

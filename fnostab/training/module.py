@@ -112,7 +112,9 @@ class PtychoModule(pl.LightningModule):
         if failure is not None:
             self.trainer.should_stop = True
             if self.precursors is not None:
-                block_stats.update(self.precursors.finish(step, loss_value, pre_value, optimizer, stepped=False, failure=failure))
+                block_stats.update(
+                    self.precursors.finish(step, loss_value, pre_value, optimizer, stepped=False, failure=failure)
+                )
             self._log_step(loss_value, pre_value, post_value, logs_norms, step, block_stats)
             return
         optimizer.step()
@@ -173,7 +175,11 @@ class PtychoModule(pl.LightningModule):
         amplitude = obj.abs().flatten(2).float()
         relative_std = (amplitude.std(dim=2, unbiased=False) / amplitude.mean(dim=2).clamp_min(1e-12)).mean(dim=1)
         self._val_sum += torch.stack(
-            [loss.detach().double() * batch.shape[0], relative_std.double().sum(), torch.tensor(batch.shape[0], device=self.device, dtype=torch.float64)]
+            [
+                loss.detach().double() * batch.shape[0],
+                relative_std.double().sum(),
+                torch.tensor(batch.shape[0], device=self.device, dtype=torch.float64),
+            ]
         )
 
     def on_validation_epoch_end(self) -> None:

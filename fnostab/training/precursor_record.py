@@ -43,8 +43,16 @@ def read_windows(path: Path) -> list[dict[str, Any]]:
         names = [n for n in (reader.fieldnames or []) if n not in (*WINDOW_COLUMNS, "reason")]
         for row in reader:
             index = int(row["window"])
-            window = windows.setdefault(index, {"trigger": row["trigger"], "trigger_step": int(row["trigger_step"]),
-                                                "reason": row["reason"], "steps": [], "columns": {n: [] for n in names}})
+            window = windows.setdefault(
+                index,
+                {
+                    "trigger": row["trigger"],
+                    "trigger_step": int(row["trigger_step"]),
+                    "reason": row["reason"],
+                    "steps": [],
+                    "columns": {n: [] for n in names},
+                },
+            )
             window["steps"].append(int(row["step"]))
             for name in names:
                 cell = row.get(name)

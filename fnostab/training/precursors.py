@@ -136,8 +136,17 @@ class PrecursorRecorder:
     that nothing changes ``.grad`` between the two calls (no clipping), which saves one pass.
     """
 
-    def __init__(self, generator: nn.Module, *, every: int, curvature_every: int = 0, batch_sharpness_every: int = 0,
-                 window: int = 100, clipped: bool = True, out_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        generator: nn.Module,
+        *,
+        every: int,
+        curvature_every: int = 0,
+        batch_sharpness_every: int = 0,
+        window: int = 100,
+        clipped: bool = True,
+        out_dir: Path | None = None,
+    ) -> None:
         self.every = every
         self.curvature_every = curvature_every
         self.batch_sharpness_every = batch_sharpness_every
@@ -154,7 +163,9 @@ class PrecursorRecorder:
         self._moments: tuple[list[Tensor], list[Tensor], list[float]] | None = None
         self._counts = torch.tensor(sizes, dtype=torch.float32)
         self.block_columns = [f"{PRECURSOR_PREFIX}{b}/{s}" for b in self.blocks for s in SIGNALS]
-        self.global_columns = [f"{PRECURSOR_PREFIX}{g}" for g in GLOBALS] + [f"{CURVATURE_PREFIX}{c}" for c in CURVATURE]
+        self.global_columns = [f"{PRECURSOR_PREFIX}{g}" for g in GLOBALS] + [
+            f"{CURVATURE_PREFIX}{c}" for c in CURVATURE
+        ]
         self.columns = self.global_columns + self.block_columns
         self._ring: Tensor | None = None  # (window, blocks × signals) on the device
         self._host_ring: deque[tuple[int, list[float]]] = deque(maxlen=window)  # (step, globals)
@@ -196,8 +207,9 @@ class PrecursorRecorder:
         elif loss_fn is not None and self.batch_sharpness_every and step % self.batch_sharpness_every == 0:
             self._curvature = self.measure_curvature(loss_fn, optimizer, iterations=0)
 
-    def measure_curvature(self, loss_fn: Callable[[], Tensor], optimizer: torch.optim.Optimizer,
-                          iterations: int = CURVATURE_ITERATIONS) -> list[float]:
+    def measure_curvature(
+        self, loss_fn: Callable[[], Tensor], optimizer: torch.optim.Optimizer, iterations: int = CURVATURE_ITERATIONS
+    ) -> list[float]:
         """The :data:`CURVATURE` row at the current weights: λmax(H), λmax(P⁻¹H) (NaN without Adam
         state), gᵀHg/‖g‖², 2/η and (2 + 2β1)/((1 − β1)η); ``iterations=0``: the batch sharpness only."""
         params = [p for p in self.parameters if p.requires_grad]
@@ -243,7 +255,10 @@ class PrecursorRecorder:
         return torch.stack([grad, weight, update, ratio, cosine, v_rms], dim=1).reshape(-1).double()
 
     def _gradients(self) -> list[Tensor]:
-        return [_real(p.grad.detach()) if p.grad is not None else torch.zeros_like(_real(p.detach())) for p in self.parameters]
+        return [
+            _real(p.grad.detach()) if p.grad is not None else torch.zeros_like(_real(p.detach()))
+            for p in self.parameters
+        ]
 
     def _adam_v_sums(self, optimizer: torch.optim.Optimizer) -> Tensor | None:
         """Σ v̂ per parameter (real coordinates) of Adam's bias-corrected second moment v / (1 − β2^t), or None.
@@ -268,8 +283,16 @@ class PrecursorRecorder:
         sums = torch.stack([moment.sum() for moment in moments]).float()  # v ≥ 0 (faster than a fused L1 norm on CPU)
         return sums * torch.tensor([1.0 / (1.0 - beta**count) for beta in betas], device=sums.device)
 
-    def finish(self, step: int, loss: float, grad_norm: float, optimizer: torch.optim.Optimizer, *,
-               stepped: bool, failure: Any = None) -> dict[str, float]:
+    def finish(
+        self,
+        step: int,
+        loss: float,
+        grad_norm: float,
+        optimizer: torch.optim.Optimizer,
+        *,
+        stepped: bool,
+        failure: Any = None,
+    ) -> dict[str, float]:
         """Record the step; returns the metrics to log this step (empty on steps that do not log)."""
         optimizer = getattr(optimizer, "optimizer", optimizer)
         lr = float(optimizer.param_groups[0]["lr"])
@@ -297,8 +320,10 @@ class PrecursorRecorder:
 
     def _check_spike(self, step: int, loss: float, grad_norm: float) -> None:
         reasons = []
-        for name, value, history, factor in (("loss", loss, self._loss_history, LOSS_SPIKE_FACTOR),
-                                             ("grad_norm", grad_norm, self._grad_history, GRAD_SPIKE_FACTOR)):
+        for name, value, history, factor in (
+            ("loss", loss, self._loss_history, LOSS_SPIKE_FACTOR),
+            ("grad_norm", grad_norm, self._grad_history, GRAD_SPIKE_FACTOR),
+        ):
             if len(history) >= SPIKE_MIN_HISTORY:
                 median = statistics.median(history)
                 if median > 0 and value > factor * median:
@@ -320,7 +345,11 @@ class PrecursorRecorder:
         """Write the window that ends at the failure (diverged or collapsed)."""
         trigger = (str(failure.status), int(failure.step))
         # The detector hands back the same failure to every later check (e.g. the validation after the failed step).
-        if self.signals_on and self._filled and not any((w["trigger"], w["trigger_step"]) == trigger for w in self.windows):
+        if (
+            self.signals_on
+            and self._filled
+            and not any((w["trigger"], w["trigger_step"]) == trigger for w in self.windows)
+        ):
             self._write_window(*trigger, str(failure.reason))
 
     # ------------------------------------------------------------------------------ windows
@@ -337,7 +366,9 @@ class PrecursorRecorder:
 
     def _write_window(self, trigger: str, trigger_step: int, reason: str) -> None:
         steps, rows = self.window_rows()
-        self.windows.append({"trigger": trigger, "trigger_step": trigger_step, "reason": reason, "steps": steps, "rows": rows})
+        self.windows.append(
+            {"trigger": trigger, "trigger_step": trigger_step, "reason": reason, "steps": steps, "rows": rows}
+        )
         if self.out_dir is not None:
             write_text_atomic(self.out_dir / PRECURSORS_NAME, self.to_csv())
 
@@ -348,8 +379,16 @@ class PrecursorRecorder:
         writer.writerow([*WINDOW_COLUMNS, "reason", *self.columns])
         for index, window in enumerate(self.windows):
             for step, row in zip(window["steps"], window["rows"]):
-                writer.writerow([index, window["trigger"], window["trigger_step"], step, window["reason"],
-                                 *(repr(float(v)) for v in row)])
+                writer.writerow(
+                    [
+                        index,
+                        window["trigger"],
+                        window["trigger_step"],
+                        step,
+                        window["reason"],
+                        *(repr(float(v)) for v in row),
+                    ]
+                )
         return handle.getvalue()
 
 
@@ -358,6 +397,11 @@ def recorder_for(generator: nn.Module, config: Any) -> PrecursorRecorder | None:
     --batch-sharpness-every are all 0)."""
     if not (config.precursors_every or config.curvature_every or config.batch_sharpness_every):
         return None
-    return PrecursorRecorder(generator, every=config.precursors_every, curvature_every=config.curvature_every,
-                             batch_sharpness_every=config.batch_sharpness_every, clipped=config.clip != "none",
-                             window=config.precursor_window)
+    return PrecursorRecorder(
+        generator,
+        every=config.precursors_every,
+        curvature_every=config.curvature_every,
+        batch_sharpness_every=config.batch_sharpness_every,
+        clipped=config.clip != "none",
+        window=config.precursor_window,
+    )

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import math
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -49,13 +49,16 @@ def versions() -> dict[str, str]:
     import torch
 
     return {
-        "fnostab": __version__, "torch": torch.__version__, "lightning": lightning.__version__,
-        "numpy": np.__version__, "python": platform.python_version(),
+        "fnostab": __version__,
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
     }
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def grad_norm_stats(norms: list[float], threshold: float = 1.0) -> dict[str, Any] | None:
@@ -65,8 +68,15 @@ def grad_norm_stats(norms: list[float], threshold: float = 1.0) -> dict[str, Any
     values = np.asarray(norms, dtype=np.float64)
     finite = values[np.isfinite(values)]
     if finite.size == 0:
-        return {"steps": int(values.size), "max": None, "median": None, "p99": None, "mean": None,
-                "frac_above_1": None, "max_step": None}
+        return {
+            "steps": int(values.size),
+            "max": None,
+            "median": None,
+            "p99": None,
+            "mean": None,
+            "frac_above_1": None,
+            "max_step": None,
+        }
     return {
         "steps": int(values.size),
         "max": float(finite.max()),
@@ -90,12 +100,12 @@ Number = Optional[float]  # a non-finite value is written as null
 class _FailureDocument(_Open):
     status: str
     reason: str
-    step: Optional[int]
-    epoch: Optional[int]
+    step: int | None
+    epoch: int | None
 
 
 class _ModelDocument(_Open):
-    arch: Optional[str] = None
+    arch: str | None = None
     config: dict[str, Any]
 
 
@@ -106,7 +116,7 @@ class _TrainingDocument(_Open):
     val_losses: list[Number]
     train_losses: list[Number]
     best_val_loss: Number
-    best_epoch: Optional[int]
+    best_epoch: int | None
     final_val_loss: Number
     final_train_loss: Number
 
@@ -114,26 +124,26 @@ class _TrainingDocument(_Open):
 class _SweepDocument(_Open):
     kind: str
     arm: str
-    seed: Optional[int]
-    depth: Optional[int] = None
+    seed: int | None
+    depth: int | None = None
     lr: Number = None
 
 
 class ResultDocument(_Open):
     """What every reader of a result.json relies on (see the module docstring for the meaning)."""
 
-    name: Optional[str]
+    name: str | None
     status: str
-    failure: Optional[_FailureDocument]
-    seed: Optional[int]
+    failure: _FailureDocument | None
+    seed: int | None
     model: _ModelDocument
     training: _TrainingDocument
-    grad_norm: Optional[dict[str, Union[int, float, None]]]
-    metrics: Optional[dict[str, Union[float, None, dict[str, Number]]]]
-    evaluation_note: Optional[str]
-    memory_plan: Optional[dict[str, Any]] = None
+    grad_norm: dict[str, int | float | None] | None
+    metrics: dict[str, float | None | dict[str, Number]] | None
+    evaluation_note: str | None
+    memory_plan: dict[str, Any] | None = None
     timing: dict[str, Number]
-    sweep: Optional[_SweepDocument] = None
+    sweep: _SweepDocument | None = None
 
 
 def read_result(path: Path | str) -> dict[str, Any]:
@@ -145,13 +155,16 @@ def read_result(path: Path | str) -> dict[str, Any]:
         raise InputError(f"{path}: unknown status {result.get('status')!r}; expected one of {', '.join(STATUSES)}")
     validate_document(path, result, ResultDocument)
     if (result["status"] == "ok") != (result["failure"] is None):
-        raise InputError(f"{path}: invalid {path.name}: key 'failure' must be null exactly when status is ok "
-                         f"(status {result['status']!r})")
+        raise InputError(
+            f"{path}: invalid {path.name}: key 'failure' must be null exactly when status is ok "
+            f"(status {result['status']!r})"
+        )
     return result
 
 
-def loss_levels(initial: float | None, best: float | None, final: float | None,
-                floor: float | None) -> dict[str, float | None]:
+def loss_levels(
+    initial: float | None, best: float | None, final: float | None, floor: float | None
+) -> dict[str, float | None]:
     """ℓ0, the noise floor, and the best and final validation losses as multiples of that floor."""
 
     def over(value: float | None) -> float | None:
@@ -159,8 +172,12 @@ def loss_levels(initial: float | None, best: float | None, final: float | None,
             return None
         return value / floor
 
-    return {"initial_val_loss": initial, "noise_floor": floor,
-            "best_val_loss_over_floor": over(best), "final_val_loss_over_floor": over(final)}
+    return {
+        "initial_val_loss": initial,
+        "noise_floor": floor,
+        "best_val_loss_over_floor": over(best),
+        "final_val_loss_over_floor": over(final),
+    }
 
 
 def best_and_final(values: list[float]) -> tuple[float | None, int | None, float | None]:

@@ -104,8 +104,14 @@ def plan_run(config: RunConfig, N: int, channels: int | None = None) -> Any:
     if channels is None:
         channels = (config_gridsize(config) or 1) ** 2
     train = config.train
-    return plan(config.model.arch, batch_size=math.ceil(train.batch_size / train.devices), optimizer=train.optimizer,
-                weight_decay=train.weight_decay, momentum=train.momentum, **config.model.generator_kwargs(N, channels))
+    return plan(
+        config.model.arch,
+        batch_size=math.ceil(train.batch_size / train.devices),
+        optimizer=train.optimizer,
+        weight_decay=train.weight_decay,
+        momentum=train.momentum,
+        **config.model.generator_kwargs(N, channels),
+    )
 
 
 def check_gridsize(config: RunConfig, train: PtychoSplit) -> None:
@@ -155,8 +161,14 @@ def check_evaluable(test: PtychoSplit) -> None:
         truth = test.ground_truth
         if truth is None:
             truth = ground_truth_region(test.full_objects, test.centres, test.N, stride)
-        evaluate_reconstruction(constant, centres=test.centres, stride=stride, ground_truth=truth,
-                                norm_Y_I=test.norm_Y_I, n_images=test.n_images)
+        evaluate_reconstruction(
+            constant,
+            centres=test.centres,
+            stride=stride,
+            ground_truth=truth,
+            norm_Y_I=test.norm_Y_I,
+            n_images=test.n_images,
+        )
     except InputError as problem:
         raise InputError(f"{test.path}: the test split cannot be evaluated: {problem}") from None
 
@@ -200,12 +212,18 @@ def predicted_windows(generator: torch.nn.Module, test: PtychoSplit, device: tor
     return test.groups.reassemble_np(prediction).astype(np.complex64)
 
 
-def evaluate_run(generator: torch.nn.Module, test: PtychoSplit, device: torch.device, run_dir: Path | None) -> tuple[dict | None, str | None]:
+def evaluate_run(
+    generator: torch.nn.Module, test: PtychoSplit, device: torch.device, run_dir: Path | None
+) -> tuple[dict | None, str | None]:
     """Stitched test-set metrics (and reconstruction files in ``run_dir``), or None and why not."""
     from fnostab.evaluation import evaluate_reconstruction, ground_truth_region, save_reconstruction_png, stitch_patches
 
     stride = test.stride()
-    missing = [name for name, value in (("coords_offsets", test.centres), ("norm_Y_I", test.norm_Y_I), ("scan stride", stride)) if value is None]
+    missing = [
+        name
+        for name, value in (("coords_offsets", test.centres), ("norm_Y_I", test.norm_Y_I), ("scan stride", stride))
+        if value is None
+    ]
     if test.ground_truth is None and test.full_objects is None:
         missing.append("YY_ground_truth or YY_full")
     if missing:
@@ -218,7 +236,12 @@ def evaluate_run(generator: torch.nn.Module, test: PtychoSplit, device: torch.de
         truth = ground_truth_region(test.full_objects, test.centres, window, stride)
     prediction = predicted_windows(generator, test, device)
     metrics = evaluate_reconstruction(
-        prediction, centres=test.centres, stride=stride, ground_truth=truth, norm_Y_I=test.norm_Y_I, n_images=test.n_images
+        prediction,
+        centres=test.centres,
+        stride=stride,
+        ground_truth=truth,
+        norm_Y_I=test.norm_Y_I,
+        n_images=test.n_images,
     )
     if run_dir is not None:
         stitched = stitch_patches(prediction, test.centres, stride, test.n_images) * np.float32(test.norm_Y_I)
@@ -239,7 +262,10 @@ def _progress_callback(advance: Callable[[int], None]) -> Any:
 
 
 def _fit(
-    module: Any, prepared: PreparedRun, log_dir: Path, advance: Callable[[int], None] | None = None,
+    module: Any,
+    prepared: PreparedRun,
+    log_dir: Path,
+    advance: Callable[[int], None] | None = None,
     loggers: list[Any] | None = None,
 ) -> BaseException | None:
     """Run Lightning's fit; returns the exception that ended it abnormally (never KeyboardInterrupt).
@@ -299,8 +325,13 @@ def _fit(
 
 
 def _write_outputs(
-    run_dir: Path, log_dir: Path, prepared: PreparedRun, generator: torch.nn.Module, module: Any,
-    failure: Failure | None, error: BaseException | None,
+    run_dir: Path,
+    log_dir: Path,
+    prepared: PreparedRun,
+    generator: torch.nn.Module,
+    module: Any,
+    failure: Failure | None,
+    error: BaseException | None,
 ) -> tuple[dict | None, str | None]:
     """Write what a trained run leaves besides result.json (error.log, metrics.csv, the checkpoint,
     the reconstruction) and evaluate it; returns (metrics, note). An OSError (a failed write) is
@@ -312,8 +343,15 @@ def _write_outputs(
         with atomic_path(run_dir / METRICS_NAME) as tmp:
             shutil.copyfile(csv, tmp)
     generator.cpu()
-    save_checkpoint(run_dir / CHECKPOINT_NAME, generator, prepared.config.model, prepared.N,
-                    epoch=module.current_epoch, step=module.steps_seen, gridsize=prepared.train.gridsize)
+    save_checkpoint(
+        run_dir / CHECKPOINT_NAME,
+        generator,
+        prepared.config.model,
+        prepared.N,
+        epoch=module.current_epoch,
+        step=module.steps_seen,
+        gridsize=prepared.train.gridsize,
+    )
     if failure is not None and failure.status not in ("diverged", "collapsed"):
         return None, f"not evaluated: status {failure.status}"
     device = torch.device("cuda" if prepared.accelerator == "cuda" else "cpu")
@@ -375,9 +413,13 @@ def run_training(
         module.precursors.out_dir = run_dir
     log_dir = run_dir / ".logs"
     sweep = (extra or {}).get("sweep")
-    loggers = build_loggers(logging, run_dir, {**config.to_json_dict(), **({"sweep": sweep} if sweep else {})},
-                            writer=writer)
-    _log(output, f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...")
+    loggers = build_loggers(
+        logging, run_dir, {**config.to_json_dict(), **({"sweep": sweep} if sweep else {})}, writer=writer
+    )
+    _log(
+        output,
+        f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...",
+    )
 
     train_started = time.perf_counter()
     try:
@@ -397,7 +439,9 @@ def run_training(
     failure: Failure | None = module.failure
     if error is not None:
         status = "oom" if _is_oom(error) else "error"
-        failure = Failure(status, f"{type(error).__name__}: {error}".strip()[:500], module.steps_seen, module.current_epoch)
+        failure = Failure(
+            status, f"{type(error).__name__}: {error}".strip()[:500], module.steps_seen, module.current_epoch
+        )
     eval_started = time.perf_counter()
     metrics, note = None, None
     try:
@@ -419,12 +463,23 @@ def run_training(
         "status": "ok" if failure is None else failure.status,
         "failure": None if failure is None else failure.to_dict(),
         "seed": config.train.seed,
-        "model": {"arch": config.model.arch, "params": prepared.plan.params, "params_real": prepared.plan.params_real,
-                  "config": config.model.model_dump(mode="json")},
-        "data": {"train": str(prepared.train.path), "test": str(prepared.test.path), "N": prepared.N,
-                 "gridsize": prepared.train.gridsize, "channels": prepared.channels, "offset": prepared.train.groups.offset,
-                 "n_train": prepared.train.n, "n_val": len(validation_subset(prepared.test.n, config.train.val_patches)),
-                 "n_test": prepared.test.n},
+        "model": {
+            "arch": config.model.arch,
+            "params": prepared.plan.params,
+            "params_real": prepared.plan.params_real,
+            "config": config.model.model_dump(mode="json"),
+        },
+        "data": {
+            "train": str(prepared.train.path),
+            "test": str(prepared.test.path),
+            "N": prepared.N,
+            "gridsize": prepared.train.gridsize,
+            "channels": prepared.channels,
+            "offset": prepared.train.groups.offset,
+            "n_train": prepared.train.n,
+            "n_val": len(validation_subset(prepared.test.n, config.train.val_patches)),
+            "n_test": prepared.test.n,
+        },
         "training": {
             "config": config.train.model_dump(mode="json"),
             "epochs_requested": config.train.epochs,
@@ -449,9 +504,12 @@ def run_training(
             "eval_s": eval_s,
             "samples_per_s": (module.samples_seen / train_s) if train_s > 0 else None,
         },
-        "device": {"accelerator": prepared.accelerator, "threads": torch.get_num_threads(),
-                   "devices": config.train.devices,
-                   "name": torch.cuda.get_device_name() if prepared.accelerator == "cuda" else "cpu"},
+        "device": {
+            "accelerator": prepared.accelerator,
+            "threads": torch.get_num_threads(),
+            "devices": config.train.devices,
+            "name": torch.cuda.get_device_name() if prepared.accelerator == "cuda" else "cpu",
+        },
         "versions": versions(),
         "created": now_iso(),
     }
@@ -462,7 +520,6 @@ def run_training(
         _log(output, f"warning: {logger_note}")
     write_json_atomic(run_dir / RESULT_NAME, result)
     return result
-
 
 
 def record_bare_result(
@@ -484,13 +541,27 @@ def record_bare_result(
         "status": status,
         "failure": Failure(status, reason, 0, 0).to_dict(),
         "seed": config.train.seed,
-        "model": {"arch": config.model.arch, "params": (plan or {}).get("params"),
-                  "params_real": (plan or {}).get("params_real"), "config": config.model.model_dump(mode="json")},
+        "model": {
+            "arch": config.model.arch,
+            "params": (plan or {}).get("params"),
+            "params_real": (plan or {}).get("params_real"),
+            "config": config.model.model_dump(mode="json"),
+        },
         "data": {"train": str(config.data.train), "test": str(config.data.test), "gridsize": config_gridsize(config)},
-        "training": {"config": config.train.model_dump(mode="json"), "epochs_requested": config.train.epochs,
-                     "epochs_completed": 0, "steps": 0, "val_loss_name": val_loss_name(config.train.loss), "val_losses": [], "train_losses": [],
-                     "best_val_loss": None, "best_epoch": None, "final_val_loss": None, "final_train_loss": None,
-                     **loss_levels(None, None, None, None)},
+        "training": {
+            "config": config.train.model_dump(mode="json"),
+            "epochs_requested": config.train.epochs,
+            "epochs_completed": 0,
+            "steps": 0,
+            "val_loss_name": val_loss_name(config.train.loss),
+            "val_losses": [],
+            "train_losses": [],
+            "best_val_loss": None,
+            "best_epoch": None,
+            "final_val_loss": None,
+            "final_train_loss": None,
+            **loss_levels(None, None, None, None),
+        },
         "grad_norm": None,
         "metrics": None,
         "evaluation_note": f"not run: {status}" if status == "infeasible" else f"not evaluated: status {status}",

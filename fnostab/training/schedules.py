@@ -32,7 +32,10 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: TrainConfi
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
-        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
         nesterov=config.momentum > 0,
     )
 
@@ -50,7 +53,11 @@ def build_scheduler(
         )
     if config.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience,
-            threshold=0.0, min_lr=config.lr * 1e-3,
+            optimizer,
+            mode="min",
+            factor=config.plateau_factor,
+            patience=config.plateau_patience,
+            threshold=0.0,
+            min_lr=config.lr * 1e-3,
         )
     return None
