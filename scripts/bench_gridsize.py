@@ -100,7 +100,8 @@ def main() -> None:
         rows.append({
             "gridsize": gridsize, "epochs": epochs, "runs": len(results), "ok": len(ok), "wall_min": wall / 60,
             "train_s": [r["timing"]["train_s"] for r in results],
-            "amp": [r["metrics"]["amp_ssim"] for r in ok], "amp_const": [r["metrics"]["baseline"]["amp_ssim"] for r in ok],
+            "amp": [r["metrics"]["amp_ssim"] for r in ok],
+            "amp_const": [r["metrics"]["baseline"]["amp_ssim"] for r in ok],
             "phase": [r["metrics"]["phase_ssim"] for r in ok],
             "phase_const": [r["metrics"]["baseline"]["phase_ssim"] for r in ok],
             "phase_aligned": [r["metrics"]["phase_aligned_ssim"] for r in ok],
@@ -115,7 +116,8 @@ def main() -> None:
         gain = [a - c for a, c in zip(row["amp"], row["amp_const"])]
         print(f"| {row['gridsize']} | {row['epochs']} | {row['runs']} ({row['ok']}) | {spread(row['train_s'], 0)} "
               f"| {spread(row['amp'])} ({statistics.median(row['amp_const']):.3f}) | {spread(gain)} "
-              f"| {spread(row['phase'])} ({statistics.median(row['phase_const']):.3f}) | {spread(row['phase_aligned'])} "
+              f"| {spread(row['phase'])} ({statistics.median(row['phase_const']):.3f}) "
+              f"| {spread(row['phase_aligned'])} "
               f"| {spread(row['val'], 4)} | {row['floor']:.4f} |")  # fmt: skip
     print("\nper seed (amp SSIM, phase SSIM, best val loss):")
     for row in rows:

@@ -15,7 +15,9 @@ from fnostab.models.spectral import SpectralConv2d
 
 
 class TinyFNO(nn.Module):
-    """Lifter conv → GELU(spectral + local) residual → 1×1 head: 386 real parameters (6 + 288 + 84 + 8), 144 complex weights."""
+    """Lifter conv → GELU(spectral + local) residual → 1×1 head: 386 real parameters (6 + 288 + 84 + 8),
+    144 complex weights.
+    """
 
     def __init__(self) -> None:
         super().__init__()

@@ -115,8 +115,9 @@ def test_grad_gain_norms_equal_autograd_of_the_physics_loss_at_the_block_outputs
     smoke_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "gg"
-    result = run_cli("grad-gain", smoke_data[0], "--arch", "hybrid", "--width", "8", "--modes", "8", "--fno-blocks", "2",
-                     "--seed", "7", "--batches", "1", "--batch-size", "8", "--device", "cpu", "--out", out, "--json")  # fmt: skip
+    result = run_cli("grad-gain", smoke_data[0], "--arch", "hybrid", "--width", "8", "--modes", "8",
+                     "--fno-blocks", "2", "--seed", "7", "--batches", "1", "--batch-size", "8", "--device", "cpu",
+                     "--out", out, "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     norms, gains = document["norms"], document["gains"]

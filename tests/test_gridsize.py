@@ -131,7 +131,7 @@ def test_offsets_that_are_not_a_group_are_rejected(gs2_smoke, tmp_path) -> None:
 def test_reassembly_of_true_patches_reproduces_the_true_region_exactly(gs2_clean) -> None:
     split = load_split(gs2_clean[0])
     groups = split.groups
-    M, N = groups.window, split.N
+    M = groups.window
     true_windows = np.stack([
         split.full_objects[0][int(r) : int(r) + M, int(c) : int(c) + M]
         for r, c in np.rint(split.centres - (M - 1) / 2)

@@ -111,7 +111,8 @@ def test_both_bands_doubles_the_spectral_parameters() -> None:
 
 
 def test_width_cap_is_honoured_by_every_conv_in_the_notes_unit_test_configuration() -> None:
-    # PtychoPINN's own test of the cap builds HybridUNOGenerator(n_blocks=6, hidden_channels=32, max_hidden_channels=512, modes=4, C=1)
+    # PtychoPINN's own test of the cap builds
+    # HybridUNOGenerator(n_blocks=6, hidden_channels=32, max_hidden_channels=512, modes=4, C=1)
     torch.manual_seed(0)
     model = build_generator("hybrid", N=64, width=32, modes=4, fno_blocks=6, max_hidden_channels=512)
     assert model.encoder_channels == [32, 64, 128, 256, 512, 512]

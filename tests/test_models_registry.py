@@ -86,8 +86,8 @@ def test_options_an_architecture_does_not_use_are_validated_then_ignored() -> No
     model = build_generator("fno", N=16, width=4, modes=2, fno_blocks=1, max_hidden_channels=8, block_init="layerscale")
     assert "max_hidden_channels" not in model.config and "block_init" not in model.config
     assert model.config == {
-        "name": "fno", "N": 16, "in_channels": 1, "out_channels": 1, "width": 4, "modes": 2, "fno_blocks": 1, "cnn_blocks": 2,
-        "bands": "positive", "head": "real_imag", "gradient_checkpointing": False,
+        "name": "fno", "N": 16, "in_channels": 1, "out_channels": 1, "width": 4, "modes": 2, "fno_blocks": 1,
+        "cnn_blocks": 2, "bands": "positive", "head": "real_imag", "gradient_checkpointing": False,
     }  # fmt: skip
 
 

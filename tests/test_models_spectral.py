@@ -18,7 +18,7 @@ def direct_dft_reference(layer: SpectralConv2d, x: torch.Tensor) -> torch.Tensor
     kept rows and columns; y[h, w] = 1/(HW) Σ_k Σ_l a_l Re(Y[k, l] e^{+2πi(kh/H + lw/W)}) with a_l = 2
     except a_0 = 1 and a_{W/2} = 1 (even W): the real inverse of a half spectrum.
     """
-    B, I, H, W = x.shape
+    B, n_in, H, W = x.shape
     m = layer.modes
     m_w = min(m, W // 2 + 1)
     if layer.bands == "positive":
@@ -33,11 +33,11 @@ def direct_dft_reference(layer: SpectralConv2d, x: torch.Tensor) -> torch.Tensor
     x64 = x.to(torch.float64)
     y = torch.zeros(B, layer.out_channels, H, W, dtype=torch.float64)
     for k, weight, wk in rows:
-        for l in range(m_w):
-            phase = 2 * math.pi * (k * h[:, None] / H + l * w[None, :] / W)  # (H, W)
+        for col in range(m_w):
+            phase = 2 * math.pi * (k * h[:, None] / H + col * w[None, :] / W)  # (H, W)
             X = (x64 * torch.exp(-1j * phase)).sum(dim=(-2, -1))  # (B, I)
-            Y = X @ weight.detach()[:, :, wk, l].to(torch.complex128)  # (B, O)
-            a = 1.0 if (l == 0 or 2 * l == W) else 2.0
+            Y = X @ weight.detach()[:, :, wk, col].to(torch.complex128)  # (B, O)
+            a = 1.0 if (col == 0 or 2 * col == W) else 2.0
             y += a * (Y[:, :, None, None] * torch.exp(1j * phase)).real
     return y / (H * W)
 

@@ -1,4 +1,6 @@
-"""``fnostab explain``: why a run failed — the first precursor signal, its block and lead, curvature; text, JSON, plot."""
+"""``fnostab explain``: why a run failed — the first precursor signal, its block and lead, curvature;
+text, JSON, plot.
+"""
 
 from __future__ import annotations
 

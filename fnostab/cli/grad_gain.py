@@ -93,7 +93,8 @@ def grad_gain_command(
     used, requested = report["settings"]["batches_used"], report["settings"]["batches_requested"]
     if used < requested:
         output.warn(
-            f"{train_npz} holds {split.n} patterns: only {used} of the {requested} requested batches of {settings.batch_size} exist"
+            f"{train_npz} holds {split.n} patterns: only {used} of the {requested} requested batches "
+            f"of {settings.batch_size} exist"
         )
     report["model"] = model_info
     report["data"] = {

@@ -120,7 +120,8 @@ def probe_activations_command(
     )  # fmt: skip
 
     output.log(
-        f"probing {model_info['architecture']} ({model_info['source']}) on {min(settings.max_samples, split.n)} patterns of {train_npz} ..."
+        f"probing {model_info['architecture']} ({model_info['source']}) "
+        f"on {min(settings.max_samples, split.n)} patterns of {train_npz} ..."
     )
     report = probe_activations(
         split.diffraction, generator, batch_size=settings.batch_size, max_samples=settings.max_samples, device=target

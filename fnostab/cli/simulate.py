@@ -28,7 +28,8 @@ def format_summary(summary: dict, out: Path) -> str:
         f"N {summary['N']}, gridsize {summary['gridsize']}"
         + (f" (offset {summary['offset']} px)" if summary["gridsize"] > 1 else "")
         + f", object {summary['object_size']}×{summary['object_size']}, "
-        f"nphotons {summary['nphotons']:.3g}, intensity scale {summary['intensity_scale']:.4g}, probe {summary['probe']}",
+        f"nphotons {summary['nphotons']:.3g}, intensity scale {summary['intensity_scale']:.4g}, "
+        f"probe {summary['probe']}",
     ]
     for split in ("train", "test"):
         s = summary[split]
@@ -52,9 +53,7 @@ def simulate_command(
     stride_train: int | None = typer.Option(None, "--stride-train", help="Scan stride of the train grid (px)."),
     stride_test: int | None = typer.Option(None, "--stride-test", help="Scan stride of the test grid (px)."),
     nphotons: float | None = typer.Option(None, "--nphotons", help="Mean photon count per pattern."),
-    set_phi: bool | None = typer.Option(
-        None, "--set-phi/--no-set-phi", help="Give the object a phase (default on)."
-    ),
+    set_phi: bool | None = typer.Option(None, "--set-phi/--no-set-phi", help="Give the object a phase (default on)."),
     probe: Path | None = typer.Option(
         None, "--probe", help="NPZ whose 'probeGuess' (complex N×N) replaces the synthetic probe."
     ),

@@ -21,7 +21,8 @@ def summarize_command(
         None,
         "--fail-on",
         # Backslashes keep rich from reading [ARM] as markup in --help.
-        help="Gate METRIC\\[ARM]OP NUMBER, e.g. 'failure_rate<=0.3' or 'amp_ssim\\[arch]>=0.4' (repeatable; exit 1 if one fails).",
+        help="Gate METRIC\\[ARM]OP NUMBER, e.g. 'failure_rate<=0.3' or 'amp_ssim\\[arch]>=0.4' "
+        "(repeatable; exit 1 if one fails).",
     ),
     grad_norm_threshold: float = typer.Option(
         1.0, "--grad-norm-threshold", help="Report the fraction of logged steps with pre-clip gradient norm above this."

@@ -83,7 +83,8 @@ def shootout_command(
     lrs: str | None = typer.Option(
         None,
         "--lrs",
-        help="Run every arm at each of these peak learning rates, e.g. 1e-3,1e-2,3e-2,1e-1: stable-LR boundary and LR sensitivity per arm.",
+        help="Run every arm at each of these peak learning rates, e.g. 1e-3,1e-2,3e-2,1e-1: "
+        "stable-LR boundary and LR sensitivity per arm.",
         rich_help_panel=SWEEP_PANEL,
     ),
     clip_sweep: str | None = typer.Option(
@@ -229,7 +230,8 @@ def stress_command(
     memory_limit: str | None = typer.Option(
         None,
         "--memory-limit",
-        help="Memory of the machine the runs share, e.g. 24GiB (default: the device's free memory, or 75% of RAM on CPU); with --jobs K each run's plan must fit in a K-th of it.",
+        help="Memory of the machine the runs share, e.g. 24GiB (default: the device's free memory, "
+        "or 75% of RAM on CPU); with --jobs K each run's plan must fit in a K-th of it.",
         rich_help_panel=SWEEP_PANEL,
     ),
     plan_only: bool = typer.Option(

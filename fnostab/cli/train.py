@@ -95,7 +95,8 @@ def format_result(result: dict[str, Any], run_dir: Path) -> str:
         base = metrics["baseline"]
         lines.append(
             f"amplitude SSIM {metrics['amp_ssim']:.3f} (constant {base['amp_ssim']:.3f}), MAE {metrics['amp_mae']:.4f} "
-            f"(constant {base['amp_mae']:.4f}); phase SSIM {metrics['phase_ssim']:.3f} (constant {base['phase_ssim']:.3f}), "
+            f"(constant {base['amp_mae']:.4f}); phase SSIM {metrics['phase_ssim']:.3f} "
+            f"(constant {base['phase_ssim']:.3f}), "
             f"per-patch-aligned {metrics['phase_aligned_ssim']:.3f}"
         )
     elif result.get("evaluation_note"):
@@ -170,9 +171,7 @@ def train_command(
     train_npz: Path | None = typer.Argument(
         None, metavar="[TRAIN.npz]", help="Train split (default: the preset's simulated data, cached)."
     ),
-    test_npz: Path | None = typer.Argument(
-        None, metavar="[TEST.npz]", help="Test split (validation and evaluation)."
-    ),
+    test_npz: Path | None = typer.Argument(None, metavar="[TEST.npz]", help="Test split (validation and evaluation)."),
     out: Path | None = typer.Option(
         None, "--out", help="Run dir to write (default runs/train-<time>-<arch>-s<seed>).", rich_help_panel=RUN_PANEL
     ),
@@ -197,9 +196,7 @@ def train_command(
     clip: str | None = typer.Option(
         None, "--clip", help="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ.", rich_help_panel=TRAIN_PANEL
     ),
-    optimizer: str | None = typer.Option(
-        None, "--optimizer", help="adam, adamw or sgd.", rich_help_panel=TRAIN_PANEL
-    ),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="adam, adamw or sgd.", rich_help_panel=TRAIN_PANEL),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate.", rich_help_panel=TRAIN_PANEL),
     weight_decay: float | None = typer.Option(None, "--weight-decay", rich_help_panel=TRAIN_PANEL),
     scheduler: str | None = typer.Option(
@@ -227,14 +224,13 @@ def train_command(
         help="Predicted amplitude std/mean below this on validation → collapsed (default 0.01).",
         rich_help_panel=TRAIN_PANEL,
     ),
-    accelerator: str | None = typer.Option(
-        None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=RUN_PANEL
-    ),
+    accelerator: str | None = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=RUN_PANEL),
     precision: str | None = typer.Option(None, "--precision", help="32 or bf16-mixed.", rich_help_panel=RUN_PANEL),
     devices: int | None = typer.Option(
         None,
         "--devices",
-        help="Processes (CPU) or GPUs of this one run: K > 1 trains with DDP, the global --batch-size split across them.",
+        help="Processes (CPU) or GPUs of this one run: K > 1 trains with DDP, "
+        "the global --batch-size split across them.",
         rich_help_panel=RUN_PANEL,
     ),
     strategy: str | None = typer.Option(
@@ -259,13 +255,16 @@ def train_command(
     precursors_every: int | None = typer.Option(
         None,
         "--precursors-every",
-        help="Per-block precursor signals (gradient, weight and update norms, update/weight ratio, update/gradient cosine, Adam second moment) logged every N steps; a window of every step is kept before each spike or failure.",
+        help="Per-block precursor signals (gradient, weight and update norms, update/weight ratio, "
+        "update/gradient cosine, Adam second moment) logged every N steps; "
+        "a window of every step is kept before each spike or failure.",
         rich_help_panel=RUN_PANEL,
     ),
     curvature_every: int | None = typer.Option(
         None,
         "--curvature-every",
-        help="Sharpness and Adam-preconditioned sharpness (Hessian-vector products) every N steps, beside 2/η and 38/η.",
+        help="Sharpness and Adam-preconditioned sharpness (Hessian-vector products) every N steps, "
+        "beside 2/η and 38/η.",
         rich_help_panel=RUN_PANEL,
     ),
     batch_sharpness_every: int | None = typer.Option(

@@ -166,7 +166,8 @@ def _patches(path: Path, arrays: dict[str, np.ndarray], key: str, n_N_C: tuple[i
     C = array.shape[3]
     if round(np.sqrt(C)) ** 2 != C:
         raise InputError(
-            f"{path}: key {key!r}: expected C = gridsize² channels (1, 4, …) in (n, N, N, C), found shape {stored_shape}"
+            f"{path}: key {key!r}: expected C = gridsize² channels (1, 4, …) in (n, N, N, C), "
+            f"found shape {stored_shape}"
         )
     if n_N_C is not None and (array.shape[0], array.shape[1], C) != n_N_C:
         n, N, C = n_N_C
@@ -190,7 +191,8 @@ def _groups(
         _check_dtype(path, "coords_nominal", coords, REAL_KINDS, "real (row, col) relative offsets")
         if coords.size != 2 * n * C:
             raise InputError(
-                f"{path}: key 'coords_nominal': expected relative offsets of shape ({n}, 1, 2, {C}), found {coords.shape}"
+                f"{path}: key 'coords_nominal': expected relative offsets of shape ({n}, 1, 2, {C}), "
+                f"found {coords.shape}"
             )
         relative = np.asarray(coords, dtype=np.float64).reshape(n, 2, C)
         if not np.isfinite(relative).all():

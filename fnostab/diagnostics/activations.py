@@ -175,7 +175,8 @@ def format_activation_report(report: dict[str, Any], paths: dict[str, Path] | No
     slope = summary.get("depth_slope")
     if slope is not None:
         lines.append(
-            f"depth trend: slope {_num(slope, '+.3e')} per block, relative {_num(summary['depth_relative_slope'], '+.3f')}"
+            f"depth trend: slope {_num(slope, '+.3e')} per block, "
+            f"relative {_num(summary['depth_relative_slope'], '+.3f')}"
         )
     lines.append(summary["verdict"])
     if paths:

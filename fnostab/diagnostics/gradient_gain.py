@@ -268,7 +268,8 @@ def format_grad_gain_report(report: dict[str, Any], paths: dict[str, Path] | Non
         )
     stats = report["summary_stats"]
     lines.append(
-        f"summary: {stats['num_amplifying']} amplifying, {stats['num_damping']} damping, {stats['num_healthy']} healthy, "
+        f"summary: {stats['num_amplifying']} amplifying, {stats['num_damping']} damping, "
+        f"{stats['num_healthy']} healthy, "
         f"{stats['num_vanishing']} vanishing, {stats['num_missing']} missing; mean γ {_num(stats['mean_gain'], '.4f')}"
     )
     if paths:

@@ -63,7 +63,8 @@ def plot_activations(report: dict[str, Any]) -> Figure:
     figure = _figure(11, 7.5)
     figure.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.88, hspace=0.35, wspace=0.22)
     figure.suptitle(
-        f"activations of {summary['architecture']} (N={summary['N']}, {summary['n_samples']} patterns)\n{summary['verdict']}",
+        f"activations of {summary['architecture']} (N={summary['N']}, {summary['n_samples']} patterns)\n"
+        f"{summary['verdict']}",
         fontsize=10,
     )
     panels = figure.subplots(2, 2)

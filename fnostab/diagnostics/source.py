@@ -54,7 +54,8 @@ def as_patterns(diffraction: np.ndarray | torch.Tensor) -> torch.Tensor:
         array = array[:, None]
     if array.ndim != 4 or array.shape[0] == 0 or array.shape[1] == 0 or array.shape[2] != array.shape[3]:
         raise ValueError(
-            f"diffraction must be a non-empty (n, N, N) or (n, C, N, N) array of square patterns, got shape {array.shape}"
+            f"diffraction must be a non-empty (n, N, N) or (n, C, N, N) array of square patterns, "
+            f"got shape {array.shape}"
         )
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
@@ -162,7 +163,8 @@ def load_model(source: ModelSource, N: int, gridsize: int = 1) -> tuple[torch.nn
         trained = checkpoint_gridsize(read_checkpoint(source.checkpoint))
         if trained != gridsize:
             raise InputError(
-                f"{source.checkpoint}: the checkpoint was trained at gridsize {trained}, the NPZ holds gridsize {gridsize}"
+                f"{source.checkpoint}: the checkpoint was trained at gridsize {trained}, "
+                f"the NPZ holds gridsize {gridsize}"
             )
         try:
             generator, model = load_generator(source.checkpoint, N)
@@ -172,7 +174,8 @@ def load_model(source: ModelSource, N: int, gridsize: int = 1) -> tuple[torch.nn
             ) from None
         except (ValidationError, KeyError, TypeError, AttributeError) as error:
             raise InputError(
-                f"{source.checkpoint}: not a usable fnostab checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})"
+                f"{source.checkpoint}: not a usable fnostab checkpoint "
+                f"({type(error).__name__}: {str(error).splitlines()[0]})"
             ) from None
         info = {
             "source": "checkpoint",

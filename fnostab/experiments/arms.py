@@ -109,7 +109,9 @@ def load_arms_file(path: Path) -> list[Arm]:
 
 
 def clip_sweep_arms(values: list[float], base: Arm) -> list[Arm]:
-    """Control arms with global norm clipping at each value (the study's check that conclusions are not artifacts of the clip value)."""
+    """Control arms with global norm clipping at each value (the study's check that conclusions are not
+    artifacts of the clip value).
+    """
     return [
         Arm(f"{base.name}_norm{value:g}", dict(base.model), {**base.train, "clip": f"norm:{value:g}"})
         for value in values

@@ -17,7 +17,8 @@ MAX_SHOOTOUT_EPOCHS = 20
 def check_epochs(epochs: int | None) -> None:
     if epochs is not None and epochs > MAX_SHOOTOUT_EPOCHS:
         raise InputError(
-            f"invalid --epochs: a shootout runs at most {MAX_SHOOTOUT_EPOCHS} epochs (the study's comparison rule, docs/method.md), "
+            f"invalid --epochs: a shootout runs at most {MAX_SHOOTOUT_EPOCHS} epochs "
+            f"(the study's comparison rule, docs/method.md), "
             f"found {epochs}; longer runs are stress tests: use `fnostab stress`"
         )
 

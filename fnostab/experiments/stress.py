@@ -159,9 +159,11 @@ def plan_table(specs: list[RunSpec], infeasible: dict[str, str]) -> tuple[str, l
     ]
     for r in rows:
         lines.append(
-            f"| {r['arm']} | {r['arch']} | {r['depth']} | {r['max_hidden_channels'] or '—'} | {'yes' if r['checkpointing'] else 'no'} "
+            f"| {r['arm']} | {r['arch']} | {r['depth']} | {r['max_hidden_channels'] or '—'} "
+            f"| {'yes' if r['checkpointing'] else 'no'} "
             f"| {r['params']:,} | {format_bytes(r['weight_bytes'])} | {format_bytes(r['grad_bytes'])} "
-            f"| {format_bytes(r['optimizer_bytes'])} | {format_bytes(r['activation_bytes']) if not r['geometry_error'] else '—'} "
+            f"| {format_bytes(r['optimizer_bytes'])} "
+            f"| {format_bytes(r['activation_bytes']) if not r['geometry_error'] else '—'} "
             f"| {format_bytes(r['total_bytes'])} | {'yes' if r['feasible'] else 'NO: ' + r['reason']} |"
         )
     return "\n".join(lines), rows

@@ -1,10 +1,10 @@
 """Parameters and training memory of a generator, computed without allocating it.
 
 The model is built on PyTorch's ``meta`` device (shapes and dtypes, no storage), so planning the
-4.4-billion-parameter 8-level ``hybrid`` of the Stage-B OOM (docs/generators.md, Parameter counts) takes about a second and no
-memory. Activation memory is measured, not estimated: one training step (forward, a scalar loss,
-backward) runs on the meta model while an allocation tracker records every storage an op creates and
-the moment autograd frees it.
+4.4-billion-parameter 8-level ``hybrid`` of the Stage-B OOM (docs/generators.md, Parameter counts)
+takes about a second and no memory. Activation memory is measured, not estimated: one training step
+(forward, a scalar loss, backward) runs on the meta model while an allocation tracker records every
+storage an op creates and the moment autograd frees it.
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ def plan(
     options = dict(
         width=width, modes=modes, fno_blocks=fno_blocks, max_hidden_channels=max_hidden_channels,
         bands=bands, head=head, block_init=block_init, layerscale_init=layerscale_init,
-        cnn_blocks=cnn_blocks, in_channels=in_channels, out_channels=out_channels, gradient_checkpointing=gradient_checkpointing,
+        cnn_blocks=cnn_blocks, in_channels=in_channels, out_channels=out_channels,
+        gradient_checkpointing=gradient_checkpointing,
     )  # fmt: skip
     cls = check_options(name, **options)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -171,7 +171,8 @@ def build_generator(
     options = dict(
         width=width, modes=modes, fno_blocks=fno_blocks, max_hidden_channels=max_hidden_channels,
         bands=bands, head=head, block_init=block_init, layerscale_init=layerscale_init,
-        cnn_blocks=cnn_blocks, in_channels=in_channels, out_channels=out_channels, gradient_checkpointing=gradient_checkpointing,
+        cnn_blocks=cnn_blocks, in_channels=in_channels, out_channels=out_channels,
+        gradient_checkpointing=gradient_checkpointing,
     )  # fmt: skip
     cls = check_options(name, **options)
     problem = geometry_error(name, N=N, fno_blocks=fno_blocks)

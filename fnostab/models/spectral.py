@@ -42,8 +42,8 @@ class SpectralConv2d(nn.Module):
     Args:
         in_channels, out_channels: channel counts.
         modes: m, the number of kept frequencies per axis. The weights are always allocated at m × m,
-            whatever the map size, so the parameter count does not depend on N (docs/generators.md, Parameter counts); on a
-            small map only the block that fits is used and the rest gets zero gradient.
+            whatever the map size, so the parameter count does not depend on N (docs/generators.md,
+            Parameter counts); on a small map only the block that fits is used and the rest gets zero gradient.
         bands: which row frequencies are kept.
 
             * ``"positive"``: rows ``[0, min(m, H))`` — PtychoPINN's fallback layer. When H ≤ m this
@@ -121,8 +121,8 @@ def _mix_modes(x_ft: Tensor, w: Tensor) -> Tensor:
     ``einsum('bixy,ioxy->boxy')`` on the (in, out, R, C) weight, but faster on CPU: einsum reorders
     both operands on every call, here only the small x_ft block is copied.
     """
-    B, I, R, C = x_ft.shape
-    O = w.shape[-1]
-    xb = x_ft.permute(2, 3, 0, 1).reshape(R * C, B, I)
-    y = torch.bmm(xb, w.reshape(R * C, I, O))  # a view when all m × m modes are used
-    return y.reshape(R, C, B, O).permute(2, 3, 0, 1)
+    B, n_in, R, C = x_ft.shape
+    n_out = w.shape[-1]
+    xb = x_ft.permute(2, 3, 0, 1).reshape(R * C, B, n_in)
+    y = torch.bmm(xb, w.reshape(R * C, n_in, n_out))  # a view when all m × m modes are used
+    return y.reshape(R, C, B, n_out).permute(2, 3, 0, 1)

@@ -174,7 +174,9 @@ def _dead_since(steps: Sequence[int], values: Sequence[float], end: int) -> int 
 
 
 def _loss_spike(steps: Sequence[int], values: Sequence[float], start: int, end: int) -> int | None:
-    """First step in [start, end] whose loss is non-finite or above LOSS_SPIKE_FACTOR × the median of its earlier losses."""
+    """First step in [start, end] whose loss is non-finite or above LOSS_SPIKE_FACTOR × the median of its
+    earlier losses.
+    """
     history = _RunningMedian()
     for step, value in zip(steps, values):
         if step > end:
@@ -588,7 +590,9 @@ def plot_explanation(document: Mapping[str, Any], traces: ExplainTraces) -> Any:
 
 
 def run_explanation(run_dir: Path | str) -> dict[str, Any] | None:
-    """:func:`explanation_summary` of a failed run for ``summarize``; an unreadable record gives a note, never an error."""
+    """:func:`explanation_summary` of a failed run for ``summarize``; an unreadable record gives a note,
+    never an error.
+    """
     try:
         return explanation_summary(explain_run(run_dir))
     except (InputError, OSError, ValueError, KeyError) as error:

@@ -138,4 +138,7 @@ def evaluate_gates(gates: Sequence[Gate], groups: Sequence[Mapping[str, Any]]) -
 def describe_failure(entry: Mapping[str, Any]) -> str:
     """``failure_rate[control] = 0.6, required <= 0.5`` for a failed gate entry."""
     value = "missing" if entry["value"] is None else f"{entry['value']:.4g}"
-    return f"{entry['metric']}[{entry['arm']}] = {value}, required {entry['op']} {entry['threshold']:g} (gate {entry['gate']!r})"
+    return (
+        f"{entry['metric']}[{entry['arm']}] = {value}, required {entry['op']} {entry['threshold']:g} "
+        f"(gate {entry['gate']!r})"
+    )

@@ -5,8 +5,8 @@
   where a seed sweep of 5–10 runs lives.
 * :func:`quartiles` — median and IQR of the finite values (linear interpolation, numpy's default).
 * :func:`series_stats` — a gradient-norm trace read from metrics.csv: max, median, p99, the
-  fraction of logged steps above a threshold (the original runs' "exceeds 1.0 for ~97.8% of steps", docs/probes.md) and the
-  largest spike with its step.
+  fraction of logged steps above a threshold (the original runs' "exceeds 1.0 for ~97.8% of steps",
+  docs/probes.md) and the largest spike with its step.
 * :func:`first_block_to_blow_up` — which residual block's gradient norm left its own running median
   first, and by the largest factor.
 * :func:`stable_boundary` / :func:`stress_boundaries` — the stability boundary of a depth × LR stress

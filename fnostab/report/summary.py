@@ -389,7 +389,8 @@ def build_summary(collection: Collection, threshold: float = 1.0) -> tuple[dict[
     for group in groups:
         if len(group["val_loss_names"]) > 1:
             warnings.append(
-                f"arm {group['label']} mixes validation losses {group['val_loss_names']}: its loss medians are not comparable"
+                f"arm {group['label']} mixes validation losses {group['val_loss_names']}: "
+                f"its loss medians are not comparable"
             )
     if len({name for g in groups for name in g["val_loss_names"]}) > 1:
         warnings.append("arms use different validation losses: loss comparisons between them are not meaningful")

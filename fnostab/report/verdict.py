@@ -44,7 +44,8 @@ ROLE_NAMES = ("control", "arch", "opt")
 
 OUTCOMES = {
     "gold": "stable_hybrid passes Stage A and Stage B: make it the default FNO architecture and deprecate PtychoBlock.",
-    "silver": "stable_hybrid fails, AGC lowers the failure rate without a >10% median-loss regression: AGC becomes the mandatory training policy for FNO models.",
+    "silver": "stable_hybrid fails, AGC lowers the failure rate without a >10% median-loss regression: "
+    "AGC becomes the mandatory training policy for FNO models.",
     "pivot": "neither fix holds up: investigate LayerScale (explicit depth damping).",
     "inconclusive": "the data cannot decide between gold, silver and pivot yet (see next steps).",
 }
@@ -167,7 +168,8 @@ def stage_a_check(role: str, control: Mapping[str, Any], fix: Mapping[str, Any] 
         reasons.append(
             f"median best val loss {_loss(f_loss)} does not beat the control's {_loss(c_loss)}"
             if role == "arch"
-            else f"median best val loss {_loss(f_loss)} is more than {OPT_LOSS_TOLERANCE:.0%} above the control's {_loss(c_loss)}"
+            else f"median best val loss {_loss(f_loss)} is more than {OPT_LOSS_TOLERANCE:.0%} "
+            f"above the control's {_loss(c_loss)}"
         )
     passes = False if (lower_rate is False or loss_ok is False) else (None if None in (lower_rate, loss_ok) else True)
     return {
@@ -439,11 +441,13 @@ def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None
             if grid_lrs:
                 next_steps.append(
                     f"The control never failed, neither in the shootout nor on the learning-rate grid (up to "
-                    f"{grid_lrs[-1]:g}): extend the grid upwards until it does, e.g. `{LR_GRID_HINT}` with larger rates."
+                    f"{grid_lrs[-1]:g}): extend the grid upwards until it does, "
+                    f"e.g. `{LR_GRID_HINT}` with larger rates."
                 )
             else:
                 next_steps.append(
-                    f"The control never failed in {control['n']} run{'s' if control['n'] != 1 else ''}, so this shootout "
+                    f"The control never failed in {control['n']} run{'s' if control['n'] != 1 else ''}, "
+                    f"so this shootout "
                     f"does not reproduce the instability: run it over a learning-rate grid that reaches the unstable "
                     f"band, `{LR_GRID_HINT}`, or add seeds or epochs."
                 )

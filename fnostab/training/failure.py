@@ -64,7 +64,8 @@ class FailureDetector:
             if loss > self.blowup_factor * self._best_ema:
                 return self._fail(
                     "diverged",
-                    f"loss blow-up: step loss {loss:.4g} > {self.blowup_factor:g} × best smoothed loss {self._best_ema:.4g}",
+                    f"loss blow-up: step loss {loss:.4g} > {self.blowup_factor:g} × "
+                    f"best smoothed loss {self._best_ema:.4g}",
                     step,
                     epoch,
                 )

@@ -24,7 +24,8 @@ appended to ``precursors.csv`` in the run dir (rewritten atomically).
 
 ``--curvature-every M`` measures, every M steps on the step's own batch, the sharpness λmax(H), the
 Adam-preconditioned sharpness λmax(P⁻¹H) and the batch sharpness gᵀHg/‖g‖²
-(:func:`fnostab.hooks.curvature.curvature_estimates`) and logs them beside the reference lines 2/η and (2 + 2β1)/((1 − β1)η) (38/η at β1 = 0.9). With the L1 loss the
+(:func:`fnostab.hooks.curvature.curvature_estimates`) and logs them beside the reference lines 2/η and
+(2 + 2β1)/((1 − β1)η) (38/η at β1 = 0.9). With the L1 loss the
 Gauss–Newton part of H vanishes almost everywhere, so those lines are landmarks, not laws
 (docs/diagnostics.md#curvature).
 """
@@ -306,7 +307,8 @@ class PrecursorRecorder:
             self._filled += 1
             self._host_ring.append((step, row_globals))
             if step % self.every == 0:
-                # The loss and lr have their own metrics.csv columns; the pre-clip norm is logged only with --log-grad-norm.
+                # The loss and lr have their own metrics.csv columns;
+                # the pre-clip norm is logged only with --log-grad-norm.
                 logged[f"{PRECURSOR_PREFIX}grad_norm"] = grad_norm
                 logged.update(zip(self.block_columns, row.tolist()))  # the one host copy of this step
         if any(not math.isnan(v) for v in self._curvature[:3]):

@@ -6,7 +6,8 @@ Schema ``fnostab.result/1`` (keys in order):
 * ``failure``: null, or {status, reason, step, epoch} — step counts training steps from 0;
 * ``seed``; ``model``: {arch, params (complex entries once), params_real, config};
 * ``data``: {train, test, N, n_train, n_val, n_test};
-* ``training``: {config (the TrainConfig: clip, lr, optimizer, ...), epochs_requested, epochs_completed, steps, val_loss_name, val_losses (per epoch),
+* ``training``: {config (the TrainConfig: clip, lr, optimizer, ...), epochs_requested, epochs_completed,
+  steps, val_loss_name, val_losses (per epoch),
   train_losses (per epoch mean), best_val_loss, best_epoch, final_val_loss, final_train_loss,
   initial_val_loss (ℓ0: the validation loss before the first step), noise_floor (the same loss of the
   true object on the test split, from its simulation metadata; null when the file has none),
@@ -17,7 +18,8 @@ Schema ``fnostab.result/1`` (keys in order):
   same metrics for a constant prediction; null when the run could not be evaluated, with
   ``evaluation_note`` saying why;
 * ``memory_plan``: the model plan (stress runs), or null;
-* ``timing``: {wall_s, train_s, eval_s, samples_per_s}; ``device`` (null when the run never started); ``versions``; ``created``;
+* ``timing``: {wall_s, train_s, eval_s, samples_per_s}; ``device`` (null when the run never started);
+  ``versions``; ``created``;
 * ``sweep`` (runs of a shootout or stress sweep only): {kind, arm, seed, depth, lr}.
 """
 
@@ -27,7 +29,7 @@ import math
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -62,7 +64,9 @@ def now_iso() -> str:
 
 
 def grad_norm_stats(norms: list[float], threshold: float = 1.0) -> dict[str, Any] | None:
-    """Summary of per-step pre-clip norms; the fraction above ``threshold`` is the figure of the original investigation (docs/probes.md)."""
+    """Summary of per-step pre-clip norms; the fraction above ``threshold`` is the figure of the original
+    investigation (docs/probes.md).
+    """
     if not norms:
         return None
     values = np.asarray(norms, dtype=np.float64)
@@ -94,7 +98,7 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-Number = Optional[float]  # a non-finite value is written as null
+Number = float | None  # a non-finite value is written as null
 
 
 class _FailureDocument(_Open):

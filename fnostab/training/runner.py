@@ -418,7 +418,8 @@ def run_training(
     )
     _log(
         output,
-        f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs on {prepared.accelerator} ...",
+        f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs "
+        f"on {prepared.accelerator} ...",
     )
 
     train_started = time.perf_counter()
