@@ -159,7 +159,9 @@ def test_stage_b_passes_on_lower_lr_sensitivity_beyond_seed_noise_only() -> None
         **stress,
         "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]), _sensitivity("opt", 0.55, [0.5, 0.6])],
     }
-    assert decide(groups, higher)["stage_b"]["opt"]["passes"] is False
+    worse = decide(groups, higher)
+    assert worse["stage_b"]["opt"]["passes"] is False
+    assert any("LR-sensitivity intervals of opt overlap" in note for note in worse["notes"])  # failed, within noise
     # An arm that barely learns is "insensitive" for free: its best loss must be within 10% of the control's.
     lazy = {
         **stress,

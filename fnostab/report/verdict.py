@@ -530,6 +530,18 @@ def decide(groups: Sequence[Mapping[str, Any]], stress: Mapping[str, Any] | None
             "the difference is within seed noise at this number of runs"
         )
         next_steps.append("Add seeds to separate the failure-rate intervals before acting on this verdict.")
+    sensitivity_overlaps = [
+        role
+        for role, check in (("arch", arch_b), ("opt", opt_b))
+        if (check.get("fix") or {}).get("lr_sensitivity") is not None
+        and separated(check["fix"]["lr_sensitivity"], check["control"].get("lr_sensitivity")) is False
+        and separated(check["control"].get("lr_sensitivity"), check["fix"]["lr_sensitivity"]) is False
+    ]
+    if sensitivity_overlaps:
+        notes.append(
+            f"the 95% LR-sensitivity intervals of {', '.join(sensitivity_overlaps)} overlap the control's: "
+            "which arm is less sensitive is within seed noise"
+        )
     if outcome == "inconclusive" and not next_steps:
         next_steps.append(
             "No decision rule applies to these results; add seeds, or stress the arms "
