@@ -222,8 +222,14 @@ def test_missing_not_npz_truncated_and_corrupt_files_exit_2(smoke_data, tmp_path
         (truncated, ["truncated or corrupt"]),
         (corrupt, ["truncated or corrupt"]),
     ]
-    out = tmp_path / "run"
+    # Every case through the loader; two of them also through the CLI (a subprocess costs seconds), for
+    # the exit-2 contract: one line, nothing written.
     for path, fragments in cases:
+        with pytest.raises(InputError) as error:
+            load_pair(path, smoke_data[1])
+        assert str(path) in str(error.value) and all(f in str(error.value) for f in fragments), str(error.value)
+    out = tmp_path / "run"
+    for path, fragments in (cases[0], cases[-1]):
         result = run_cli("train", path, smoke_data[1], "--preset", "smoke", "--out", out)
         assert_clean_usage_error(result, str(path), *fragments)
         assert not out.exists()
