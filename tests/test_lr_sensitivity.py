@@ -234,6 +234,15 @@ def test_stress_summary_lr_sensitivity_equals_the_definition_from_the_run_dirs(t
     with np.load(test_npz) as f:
         floor = json.loads(f["_metadata"].item())["noise_floor"]["mae"]
     assert all(arm["noise_floor"] == floor for arm in document["arms"])
+    # The stable-LR boundary beside it: the largest rate at which every seed, and every smaller rate, is ok.
+    for arm in document["stress"]["arms"]:
+        ok_at = {lr: all(r["status"] == "ok" for r in runs) for lr, runs in _runs_by_lr(out, arm["arm"]).items()}
+        expected = None
+        for lr in sorted(ok_at):
+            if not ok_at[lr]:
+                break
+            expected = lr
+        assert arm["boundary"]["lr"] == expected
     markdown = (out / "summary.md").read_text()
     assert "LR sensitivity and stable-LR boundary" in markdown and "lr_curves.png" in document["plots"]["written"]
 
@@ -258,3 +267,11 @@ def test_a_gate_reads_the_loss_as_a_multiple_of_the_noise_floor() -> None:
     }
     (entry,) = evaluate_gates([parse_gate("best_val_loss_over_floor[control]<=50")], [group])
     assert entry["value"] == 80.0 and entry["passed"] is False
+
+
+def _runs_by_lr(out: Path, arm: str) -> dict[float, list[dict]]:
+    runs: dict[float, list[dict]] = {}
+    for path in out.glob(f"runs/{arm}/*/seed-*/result.json"):
+        run = json.loads(path.read_text())
+        runs.setdefault(run["sweep"]["lr"], []).append(run)
+    return runs
