@@ -60,6 +60,12 @@ def score(point: LrPoint) -> tuple[float | None, str | None]:
     return min(float(point.final_val_loss), initial), None
 
 
+def _sample_sd(values: Sequence[float]) -> float:
+    """Standard deviation with n − 1 in the denominator (at least two values)."""
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def t_interval_95(values: Sequence[float]) -> list[float] | None:
     """Two-sided 95% Student-t interval of the mean; None for fewer than two values."""
     if len(values) < 2:
@@ -68,8 +74,7 @@ def t_interval_95(values: Sequence[float]) -> list[float] | None:
 
     n = len(values)
     mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    half = float(t.ppf(0.975, n - 1)) * _sample_sd(values) / math.sqrt(n)
     return [mean - half, mean + half]
 
 
@@ -186,10 +191,7 @@ def seeds_to_separate(fix: Mapping[str, Any], control: Mapping[str, Any], limit:
 
     def spread(entry: Mapping[str, Any]) -> float | None:
         values = [seed["value"] for seed in entry.get("per_seed") or []]
-        if len(values) < 2:
-            return None
-        mean = sum(values) / len(values)
-        return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        return _sample_sd(values) if len(values) >= 2 else None
 
     fix_sd, control_sd = spread(fix), spread(control)
     if fix_sd is None or control_sd is None or fix.get("mean") is None or control.get("mean") is None:
