@@ -10,8 +10,19 @@ from typing import Any
 import pytest
 
 from fnostab.errors import InputError
-from fnostab.report import build_summary, collect, decide, evaluate_gates, parse_gate, summarize, wilson_interval
+from fnostab.report import (
+    build_summary,
+    collect,
+    decide,
+    evaluate_gates,
+    parse_gate,
+    read_summary,
+    summarize,
+    wilson_interval,
+)
+from fnostab.report.document import ArmSummary, LrSensitivity, RunEntry, StressCell, StressSection, SummaryDocument
 from fnostab.report.stats import first_block_to_blow_up, quartiles, series_stats, stable_boundary, stress_boundaries
+from fnostab.report.verdict_text import explanation, next_steps, note_text, reason_text
 
 ARCH = {"control": ("hybrid", "none"), "arch": ("stable_hybrid", "none"), "opt": ("hybrid", "agc:0.01")}
 
@@ -157,8 +168,8 @@ def shootout(tmp_path: Path) -> Path:
     return root
 
 
-def arm_of(document: dict[str, Any], label: str) -> dict[str, Any]:
-    return next(g for g in document["arms"] if g["label"] == label)
+def arm_of(document: SummaryDocument, label: str) -> ArmSummary:
+    return next(g for g in document.arms if g.label == label)
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -218,73 +229,75 @@ def test_stable_boundary_stops_at_the_first_unstable_value() -> None:
 # --------------------------------------------------------------------------------- summary numbers
 def test_summary_of_a_hand_made_sweep_matches_its_runs(shootout: Path) -> None:
     document, _ = build_summary(collect([shootout]), threshold=1.0)
-    assert [g["label"] for g in document["arms"]] == ["control", "arch", "opt"]
-    assert document["runs"]["finished"] == 10
-    assert document["runs"]["unfinished"] == [str(shootout / "runs/control/seed-4")]
+    assert [g.label for g in document.arms] == ["control", "arch", "opt"]
+    assert document.runs.finished == 10
+    assert document.runs.unfinished == [str(shootout / "runs/control/seed-4")]
 
     control = arm_of(document, "control")
-    assert (control["n"], control["n_ok"], control["failures"], control["failure_rate"]) == (4, 2, 2, 0.5)
-    assert control["failures_by_status"] == {"diverged": 1, "collapsed": 1, "oom": 0, "error": 0}
-    assert control["failure_ci95"] == pytest.approx(list(wilson_interval(2, 4)))
-    ttf = control["time_to_failure"]
-    assert (ttf["steps"], ttf["epochs"]) == ([120, 200], [3, 5])
-    assert ttf["step"] == {"median": 160.0, "min": 120.0, "max": 200.0} and ttf["epoch"]["median"] == 4.0
+    assert (control.n, control.n_ok, control.failures, control.failure_rate) == (4, 2, 2, 0.5)
+    assert control.failures_by_status == {"diverged": 1, "collapsed": 1, "oom": 0, "error": 0}
+    assert control.failure_ci95 == pytest.approx(list(wilson_interval(2, 4)))
+    ttf = control.time_to_failure
+    assert (ttf.steps, ttf.epochs) == ([120, 200], [3, 5])
+    assert ttf.step.model_dump() == {"median": 160.0, "min": 120.0, "max": 200.0} and ttf.epoch.median == 4.0
     # Conditional on ok runs: the failed runs' losses 0.5 and 0.3 must not enter the median.
-    assert control["metrics"]["best_val_loss"] == {
+    assert control.metrics.best_val_loss.model_dump() == {
         "n": 2,
         "median": 0.03,
         "p25": 0.025,
         "p75": 0.035,
         "baseline_median": None,
     }
-    assert control["metrics"]["amp_ssim"]["median"] == pytest.approx(0.45)
-    assert control["metrics"]["amp_ssim"]["baseline_median"] == pytest.approx(0.336)
-    assert control["metrics"]["amp_ssim_gain"]["median"] == pytest.approx(0.45 - 0.336)
-    assert control["metrics"]["phase_ssim"]["baseline_median"] == pytest.approx(0.879)
+    assert control.metrics.amp_ssim.median == pytest.approx(0.45)
+    assert control.metrics.amp_ssim.baseline_median == pytest.approx(0.336)
+    assert control.metrics.amp_ssim_gain.median == pytest.approx(0.45 - 0.336)
+    assert control.metrics.phase_ssim.baseline_median == pytest.approx(0.879)
 
-    grads = control["grad_norm"]
-    assert (grads["runs_with_series"], grads["runs_without_series"], grads["logged_steps"]) == (1, 3, 6)
-    assert grads["frac_above"] == pytest.approx(0.5) and grads["above"] == 3
-    assert (
-        grads["max"] == 150.0 and grads["max_step"] == 3 and grads["max_run"] == str(shootout / "runs/control/seed-0")
-    )
-    assert grads["median"] == pytest.approx(1.2)
+    grads = control.grad_norm
+    assert (grads.runs_with_series, grads.runs_without_series, grads.logged_steps) == (1, 3, 6)
+    assert grads.frac_above == pytest.approx(0.5) and grads.above == 3
+    assert grads.max == 150.0 and grads.max_step == 3 and grads.max_run == str(shootout / "runs/control/seed-0")
+    assert grads.median == pytest.approx(1.2)
 
-    diverged = next(r for r in control["runs"] if r["seed"] == 1)
-    assert diverged["first_block_to_blow_up"]["block"] == 1 and diverged["first_block_to_blow_up"]["step"] == 6
+    diverged = next(r for r in control.runs if r.seed == 1)
+    assert diverged.first_block_to_blow_up.block == 1 and diverged.first_block_to_blow_up.step == 6
 
     opt = arm_of(document, "opt")
-    assert (opt["failures"], opt["time_to_failure"]["steps"]) == (1, [50])
-    assert opt["metrics"]["best_val_loss"]["median"] == pytest.approx(0.0325)
+    assert (opt.failures, opt.time_to_failure.steps) == (1, [50])
+    assert opt.metrics.best_val_loss.median == pytest.approx(0.0325)
 
 
 def test_grad_norm_threshold_changes_the_fraction_above(shootout: Path) -> None:
     document, _ = build_summary(collect([shootout / "runs/control/seed-0"]), threshold=1.0)
-    assert document["arms"][0]["grad_norm"]["frac_above"] == pytest.approx(3 / 6)
+    assert document.arms[0].grad_norm.frac_above == pytest.approx(3 / 6)
     document, _ = build_summary(collect([shootout / "runs/control/seed-0"]), threshold=100.0)
-    assert document["arms"][0]["grad_norm"]["frac_above"] == pytest.approx(1 / 6)
+    assert document.arms[0].grad_norm.frac_above == pytest.approx(1 / 6)
 
 
 def test_summarize_writes_json_markdown_and_plots_into_the_sweep_dir(shootout: Path) -> None:
     document = summarize([shootout])
-    assert document["out_dir"] == str(shootout)
+    assert document.out_dir == str(shootout)
     on_disk = json.loads((shootout / "summary.json").read_text())
-    assert on_disk["schema"] == "fnostab.summary/1" and on_disk["arms"][0]["failures"] == 2
+    assert on_disk["schema"] == "fnostab.summary/2" and on_disk["arms"][0]["failures"] == 2
     assert "NaN" not in (shootout / "summary.json").read_text()
+    # What is on disk is the document, and reads back into the same document.
+    assert on_disk == document.to_json()
+    assert read_summary(shootout / "summary.json") == SummaryDocument.model_validate(on_disk)
+    assert read_summary(shootout / "summary.json").to_json() == on_disk
     markdown = (shootout / "summary.md").read_text()
     assert "## Verdict" in markdown and "| control | 4 | 2 | 50% |" in markdown
-    assert set(document["plots"]["written"]) == {
+    assert set(document.plots.written) == {
         "val_loss.png",
         "grad_norm.png",
         "train_loss.png",
         "ssim.png",
         "failure_times.png",
     }
-    assert document["plots"]["skipped"] == {
+    assert document.plots.skipped == {
         "stress_map.png": "no stress runs",
         "lr_curves.png": "no learning-rate grid with at least two rates",
     }
-    for name in document["plots"]["written"]:
+    for name in document.plots.written:
         assert (shootout / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(shootout.glob(".*.tmp"))
 
@@ -306,72 +319,173 @@ def test_several_paths_need_an_out_dir(shootout: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--out"):
         summarize(paths)
     document = summarize(paths, out_dir=tmp_path / "both", plots=False)
-    assert [g["label"] for g in document["arms"]] == ["control", "arch"]
+    assert [g.label for g in document.arms] == ["control", "arch"]
     assert (tmp_path / "both/summary.json").is_file()
 
 
 # ------------------------------------------------------------------------------------ verdict
-def arm(name: str, n: int, failures: int, median_loss: float | None, **extra: Any) -> dict[str, Any]:
-    """A per-arm summary entry with the fields the verdict reads."""
+def run_entry(seed: int = 0, status: str = "ok", best: float | None = None, **extra: Any) -> RunEntry:
+    """A summary's run entry with the fields the verdict and the LR sensitivity read."""
+    failure = None if status == "ok" else {"status": status, "reason": extra.pop("reason", None), "step": None}
+    fields = {
+        "dir": f"runs/seed-{seed}",
+        "seed": seed,
+        "status": status,
+        "failure": failure,
+        "initial_val_loss": None,
+        "best_val_loss": best,
+        "final_val_loss": best,
+        "noise_floor": None,
+        "metrics": None,
+        "grad_norm": None,
+        "first_block_to_blow_up": None,
+        "memory_plan": None,
+        "explanation": None,
+    }
+    return RunEntry(**(fields | extra))
+
+
+def _stats(n: int, median: float | None) -> dict[str, Any]:
+    return {"n": n, "median": median, "p25": median, "p75": median, "baseline_median": None}
+
+
+METRIC_FIELDS = (
+    "best_val_loss",
+    "final_val_loss",
+    "best_val_loss_over_floor",
+    "final_val_loss_over_floor",
+    "amp_ssim",
+    "amp_ssim_gain",
+    "amp_mae",
+    "phase_ssim",
+    "phase_aligned_ssim",
+)
+
+
+def arm(name: str, n: int, failures: int, median_loss: float | None, **extra: Any) -> ArmSummary:
+    """A per-arm summary entry with the numbers the verdict reads; ``extra`` overrides any field."""
     arch, clip = ARCH[name]
-    return {
-        "arm": name,
+    spread = {"median": None, "min": None, "max": None}
+    fields: dict[str, Any] = {
         "label": name,
-        "kind": "shootout",
-        "arch": arch,
-        "clip": clip,
-        "n": n,
-        "failures": failures,
-        "failure_rate": failures / n,
-        "failure_ci95": list(wilson_interval(failures, n)),
-        "metrics": {"best_val_loss": {"n": n - failures, "median": median_loss}},
-        **extra,
-    }
-
-
-def cell(name: str, depth: int, lr: float, n: int, failures: int, infeasible: bool = False) -> dict[str, Any]:
-    arch, clip = ARCH[name]
-    return {
         "arm": name,
+        "kind": "shootout",
+        "grid_cell": False,
+        "depth": None,
+        "lr": None,
         "arch": arch,
         "clip": clip,
-        "depth": depth,
-        "lr": lr,
-        "n": 0 if infeasible else n,
+        "val_loss_names": [],
+        "gridsizes": [1],
+        "noise_floor": None,
+        "seeds": list(range(n)),
+        "n": n,
+        "n_infeasible": 0,
+        "n_ok": n - failures,
         "failures": failures,
-        "infeasible": infeasible,
+        "failure_rate": failures / n if n else None,
+        "failure_ci95": list(wilson_interval(failures, n)),
+        "failures_by_status": {},
+        "failures_by_first_signal": {},
+        "time_to_failure": {"steps": [], "epochs": [], "step": spread, "epoch": spread},
+        "metrics": {name: _stats(0, None) for name in METRIC_FIELDS}
+        | {"best_val_loss": _stats(n - failures, median_loss)},
+        "grad_norm": {
+            "runs_with_series": 0,
+            "logged_steps": 0,
+            "nonfinite": 0,
+            "max": None,
+            "median": None,
+            "p99": None,
+            "frac_above": None,
+            "above": 0,
+            "max_run": None,
+            "max_step": None,
+            "threshold": 1.0,
+            "runs_without_series": n,
+        },
+        "runs": [],
     }
+    return ArmSummary.model_validate(fields | extra)
+
+
+def cell(name: str, depth: int, lr: float, n: int, failures: int, infeasible: bool = False) -> StressCell:
+    arch, clip = ARCH[name]
+    started = 0 if infeasible else n
+    return StressCell(
+        label=f"{name}@d{depth}-lr{lr:g}",
+        arm=name,
+        arch=arch,
+        clip=clip,
+        depth=depth,
+        lr=lr,
+        n=started,
+        n_infeasible=n - started,
+        failures=failures,
+        statuses={},
+        stable=started > 0 and failures == 0,
+        infeasible=infeasible,
+    )
+
+
+def sensitivity(arm_name: str, mean: float, ci: list[float] | None, best: float = 0.1, depth: int = 2) -> LrSensitivity:
+    """An LR-sensitivity entry with the figures the verdict compares (mean, interval, ℓ*)."""
+    scores = {"best_loss": best, "mean": mean, "ci95": ci, "per_seed": []}
+    return LrSensitivity(
+        arm=arm_name,
+        depth=depth,
+        grid=[1e-3, 1e-2],
+        n_seeds=2,
+        excluded_seeds=[],
+        definition="per_arm",
+        common=scores,
+        **scores,
+    )
+
+
+def grid_section(cells: list[StressCell], sensitivities: list[LrSensitivity] = ()) -> StressSection:
+    """The grid section as the verdict reads it: cells and LR sensitivities."""
+    return StressSection(cells=cells, arms=[], lr_sensitivity=list(sensitivities), infeasible=[])
 
 
 def test_verdict_gold_when_arch_wins_stage_a_and_scales_further_in_stage_b() -> None:
     groups = [arm("control", 10, 4, 0.050), arm("arch", 10, 0, 0.040), arm("opt", 10, 2, 0.052)]
-    stress = {
-        "cells": [
+    stress = grid_section(
+        [
             cell("control", 4, 1e-3, 3, 0),
             cell("control", 4, 1e-2, 3, 2),
             cell("arch", 4, 1e-3, 3, 0),
             cell("arch", 4, 1e-2, 3, 0),
         ]
-    }
+    )
     verdict = decide(groups, stress)
-    assert verdict["outcome"] == "gold"
-    assert verdict["stage_a"]["arch"]["passes"] is True
-    assert verdict["stage_a"]["arch"]["numbers"]["failure_rate"] == 0.0
-    assert verdict["stage_b"]["arch"]["fix"]["boundary"]["lr"] == 1e-2
-    assert verdict["stage_b"]["arch"]["control"]["boundary"]["lr"] == 1e-3
-    assert "control failed 4/10 (40%" in verdict["explanation"]
-    assert verdict["stage_a"]["arch"]["intervals_overlap"] is True  # 0/10 vs 4/10 still overlap at n = 10
+    assert verdict.outcome == "gold"
+    assert verdict.stage_a.arch.passes is True
+    assert verdict.stage_a.arch.numbers.failure_rate == 0.0
+    assert verdict.stage_b.arch.fix.boundary.lr == 1e-2
+    assert verdict.stage_b.arch.control.boundary.lr == 1e-3
+    assert verdict.stage_a.arch.intervals_overlap is True  # 0/10 vs 4/10 still overlap at n = 10
+    assert "control failed 4/10 (40%" in explanation(verdict)
 
 
 def test_verdict_silver_when_arch_loses_on_loss_and_agc_cuts_failures_within_10_percent() -> None:
     groups = [arm("control", 10, 4, 0.050), arm("arch", 10, 0, 0.060), arm("opt", 10, 1, 0.054)]
     verdict = decide(groups)
-    assert verdict["outcome"] == "silver"
-    assert verdict["stage_a"]["arch"]["passes"] is False
-    assert verdict["stage_a"]["opt"]["checks"] == {"lower_failure_rate": True, "loss_within_10pct": True}
-    assert verdict["stage_a"]["opt"]["loss_ratio"] == pytest.approx(1.08)
-    # An 11% regression is too much for the opt fix.
-    assert decide([groups[0], groups[1], arm("opt", 10, 1, 0.0555)])["stage_a"]["opt"]["passes"] is False
+    assert verdict.outcome == "silver"
+    assert verdict.stage_a.arch.passes is False
+    assert verdict.stage_a.opt.checks.model_dump() == {"lower_failure_rate": True, "loss_within_10pct": True}
+    assert verdict.stage_a.opt.loss_ratio == pytest.approx(1.08)
+    # An 11% regression is too much for the opt fix, and the reason carries both losses.
+    too_much = decide([groups[0], groups[1], arm("opt", 10, 1, 0.0555)]).stage_a.opt
+    assert too_much.passes is False
+    (reason,) = too_much.reason_codes
+    assert (reason.code, reason.loss, reason.control_loss, reason.tolerance) == (
+        "loss_above_tolerance",
+        0.0555,
+        0.05,
+        0.10,
+    )
+    assert reason_text(reason) == "median best val loss 0.0555 is more than 10% above the control's 0.05"
 
 
 def test_stage_a_does_not_compare_losses_of_arms_validated_with_different_losses() -> None:
@@ -381,45 +495,55 @@ def test_stage_a_does_not_compare_losses_of_arms_validated_with_different_losses
         arm("arch", 10, 0, 0.040, **poisson),
         arm("opt", 10, 1, 0.052, **mae),
     ]
-    stage_a = decide(groups)["stage_a"]
-    assert stage_a["arch"]["checks"] == {"lower_failure_rate": True, "beats_control_loss": None}
-    assert stage_a["arch"]["passes"] is None and stage_a["arch"]["loss_ratio"] is None
-    assert any("cannot be compared" in reason for reason in stage_a["arch"]["reasons"])
-    assert stage_a["opt"]["passes"] is True  # same loss as the control: compared as usual
+    stage_a = decide(groups).stage_a
+    assert stage_a.arch.checks.model_dump() == {"lower_failure_rate": True, "beats_control_loss": None}
+    assert stage_a.arch.passes is None and stage_a.arch.loss_ratio is None
+    assert [r.code for r in stage_a.arch.reason_codes] == ["loss_names_differ"]
+    assert "cannot be compared" in reason_text(stage_a.arch.reason_codes[0])
+    assert stage_a.opt.passes is True  # same loss as the control: compared as usual
 
 
 def test_verdict_pivot_when_both_fixes_fail_the_stress_test() -> None:
     groups = [arm("control", 10, 4, 0.050), arm("arch", 10, 1, 0.045), arm("opt", 10, 2, 0.051)]
-    stress = {
-        "cells": [
-            cell(name, 6, lr, 3, fails) for name in ("control", "arch", "opt") for lr, fails in ((1e-3, 0), (1e-2, 3))
-        ]
-    }
+    stress = grid_section(
+        [cell(name, 6, lr, 3, fails) for name in ("control", "arch", "opt") for lr, fails in ((1e-3, 0), (1e-2, 3))]
+    )
     verdict = decide(groups, stress)
-    assert verdict["outcome"] == "pivot"
-    assert verdict["stage_b"]["arch"]["passes"] is False and verdict["stage_b"]["opt"]["passes"] is False
-    assert verdict["stage_b"]["arch"]["fix"]["deep"] == {
+    assert verdict.outcome == "pivot"
+    assert verdict.stage_b.arch.passes is False and verdict.stage_b.opt.passes is False
+    assert verdict.stage_b.arch.fix.deep.model_dump() == {
         "n": 6,
         "failures": 3,
         "failure_rate": 0.5,
         "failure_ci95": pytest.approx(list(wilson_interval(3, 6))),
     }
+    # Failing Stage B says why with the numbers: same boundary, no sensitivity, one depth (no deep rate).
+    (reason,) = verdict.stage_b.arch.reason_codes
+    assert reason.code == "not_beyond" and reason.boundary.lr == reason.control_boundary.lr == 1e-3
+    assert reason_text(reason) == "boundary lr 0.001 / depth not swept not beyond the control's 0.001 / not swept"
 
 
 def test_verdict_inconclusive_when_the_control_never_failed() -> None:
     groups = [arm("control", 10, 0, 0.050), arm("arch", 10, 0, 0.040), arm("opt", 10, 0, 0.050)]
     verdict = decide(groups)
-    assert verdict["outcome"] == "inconclusive"
-    assert verdict["stage_a"]["arch"]["passes"] is None
-    assert verdict["stage_a"]["arch"]["checks"]["lower_failure_rate"] is None
-    assert any("never failed in 10 runs" in step and "fnostab shootout --lrs" in step for step in verdict["next_steps"])
+    assert verdict.outcome == "inconclusive"
+    assert verdict.stage_a.arch.passes is None
+    assert verdict.stage_a.arch.checks.lower_failure_rate is None
+    assert [s.code for s in verdict.next_step_codes] == [
+        "reproduce_instability",
+        "run_stage_b",
+        "add_seeds_for_failure_rate",
+    ]
+    assert verdict.next_step_codes[0].n == 10
+    steps = next_steps(verdict)
+    assert "never failed in 10 runs" in steps[0] and "fnostab shootout --lrs" in steps[0]
 
 
 def test_verdict_inconclusive_when_the_control_never_failed_even_if_both_fixes_lose() -> None:
     groups = [arm("control", 2, 0, 0.227), arm("arch", 2, 0, 0.234), arm("opt", 2, 2, None)]
     verdict = decide(groups)
-    assert verdict["stage_a"]["arch"]["passes"] is False and verdict["stage_a"]["opt"]["passes"] is False
-    assert verdict["outcome"] == "inconclusive"
+    assert verdict.stage_a.arch.passes is False and verdict.stage_a.opt.passes is False
+    assert verdict.outcome == "inconclusive"
 
 
 def test_verdict_inconclusive_when_a_role_arm_crashed() -> None:
@@ -429,29 +553,119 @@ def test_verdict_inconclusive_when_a_role_arm_crashed() -> None:
         2,
         0.05,
         failures_by_status={"error": 2},
-        runs=[{"status": "error", "failure": {"reason": "ValueError: bad clip"}}],
+        runs=[run_entry(0, "error", reason="ValueError: bad clip")],
     )
     verdict = decide([arm("control", 10, 4, 0.05), arm("arch", 10, 0, 0.06), crashed])
-    assert verdict["outcome"] == "inconclusive"
-    assert "Fix the error of opt and rerun its runs: ValueError: bad clip" in verdict["next_steps"]
+    assert verdict.outcome == "inconclusive"
+    assert [n.code for n in verdict.note_codes][0] == "crashed" and verdict.note_codes[0].label == "opt"
+    assert "Fix the error of opt and rerun its runs: ValueError: bad clip" in next_steps(verdict)
 
 
 def test_verdict_pivot_when_both_fixes_lose_stage_a_to_a_failing_control() -> None:
     groups = [arm("control", 10, 3, 0.05), arm("arch", 10, 1, 0.06), arm("opt", 10, 5, 0.05)]
-    assert decide(groups)["outcome"] == "pivot"
+    assert decide(groups).outcome == "pivot"
 
 
 def test_verdict_inconclusive_when_stage_b_was_not_measured() -> None:
     groups = [arm("control", 10, 4, 0.050), arm("arch", 10, 0, 0.040), arm("opt", 10, 4, 0.050)]
     verdict = decide(groups)
-    assert verdict["outcome"] == "inconclusive" and verdict["stage_a"]["arch"]["passes"] is True
-    assert any("Stage B was not measured" in step for step in verdict["next_steps"])
+    assert verdict.outcome == "inconclusive" and verdict.stage_a.arch.passes is True
+    assert any("Stage B was not measured" in step for step in next_steps(verdict))
 
 
 def test_verdict_finds_the_control_by_architecture_when_no_arm_is_named_control() -> None:
-    groups = [dict(arm("control", 10, 4, 0.05), arm="hybrid/none", label="hybrid/none"), arm("arch", 10, 0, 0.04)]
-    assert decide(groups)["stage_a"]["roles"]["control"] == "hybrid/none"
-    assert decide([arm("arch", 10, 0, 0.04)])["outcome"] == "inconclusive"
+    groups = [arm("control", 10, 4, 0.05, arm="hybrid/none", label="hybrid/none"), arm("arch", 10, 0, 0.04)]
+    assert decide(groups).stage_a.roles.control == "hybrid/none"
+    assert decide([arm("arch", 10, 0, 0.04)]).outcome == "inconclusive"
+
+
+def test_the_verdict_paragraph_is_rendered_from_its_data() -> None:
+    """The explanation is words around the numbers in the data: change a number, the sentence follows."""
+    groups = [arm("control", 10, 4, 0.050), arm("arch", 10, 0, 0.060), arm("opt", 10, 1, 0.054)]
+    verdict = decide(groups)
+    assert explanation(verdict) == (
+        "Outcome silver: stable_hybrid fails, AGC lowers the failure rate without a >10% median-loss regression: "
+        "AGC becomes the mandatory training policy for FNO models. "
+        "Stage A: control failed 4/10 (40%, 95% CI 17%–69%), median best val loss 0.05. "
+        "arch failed 0/10 (0%, 95% CI 0%–28%), median best val loss 0.06: it fails Stage A "
+        "(median best val loss 0.06 does not beat the control's 0.05). "
+        "opt failed 1/10 (10%, 95% CI 2%–40%), median best val loss 0.054: it passes Stage A. "
+        "Stage B (depth/LR stress) was not measured. "
+        "Note: the 95% failure-rate intervals of arch (Stage A), opt (Stage A) overlap the control's: "
+        "the difference is within seed noise at this number of runs."
+    )
+    verdict.stage_a.control = verdict.stage_a.control.model_copy(update={"failures": 5, "n": 12})
+    assert "control failed 5/12" in explanation(verdict)
+
+
+def test_every_code_has_a_sentence() -> None:
+    """A code added to the data without a sentence would print nothing: each one must render."""
+    from typing import get_args
+
+    from fnostab.report import document as doc
+    from fnostab.report.verdict_text import next_step_text, note_text
+
+    boundary = doc.Boundary(lr=1e-3, depth=None, lr_swept=True, depth_swept=False)
+    figure = doc.SensitivityFigure(mean=0.2, ci95=None)
+    values: dict[str, Any] = {
+        "role": "arch",
+        "failures": 0,
+        "n": 3,
+        "names": ["a"],
+        "control_names": ["b"],
+        "rate": 0.5,
+        "control_rate": 0.25,
+        "loss": 0.1,
+        "control_loss": 0.2,
+        "tolerance": 0.1,
+        "sensitivity": figure,
+        "control_sensitivity": figure,
+        "boundary": boundary,
+        "control_boundary": boundary,
+        "deep_depth": 4,
+        "deep_rate": 0.5,
+        "control_deep_rate": 0.25,
+        "lrs": [0.01],
+        "label": "opt",
+        "checks": [{"role": "arch", "stage": "A"}],
+        "roles": ["opt"],
+        "largest_lr": 0.1,
+        "seeds": 7,
+        "reason": None,
+    }
+    for union, render in ((doc.Reason, reason_text), (doc.Note, note_text), (doc.NextStep, next_step_text)):
+        for kind in get_args(get_args(union)[0]):
+            wanted = {k: v for k, v in values.items() if k in kind.model_fields}
+            text = render(kind(**wanted))
+            assert text and "{" not in text, kind.__name__
+
+
+def test_summary_json_keeps_the_codes_and_their_text(shootout: Path) -> None:
+    document = summarize([shootout], plots=False)
+    on_disk = json.loads((shootout / "summary.json").read_text())["verdict"]
+    assert on_disk["notes"] == [note_text(n) for n in document.verdict.note_codes]
+    assert on_disk["next_steps"] == next_steps(document.verdict)
+    assert on_disk["explanation"] == explanation(document.verdict)
+    assert [n["code"] for n in on_disk["note_codes"]] == [n.code for n in document.verdict.note_codes]
+    arch_a = on_disk["stage_a"]["arch"]
+    assert arch_a["reasons"] == [reason_text(r) for r in document.verdict.stage_a.arch.reason_codes]
+    # The text keys are derived: a reader may edit them, the model reads the codes.
+    data = json.loads((shootout / "summary.json").read_text())
+    data["verdict"]["explanation"] = "edited"
+    assert SummaryDocument.model_validate(data).verdict == document.verdict
+
+
+def test_a_summary_with_a_renamed_key_does_not_read(shootout: Path, tmp_path: Path) -> None:
+    summarize([shootout], plots=False)
+    data = json.loads((shootout / "summary.json").read_text())
+    data["arms"][0]["failure_count"] = data["arms"][0].pop("failures")
+    (tmp_path / "summary.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"arms\.0\.failures: Field required"):
+        read_summary(tmp_path / "summary.json")
+    data["schema"] = "fnostab.summary/1"
+    (tmp_path / "summary.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match="expected a summary of schema fnostab.summary/2, found 'fnostab.summary/1'"):
+        read_summary(tmp_path / "summary.json")
 
 
 # ---------------------------------------------------------------------------------- stress grid
@@ -485,7 +699,7 @@ def test_stress_boundary_from_hand_made_stress_runs(tmp_path: Path) -> None:
             )
             write_run(root / f"runs/control/d{depth}-lr{lr:g}/seed-{seed}", result)
     document, _ = build_summary(collect([root]))
-    stress = document["stress"]
+    stress = document.stress.model_dump()
     boundaries = stress["arms"][0]
     assert boundaries["lr_by_depth"] == [
         {"depth": 4, "lr": 1e-3, "infeasible": False},
@@ -508,14 +722,17 @@ def test_stress_boundary_from_hand_made_stress_runs(tmp_path: Path) -> None:
     assert (
         stress["infeasible"][0]["params"] == 4_417_975_522 and stress["infeasible"][0]["total_bytes"] == 141_375_216_704
     )
-    assert arm_of(document, "control@d4-lr0.01")["failure_rate"] == 0.5
+    assert arm_of(document, "control@d4-lr0.01").failure_rate == 0.5
     # Infeasible runs never trained, so they have no time to failure.
-    assert arm_of(document, "control@d8-lr0.001")["time_to_failure"]["steps"] == []
-    assert document["verdict"]["outcome"] == "inconclusive"  # only the control was stressed
+    assert arm_of(document, "control@d8-lr0.001").time_to_failure.steps == []
+    assert document.verdict.outcome == "inconclusive"  # only the control was stressed
 
 
 def test_stress_boundaries_compare_arms_on_a_shared_grid() -> None:
-    cells = [cell("control", 4, 1e-3, 2, 0), cell("control", 4, 1e-2, 2, 1), cell("control", 8, 1e-3, 2, 0)]
+    cells = [
+        c.model_dump()
+        for c in (cell("control", 4, 1e-3, 2, 0), cell("control", 4, 1e-2, 2, 1), cell("control", 8, 1e-3, 2, 0))
+    ]
     # lr 1e-2 fails even at depth 4
     assert stress_boundaries(cells)["boundary"] == {"lr": 1e-3, "depth": None, "lr_swept": True, "depth_swept": True}
     # restricted to one lr, the lr axis is not swept: only the depth boundary remains
@@ -539,8 +756,8 @@ def test_gates_pass_and_fail_on_per_arm_numbers(shootout: Path) -> None:
             "best_val_loss[opt]<1e-1",
         )
     ]
-    results = evaluate_gates(gates, document["arms"])
-    verdicts = {(r["gate"], r["arm"]): (r["value"], r["passed"]) for r in results}
+    results = evaluate_gates(gates, document.arms)
+    verdicts = {(r.gate, r.arm): (r.value, r.passed) for r in results}
     assert verdicts[("failure_rate<=0.5", "control")] == (0.5, True)
     assert verdicts[("failure_rate<=0.5", "opt")] == (pytest.approx(1 / 3), True)
     assert verdicts[("failure_rate[control] < 0.5", "control")] == (0.5, False)
@@ -551,8 +768,8 @@ def test_gates_pass_and_fail_on_per_arm_numbers(shootout: Path) -> None:
 
 def test_a_gate_without_a_value_fails(shootout: Path) -> None:
     document, _ = build_summary(collect([shootout / "runs/opt/seed-2"]))  # the only run diverged: no median
-    [result] = evaluate_gates([parse_gate("best_val_loss<1")], document["arms"])
-    assert result["value"] is None and result["passed"] is False
+    [result] = evaluate_gates([parse_gate("best_val_loss<1")], document.arms)
+    assert result.value is None and result.passed is False
 
 
 @pytest.mark.parametrize(
@@ -590,12 +807,17 @@ def test_an_axis_with_one_tested_value_has_no_boundary_and_says_not_swept() -> N
     from fnostab.report.verdict import stage_b_check
 
     cells = [
-        {"arm": arm, "depth": 2, "lr": lr, "n": 1, "failures": int(lr > limit), "infeasible": False}
-        for arm, limit in (("control", 1e-2), ("arch", 3e-2))
+        cell(name, 2, lr, 1, int(lr > limit))
+        for name, limit in (("control", 1e-2), ("arch", 3e-2))
         for lr in (1e-3, 1e-2, 3e-2, 1e-1)
     ]
-    bounds = stress_boundaries([c for c in cells if c["arm"] == "control"])["boundary"]
+    bounds = stress_boundaries([c.model_dump() for c in cells if c.arm == "control"])["boundary"]
     assert bounds == {"lr": 1e-2, "depth": None, "lr_swept": True, "depth_swept": False}
     check = stage_b_check("arch", cells, "control", "arch")
-    assert check["checks"]["lr_beyond"] is True and check["checks"]["depth_beyond"] is None
-    assert check["passes"] is True
+    assert check.checks.lr_beyond is True and check.checks.depth_beyond is None
+    assert check.passes is True
+    sentence = explanation(decide([], grid_section(cells)))
+    assert (
+        "On the grid arch has stability boundary lr 0.03, depth not swept (control: lr 0.01, depth not swept)"
+        in sentence
+    )

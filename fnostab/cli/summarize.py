@@ -1,4 +1,4 @@
-"""``fnostab summarize``: run dirs → summary.json, summary.md, plots, the seed-002 verdict and CI gates."""
+"""``fnostab summarize``: run dirs → summary.json, summary.md, plots, the verdict and CI gates."""
 
 from __future__ import annotations
 
@@ -40,15 +40,15 @@ def summarize_command(
     output = Output(json_mode=json_output, quiet=quiet)
     gates = parse_gates(fail_on or [])  # a malformed gate is exit 2 before any work
     document = summarize(paths, out_dir=out, threshold=grad_norm_threshold, gates=gates)
-    output.log(f"summarized {document['runs']['finished']} runs into {document['out_dir']}")
-    for run_dir in document["runs"]["unfinished"]:
+    output.log(f"summarized {document.runs.finished} runs into {document.out_dir}")
+    for run_dir in document.runs.unfinished:
         output.log(f"skipped unfinished run (no result.json): {run_dir}")
-    for warning in document["warnings"]:
+    for warning in document.warnings:
         output.warn(warning)
-    for name, why in document["plots"]["skipped"].items():
+    for name, why in document.plots.skipped.items():
         output.log(f"plot {name} skipped: {why}")
-    output.result(format_terminal(document), document)
-    failed = [entry for entry in document["gates"] if entry["passed"] is False]
+    output.result(format_terminal(document), document.to_json())
+    failed = [entry for entry in document.gates if entry.passed is False]
     for entry in failed:
         output.warn(f"gate failed: {describe_failure(entry)}")
     if failed:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -20,6 +20,9 @@ from fnostab.cli.common import (
 from fnostab.config import DEFAULT_PRESET
 from fnostab.errors import InputError
 from fnostab.io import check_out_dir
+
+if TYPE_CHECKING:
+    from fnostab.report.document import SummaryDocument
 
 SWEEP_PANEL = "Sweep"
 EXEC_PANEL = "Execution"
@@ -61,11 +64,11 @@ def _overrides(**values: Any) -> dict[str, dict[str, Any]]:
     return {"model": model, "train": train}
 
 
-def _finish(output: Output, summary: dict[str, Any], sweep_dir: Path) -> None:
+def _finish(output: Output, summary: SummaryDocument, sweep_dir: Path) -> None:
     from fnostab.report import format_terminal
 
     text = format_terminal(summary) + f"\n\nfull summary: {sweep_dir / 'summary.md'}"
-    output.result(text, summary)
+    output.result(text, summary.to_json())
 
 
 @command

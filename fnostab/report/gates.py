@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from fnostab.errors import InputError
+from fnostab.report.document import ArmSummary, GateResult
 
 GATE_METRICS: dict[str, str] = {
     "failure_rate": "failed runs / runs (point estimate)",
@@ -87,31 +87,31 @@ def parse_gates(texts: Iterable[str]) -> list[Gate]:
     return [parse_gate(text) for text in texts]
 
 
-def gate_value(group: Mapping[str, Any], metric: str) -> float | None:
+def gate_value(group: ArmSummary, metric: str) -> float | None:
     """The number a gate compares, read from one per-arm entry of the summary."""
     if metric in ("failure_rate", "failures", "n"):
-        return group[metric]
+        return getattr(group, metric)
     if metric.startswith("grad_norm_"):
-        return (group.get("grad_norm") or {}).get(metric.removeprefix("grad_norm_"))
-    return ((group.get("metrics") or {}).get(metric) or {}).get("median")
+        return getattr(group.grad_norm, metric.removeprefix("grad_norm_"))
+    return group.metrics.get(metric).median
 
 
-def _targets(gate: Gate, groups: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def _targets(gate: Gate, groups: Sequence[ArmSummary]) -> list[ArmSummary]:
     if gate.arm is None:
         return list(groups)
-    return [g for g in groups if gate.arm in (g["arm"], g["label"])]
+    return [g for g in groups if gate.arm in (g.arm, g.label)]
 
 
-def check_arms(gates: Sequence[Gate], groups: Sequence[Mapping[str, Any]]) -> None:
+def check_arms(gates: Sequence[Gate], groups: Sequence[ArmSummary]) -> None:
     """InputError for a gate naming an arm the summary does not have (before anything is written)."""
     for gate in gates:
         if not _targets(gate, groups):
-            arms = sorted({g["arm"] for g in groups})
+            arms = sorted({g.arm for g in groups})
             raise InputError(f"--fail-on {gate.text!r}: no arm {gate.arm!r} in these runs; arms: {', '.join(arms)}")
 
 
-def evaluate_gates(gates: Sequence[Gate], groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (gate, arm): ``{gate, metric, arm, op, threshold, value, passed}``.
+def evaluate_gates(gates: Sequence[Gate], groups: Sequence[ArmSummary]) -> list[GateResult]:
+    """One entry per (gate, arm).
 
     ``passed`` is None (skipped) for a group where no run started (all infeasible): there is
     nothing to hold a gate against, and an unstartable plan is not a failed run.
@@ -122,23 +122,20 @@ def evaluate_gates(gates: Sequence[Gate], groups: Sequence[Mapping[str, Any]]) -
         for group in _targets(gate, groups):
             value = gate_value(group, gate.metric)
             results.append(
-                {
-                    "gate": gate.text,
-                    "metric": gate.metric,
-                    "arm": group["label"],
-                    "op": gate.op,
-                    "threshold": gate.threshold,
-                    "value": value,
-                    "passed": gate.holds(value) if group["n"] > 0 else None,
-                }
+                GateResult(
+                    gate=gate.text,
+                    metric=gate.metric,
+                    arm=group.label,
+                    op=gate.op,
+                    threshold=gate.threshold,
+                    value=value,
+                    passed=gate.holds(value) if group.n > 0 else None,
+                )
             )
     return results
 
 
-def describe_failure(entry: Mapping[str, Any]) -> str:
+def describe_failure(entry: GateResult) -> str:
     """``failure_rate[control] = 0.6, required <= 0.5`` for a failed gate entry."""
-    value = "missing" if entry["value"] is None else f"{entry['value']:.4g}"
-    return (
-        f"{entry['metric']}[{entry['arm']}] = {value}, required {entry['op']} {entry['threshold']:g} "
-        f"(gate {entry['gate']!r})"
-    )
+    value = "missing" if entry.value is None else f"{entry.value:.4g}"
+    return f"{entry.metric}[{entry.arm}] = {value}, required {entry.op} {entry.threshold:g} (gate {entry.gate!r})"

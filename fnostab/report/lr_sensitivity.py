@@ -18,6 +18,10 @@ is left out with the reason, rather than scored as if it had trained.
 
 Each seed gives one sensitivity (its scores on the grid minus ℓ*); the arm's figure is their mean,
 with a 95% Student-t interval over seeds (none from a single seed).
+
+The functions here return plain numbers (dicts); the summary types them as
+:class:`fnostab.report.document.LrSensitivity`, which :func:`separated` and
+:func:`seeds_to_separate` read.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fnostab.report.document import RunEntry, SensitivityScores
 
 # Statuses whose final loss is scored at ℓ0: instabilities, the thing LR sensitivity measures.
 SCORED_AT_INITIAL = ("diverged", "collapsed")
@@ -166,37 +173,34 @@ def lr_sensitivities(points_by_arm: Mapping[str, Iterable[LrPoint]]) -> dict[str
     return out
 
 
-def points_from_runs(runs: Iterable[Mapping[str, Any]], lr: float) -> list[LrPoint]:
-    """LrPoints from a summary group's ``runs`` entries (``seed, status, final_val_loss, initial_val_loss``)."""
-    return [
-        LrPoint(run.get("seed"), float(lr), run["status"], run.get("final_val_loss"), run.get("initial_val_loss"))
-        for run in runs
-    ]
+def points_from_runs(runs: Iterable[RunEntry], lr: float) -> list[LrPoint]:
+    """LrPoints from a summary group's run entries (``seed, status, final_val_loss, initial_val_loss``)."""
+    return [LrPoint(run.seed, float(lr), run.status, run.final_val_loss, run.initial_val_loss) for run in runs]
 
 
-def separated(fix: Mapping[str, Any] | None, control: Mapping[str, Any] | None) -> bool | None:
+def separated(fix: SensitivityScores | None, control: SensitivityScores | None) -> bool | None:
     """Is the fix's sensitivity below the control's beyond seed noise (95% intervals apart)?
 
     None when either has no interval (a single seed, or no complete seed).
     """
-    if not fix or not control or fix.get("ci95") is None or control.get("ci95") is None:
+    if fix is None or control is None or fix.ci95 is None or control.ci95 is None:
         return None
-    return fix["ci95"][1] < control["ci95"][0]
+    return fix.ci95[1] < control.ci95[0]
 
 
-def seeds_to_separate(fix: Mapping[str, Any], control: Mapping[str, Any], limit: int = 50) -> int | None:
+def seeds_to_separate(fix: SensitivityScores, control: SensitivityScores, limit: int = 50) -> int | None:
     """Seeds per arm at which the two 95% intervals would no longer overlap, if the seed spread and the
     means stayed as measured; None when the fix is not lower, a spread is unknown, or over ``limit``."""
     from scipy.stats import t
 
-    def spread(entry: Mapping[str, Any]) -> float | None:
-        values = [seed["value"] for seed in entry.get("per_seed") or []]
+    def spread(entry: SensitivityScores) -> float | None:
+        values = [seed.value for seed in entry.per_seed]
         return _sample_sd(values) if len(values) >= 2 else None
 
     fix_sd, control_sd = spread(fix), spread(control)
-    if fix_sd is None or control_sd is None or fix.get("mean") is None or control.get("mean") is None:
+    if fix_sd is None or control_sd is None or fix.mean is None or control.mean is None:
         return None
-    gap = control["mean"] - fix["mean"]
+    gap = control.mean - fix.mean
     if gap <= 0:
         return None
     for n in range(2, limit + 1):

@@ -1,6 +1,7 @@
 """Text renderings of a summary document: summary.md and the compact terminal table.
 
 Both read only the document (never the runs), so what a person reads is what summary.json says.
+The verdict's sentences come from :mod:`fnostab.report.verdict_text`, as everywhere else.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fnostab.report import verdict_text
+from fnostab.report.document import ArmSummary, Boundary, MetricStats, StressSection, SummaryDocument
 from fnostab.training.failure import FAILURE_STATUSES
 
 
@@ -15,17 +18,17 @@ def _num(value: Any, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
-def _pct(value: Any) -> str:
-    return "—" if value is None else f"{100 * value:.0f}%"
+def _pct(value: float | None) -> str:
+    return verdict_text.pct(value, missing="—")
 
 
 def _ci(interval: Sequence[float]) -> str:
     return f"{_pct(interval[0])}–{_pct(interval[1])}"
 
 
-def _runs(group: Mapping[str, Any]) -> str:
-    infeasible = group.get("n_infeasible") or 0
-    return f"{group['n']} (+{infeasible} infeasible)" if infeasible else str(group["n"])
+def _runs(group: ArmSummary) -> str:
+    infeasible = group.n_infeasible
+    return f"{group.n} (+{infeasible} infeasible)" if infeasible else str(group.n)
 
 
 def _gate_mark(passed: bool | None) -> str:
@@ -36,15 +39,15 @@ def _statuses(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{s} {counts[s]}" for s in FAILURE_STATUSES if counts.get(s)) or "—"
 
 
-def _metric(entry: Mapping[str, Any], *, iqr: bool = True, baseline: bool = True) -> str:
-    if entry["median"] is None:
+def _metric(entry: MetricStats, *, iqr: bool = True, baseline: bool = True) -> str:
+    if entry.median is None:
         text = "—"
-    elif iqr and entry["n"] > 1:
-        text = f"{_num(entry['median'])} [{_num(entry['p25'])}–{_num(entry['p75'])}]"
+    elif iqr and entry.n > 1:
+        text = f"{_num(entry.median)} [{_num(entry.p25)}–{_num(entry.p75)}]"
     else:
-        text = _num(entry["median"])
-    if baseline and entry.get("baseline_median") is not None:
-        text += f" (const {_num(entry['baseline_median'], 3)})"
+        text = _num(entry.median)
+    if baseline and entry.baseline_median is not None:
+        text += f" (const {_num(entry.baseline_median, 3)})"
     return text
 
 
@@ -59,18 +62,11 @@ def _steps_list(values: Sequence[Any], limit: int = 12) -> str:
     return shown + (f", … ({len(values)} in all)" if len(values) > limit else "")
 
 
-def _verdict_lines(verdict: Mapping[str, Any]) -> list[str]:
-    lines = [f"## Verdict: **{verdict['outcome']}**", "", verdict["decision"], "", verdict["explanation"], ""]
-    if verdict["next_steps"]:
-        lines += ["Next steps:", ""] + [f"- {step}" for step in verdict["next_steps"]] + [""]
-    return lines
-
-
-def _boundary(boundary: Mapping[str, Any], axis: str) -> str:
-    """One axis of a stress boundary: its value, — (unstable already at the smallest), or not swept."""
-    if not boundary.get(f"{axis}_swept", True):
+def _boundary(boundary: Boundary, axis: str) -> str:
+    """One axis of a stress boundary in a table: its value, — (unstable already at the smallest), or not swept."""
+    if not getattr(boundary, f"{axis}_swept"):
         return "not swept"
-    return _num(boundary[axis])
+    return _num(getattr(boundary, axis))
 
 
 def _interval(interval: Sequence[float] | None) -> str:
@@ -91,29 +87,23 @@ def _sensitivity_header() -> list[str]:
     ]
 
 
-def _sensitivity_rows(stress: Mapping[str, Any]) -> list[list[str]]:
+def _sensitivity_rows(stress: StressSection) -> list[list[str]]:
     """One row per arm and depth: its LR sensitivity (both ℓ*) beside its stable-LR boundary."""
-    boundaries = {
-        (e["arm"], e["depth"]): e["lr"]
-        for a in stress["arms"]
-        for e in [{"arm": a["arm"], **d} for d in a["lr_by_depth"]]
-    }
+    boundaries = {(a.arm, d.depth): d.lr for a in stress.arms for d in a.lr_by_depth}
     rows = []
-    for entry in stress.get("lr_sensitivity") or []:
-        common = entry.get("common") or {}
-        grid = entry["grid"]
+    for entry in stress.lr_sensitivity:
+        common, grid = entry.common, entry.grid
         rows.append(
             [
-                entry["arm"],
-                str(entry["depth"]),
+                entry.arm,
+                str(entry.depth),
                 f"{_num(grid[0])} … {_num(grid[-1])} ({len(grid)})",
-                str(entry["n_seeds"])
-                + (f" (+{len(entry['excluded_seeds'])} left out)" if entry["excluded_seeds"] else ""),
-                _num(boundaries.get((entry["arm"], entry["depth"]))),
-                f"{_num(entry['mean'], 3)} {_interval(entry['ci95'])}",
-                _num(entry["best_loss"]),
-                f"{_num(common.get('mean'), 3)} {_interval(common.get('ci95'))}",
-                _num(common.get("best_loss")),
+                str(entry.n_seeds) + (f" (+{len(entry.excluded_seeds)} left out)" if entry.excluded_seeds else ""),
+                _num(boundaries.get((entry.arm, entry.depth))),
+                f"{_num(entry.mean, 3)} {_interval(entry.ci95)}",
+                _num(entry.best_loss),
+                f"{_num(common.mean, 3)} {_interval(common.ci95)}",
+                _num(common.best_loss),
             ]
         )
     return rows
@@ -127,28 +117,28 @@ SENSITIVITY_NOTE = (
 )
 
 
-def _stress_lines(stress: Mapping[str, Any]) -> list[str]:
+def _stress_lines(stress: StressSection) -> list[str]:
     lines = ["## Learning-rate and depth grid", ""]
-    if stress.get("lr_sensitivity"):
+    if stress.lr_sensitivity:
         lines += ["### LR sensitivity and stable-LR boundary", "", SENSITIVITY_NOTE, ""]
         lines += _table(_sensitivity_header(), _sensitivity_rows(stress))
-        excluded = [(e["arm"], x) for e in stress["lr_sensitivity"] for x in e["excluded_seeds"]]
-        lines += [f"- {arm} seed {x['seed']} left out: {'; '.join(x['reasons'])}" for arm, x in excluded]
+        excluded = [(e.arm, x) for e in stress.lr_sensitivity for x in e.excluded_seeds]
+        lines += [f"- {arm} seed {x.seed} left out: {'; '.join(x.reasons)}" for arm, x in excluded]
         lines += [""] if excluded else []
     lines += ["### Cells", ""]
     lines += _table(
         ["arm", "depth", "lr", "runs", "failed", "statuses", "stable"],
         [
             [
-                c["arm"],
-                c["depth"],
-                _num(c["lr"]),
-                c["n"] + c["n_infeasible"],
-                c["failures"],
-                ", ".join(f"{k} {v}" for k, v in c["statuses"].items()),
-                "infeasible" if c["infeasible"] else ("yes" if c["stable"] else "no"),
+                c.arm,
+                c.depth,
+                _num(c.lr),
+                c.n + c.n_infeasible,
+                c.failures,
+                ", ".join(f"{k} {v}" for k, v in c.statuses.items()),
+                "infeasible" if c.infeasible else ("yes" if c.stable else "no"),
             ]
-            for c in stress["cells"]
+            for c in stress.cells
         ],
     )
     lines += [
@@ -161,41 +151,39 @@ def _stress_lines(stress: Mapping[str, Any]) -> list[str]:
         ["arm", "boundary lr", "boundary depth", "largest stable lr per depth", "largest stable depth per lr"],
         [
             [
-                a["arm"],
-                _boundary(a["boundary"], "lr"),
-                _boundary(a["boundary"], "depth"),
-                "; ".join(
-                    f"d{e['depth']}: {'infeasible' if e['infeasible'] else _num(e['lr'])}" for e in a["lr_by_depth"]
-                ),
-                "; ".join(f"lr {_num(e['lr'])}: {_num(e['depth'])}" for e in a["depth_by_lr"]),
+                a.arm,
+                _boundary(a.boundary, "lr"),
+                _boundary(a.boundary, "depth"),
+                "; ".join(f"d{e.depth}: {'infeasible' if e.infeasible else _num(e.lr)}" for e in a.lr_by_depth),
+                "; ".join(f"lr {_num(e.lr)}: {_num(e.depth)}" for e in a.depth_by_lr),
             ]
-            for a in stress["arms"]
+            for a in stress.arms
         ],
     )
-    if stress["infeasible"]:
+    if stress.infeasible:
         lines += ["Infeasible configurations (memory plan over the limit; nothing was allocated):", ""]
         lines += _table(
             ["arm", "depth", "lr", "seeds", "params", "total bytes", "geometry error", "reason"],
             [
                 [
-                    i["arm"],
-                    i["depth"],
-                    _num(i["lr"]),
-                    len(i["seeds"]),
-                    "—" if i["params"] is None else f"{i['params']:,}",
-                    "—" if i["total_bytes"] is None else f"{i['total_bytes']:,}",
-                    i["geometry_error"] or "—",
-                    i["reason"] or "—",
+                    i.arm,
+                    i.depth,
+                    _num(i.lr),
+                    len(i.seeds),
+                    "—" if i.params is None else f"{i.params:,}",
+                    "—" if i.total_bytes is None else f"{i.total_bytes:,}",
+                    i.geometry_error or "—",
+                    i.reason or "—",
                 ]
-                for i in stress["infeasible"]
+                for i in stress.infeasible
             ],
         )
     return lines
 
 
-def _first_signal_lines(groups: Sequence[Mapping[str, Any]]) -> list[str]:
+def _first_signal_lines(groups: Sequence[ArmSummary]) -> list[str]:
     """Why runs failed: each arm's diverged/collapsed runs counted by first precursor signal, then one line per run."""
-    failed = [g for g in groups if g.get("failures_by_first_signal")]
+    failed = [g for g in groups if g.failures_by_first_signal]
     if not failed:
         return []
     lines = [
@@ -210,25 +198,25 @@ def _first_signal_lines(groups: Sequence[Mapping[str, Any]]) -> list[str]:
         ["arm", "failed runs", "by first signal"],
         [
             [
-                g["label"],
-                sum(g["failures_by_first_signal"].values()),
-                ", ".join(f"{name} {count}" for name, count in g["failures_by_first_signal"].items()),
+                g.label,
+                sum(g.failures_by_first_signal.values()),
+                ", ".join(f"{name} {count}" for name, count in g.failures_by_first_signal.items()),
             ]
             for g in failed
         ],
     )
     rows = [
         [
-            g["label"],
-            f"`{r['dir']}`",
+            g.label,
+            f"`{r.dir}`",
             e["event"],
             e["event_step"],
             e["text"] or "—",
             "—" if e["steps_before_event"] is None else e["steps_before_event"],
         ]
         for g in failed
-        for r in g["runs"]
-        for e in [r.get("explanation")]
+        for r in g.runs
+        for e in [r.explanation]
         if e and e.get("event")
     ]
     if rows:
@@ -236,51 +224,51 @@ def _first_signal_lines(groups: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def render_markdown(document: Mapping[str, Any]) -> str:
+def render_markdown(document: SummaryDocument) -> str:
     """summary.md: verdict first, then failures, time to failure, quality, gradients, stress, gates."""
-    groups = document["arms"]
-    threshold = document["grad_norm_threshold"]
-    runs = document["runs"]
+    groups = document.arms
+    threshold = document.grad_norm_threshold
+    runs = document.runs
     lines = ["# fnostab summary", ""]
-    gridsizes = document.get("gridsizes") or [1]
+    gridsizes = document.gridsizes or [1]
     lines.append(
-        f"Inputs: {', '.join(f'`{p}`' for p in document['inputs'])}. "
-        f"Gridsize {', '.join(map(str, gridsizes))}. {runs['finished']} finished runs"
-        + (f"; {len(runs['unfinished'])} unfinished run dirs skipped (no result.json)." if runs["unfinished"] else ".")
+        f"Inputs: {', '.join(f'`{p}`' for p in document.inputs)}. "
+        f"Gridsize {', '.join(map(str, gridsizes))}. {runs.finished} finished runs"
+        + (f"; {len(runs.unfinished)} unfinished run dirs skipped (no result.json)." if runs.unfinished else ".")
     )
-    lines += [""] + [f"- skipped, unfinished: `{p}`" for p in runs["unfinished"]] + ([""] if runs["unfinished"] else [])
-    lines += _verdict_lines(document["verdict"])
+    lines += [""] + [f"- skipped, unfinished: `{p}`" for p in runs.unfinished] + ([""] if runs.unfinished else [])
+    lines += verdict_text.markdown_lines(document.verdict)
 
     lines += ["## Failures", ""]
     lines += _table(
         ["arm", "runs", "failed", "failure rate", "95% Wilson CI", "by status"],
         [
             [
-                g["label"],
+                g.label,
                 _runs(g),
-                g["failures"],
-                _pct(g["failure_rate"]),
-                _ci(g["failure_ci95"]),
-                _statuses(g["failures_by_status"]),
+                g.failures,
+                _pct(g.failure_rate),
+                _ci(g.failure_ci95),
+                _statuses(g.failures_by_status),
             ]
             for g in groups
         ],
     )
     lines += ["## Time to failure", ""]
-    failed = [g for g in groups if g["time_to_failure"]["steps"]]
+    failed = [g for g in groups if g.time_to_failure.steps]
     if failed:
         lines += _table(
             ["arm", "failed runs", "steps", "step median (min–max)", "epoch median (min–max)"],
             [
                 [
-                    g["label"],
-                    len(g["time_to_failure"]["steps"]),
-                    _steps_list(g["time_to_failure"]["steps"]),
-                    f"{_num(t['step']['median'])} ({_num(t['step']['min'])}–{_num(t['step']['max'])})",
-                    f"{_num(t['epoch']['median'])} ({_num(t['epoch']['min'])}–{_num(t['epoch']['max'])})",
+                    g.label,
+                    len(t.steps),
+                    _steps_list(t.steps),
+                    f"{_num(t.step.median)} ({_num(t.step.min)}–{_num(t.step.max)})",
+                    f"{_num(t.epoch.median)} ({_num(t.epoch.min)}–{_num(t.epoch.max)})",
                 ]
                 for g in failed
-                for t in [g["time_to_failure"]]
+                for t in [g.time_to_failure]
             ],
         )
     else:
@@ -311,19 +299,19 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         ],
         [
             [
-                g["label"],
-                g["n_ok"],
-                _metric(g["metrics"]["best_val_loss"]),
-                _metric(g["metrics"]["best_val_loss_over_floor"], iqr=False),
+                g.label,
+                g.n_ok,
+                _metric(g.metrics.best_val_loss),
+                _metric(g.metrics.best_val_loss_over_floor, iqr=False),
             ]
-            + [_metric(g["metrics"][k]) for k in ("final_val_loss", "amp_ssim")]
-            + [_metric(g["metrics"]["amp_ssim_gain"], baseline=False)]
-            + [_metric(g["metrics"][k]) for k in ("amp_mae", "phase_ssim", "phase_aligned_ssim")]
+            + [_metric(g.metrics.get(k)) for k in ("final_val_loss", "amp_ssim")]
+            + [_metric(g.metrics.amp_ssim_gain, baseline=False)]
+            + [_metric(g.metrics.get(k)) for k in ("amp_mae", "phase_ssim", "phase_aligned_ssim")]
             for g in groups
         ],
     )
 
-    within = [e for e in document.get("seed_spread") or [] if e["within_spread"]]
+    within = [e for e in document.seed_spread if e.within_spread]
     if within:
         lines += [
             "Differences within seed spread (the interquartile ranges over seeds overlap, so the medians do "
@@ -331,8 +319,8 @@ def render_markdown(document: Mapping[str, Any]) -> str:
             "",
         ]
         lines += [
-            f"- {e['metric']}: {e['label']} {_num(e['median'])} [{_num(e['iqr'][0])}–{_num(e['iqr'][1])}] vs "
-            f"{e['control']} {_num(e['control_median'])} [{_num(e['control_iqr'][0])}–{_num(e['control_iqr'][1])}]"
+            f"- {e.metric}: {e.label} {_num(e.median)} [{_num(e.iqr[0])}–{_num(e.iqr[1])}] vs "
+            f"{e.control} {_num(e.control_median)} [{_num(e.control_iqr[0])}–{_num(e.control_iqr[1])}]"
             for e in within
         ] + [""]
     lines += [f"## Gradient norms (pre-clip global L2, logged steps in metrics.csv; threshold {threshold:g})", ""]
@@ -350,21 +338,21 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         ],
         [
             [
-                g["label"],
-                f"{gn['runs_with_series']}/{g['n']}",
-                gn["logged_steps"],
-                _num(gn["median"]),
-                _num(gn["p99"]),
-                _num(gn["max"]),
-                "—" if gn["max_run"] is None else f"step {gn['max_step']} of `{gn['max_run']}`",
-                _pct(gn["frac_above"]),
-                gn["nonfinite"],
+                g.label,
+                f"{gn.runs_with_series}/{g.n}",
+                gn.logged_steps,
+                _num(gn.median),
+                _num(gn.p99),
+                _num(gn.max),
+                "—" if gn.max_run is None else f"step {gn.max_step} of `{gn.max_run}`",
+                _pct(gn.frac_above),
+                gn.nonfinite,
             ]
             for g in groups
-            for gn in [g["grad_norm"]]
+            for gn in [g.grad_norm]
         ],
     )
-    blocks = [(g, r) for g in groups for r in g["runs"] if r.get("first_block_to_blow_up")]
+    blocks = [(g, r) for g in groups for r in g.runs if r.first_block_to_blow_up is not None]
     if blocks:
         lines += [
             "### First block to blow up (failed runs with per-block monitoring)",
@@ -378,46 +366,46 @@ def render_markdown(document: Mapping[str, Any]) -> str:
             ["arm", "run", "status", "block", "step", "norm / own earlier median", "crossed factor"],
             [
                 [
-                    g["label"],
-                    f"`{r['dir']}`",
-                    r["status"],
-                    b["block"],
-                    b["step"],
-                    _num(b["factor"], 3),
-                    f"{'yes' if b['crossed'] else 'no'} ({b['threshold_factor']:g}×)",
+                    g.label,
+                    f"`{r.dir}`",
+                    r.status,
+                    b.block,
+                    b.step,
+                    _num(b.factor, 3),
+                    f"{'yes' if b.crossed else 'no'} ({b.threshold_factor:g}×)",
                 ]
                 for g, r in blocks
-                for b in [r["first_block_to_blow_up"]]
+                for b in [r.first_block_to_blow_up]
             ],
         )
     lines += _first_signal_lines(groups)
-    if document.get("stress"):
-        lines += _stress_lines(document["stress"])
-    if document["gates"]:
+    if document.stress is not None:
+        lines += _stress_lines(document.stress)
+    if document.gates:
         lines += ["## Gates", ""]
         lines += _table(
             ["gate", "arm", "value", "passed"],
-            [[f"`{e['gate']}`", e["arm"], _num(e["value"]), _gate_mark(e["passed"])] for e in document["gates"]],
+            [[f"`{e.gate}`", e.arm, _num(e.value), _gate_mark(e.passed)] for e in document.gates],
         )
-    plots = document["plots"]
-    if plots["written"] or plots["skipped"]:
+    plots = document.plots
+    if plots.written or plots.skipped:
         lines += ["## Plots", ""]
-        lines += [f"![{name}]({name})" for name in plots["written"]]
-        lines += [f"- {name} not drawn: {why}" for name, why in plots["skipped"].items()] + [""]
-    if document["warnings"]:
-        lines += ["## Warnings", ""] + [f"- {w}" for w in document["warnings"]] + [""]
+        lines += [f"![{name}]({name})" for name in plots.written]
+        lines += [f"- {name} not drawn: {why}" for name, why in plots.skipped.items()] + [""]
+    if document.warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in document.warnings] + [""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _loss_with_floor(metrics: Mapping[str, Any]) -> str:
-    text = _num(metrics["best_val_loss"]["median"])
-    floor = metrics.get("best_val_loss_over_floor", {}).get("median")
+def _loss_with_floor(group: ArmSummary) -> str:
+    text = _num(group.metrics.best_val_loss.median)
+    floor = group.metrics.best_val_loss_over_floor.median
     return text + (f" ({floor:.0f}×)" if floor is not None else "")
 
 
-def format_summary_table(document: Mapping[str, Any]) -> str:
+def format_summary_table(document: SummaryDocument) -> str:
     """The compact per-arm table for a terminal: failures with CI, loss, SSIM vs constant, grad norms."""
-    threshold = document["grad_norm_threshold"]
+    threshold = document.grad_norm_threshold
     header = [
         "arm",
         "n",
@@ -431,20 +419,20 @@ def format_summary_table(document: Mapping[str, Any]) -> str:
         "max grad",
     ]
     rows = []
-    for g in document["arms"]:
-        metrics, grads = g["metrics"], g["grad_norm"]
+    for g in document.arms:
+        amp, phase, grads = g.metrics.amp_ssim, g.metrics.phase_ssim, g.grad_norm
         rows.append(
             [
-                g["label"],
+                g.label,
                 _runs(g),
-                str(g["failures"]),
-                f"{_pct(g['failure_rate'])} [{_ci(g['failure_ci95'])}]",
-                _statuses(g["failures_by_status"]),
-                _loss_with_floor(metrics),
-                f"{_num(metrics['amp_ssim']['median'], 3)} ({_num(metrics['amp_ssim']['baseline_median'], 3)})",
-                f"{_num(metrics['phase_ssim']['median'], 3)} ({_num(metrics['phase_ssim']['baseline_median'], 3)})",
-                _pct(grads["frac_above"]),
-                _num(grads["max"], 3),
+                str(g.failures),
+                f"{_pct(g.failure_rate)} [{_ci(g.failure_ci95)}]",
+                _statuses(g.failures_by_status),
+                _loss_with_floor(g),
+                f"{_num(amp.median, 3)} ({_num(amp.baseline_median, 3)})",
+                f"{_num(phase.median, 3)} ({_num(phase.baseline_median, 3)})",
+                _pct(grads.frac_above),
+                _num(grads.max, 3),
             ]
         )
     return _aligned(header, rows, left=(0, 3, 4))
@@ -462,47 +450,45 @@ def _aligned(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequenc
     return "\n".join([line(header), *(line(r) for r in rows)])
 
 
-def format_terminal(document: Mapping[str, Any]) -> str:
-    """Human output of ``fnostab summarize``: table, verdict, next steps, failed gates, files."""
-    verdict = document["verdict"]
+def format_terminal(document: SummaryDocument) -> str:
+    """Human output of ``fnostab summarize`` and the sweeps: table, verdict, next steps, failed gates, files."""
     lines = [format_summary_table(document)]
-    gridsizes = document.get("gridsizes") or [1]
+    gridsizes = document.gridsizes or [1]
     if gridsizes != [1]:
         lines.append(f"gridsize {', '.join(map(str, gridsizes))} (docs/gridsize.md)")
-    stress = document.get("stress")
-    if stress:
+    stress = document.stress
+    if stress is not None:
         lines.append("")
-        for entry in stress["arms"]:
-            infeasible = [str(e["depth"]) for e in entry["lr_by_depth"] if e["infeasible"]]
+        for entry in stress.arms:
+            infeasible = [str(e.depth) for e in entry.lr_by_depth if e.infeasible]
             lines.append(
-                f"grid {entry['arm']}: stable boundary lr {_boundary(entry['boundary'], 'lr')}, "
-                f"depth {_boundary(entry['boundary'], 'depth')}"
+                f"grid {entry.arm}: stable boundary lr {_boundary(entry.boundary, 'lr')}, "
+                f"depth {_boundary(entry.boundary, 'depth')}"
                 + (f"; infeasible at depth {', '.join(infeasible)}" if infeasible else "")
             )
         lines.append(
             "(boundary: largest value with every seed ok there and below, at every value of the other axis; "
             "— = unstable already at the smallest tested)"
         )
-        if stress.get("lr_sensitivity"):
+        if stress.lr_sensitivity:
             lines += [
                 "",
                 "LR sensitivity (mean over seeds [95% CI]; lower is more stable; failed runs score ℓ0):",
                 _aligned(_sensitivity_header(), _sensitivity_rows(stress)),
             ]
-    lines += ["", f"verdict: {verdict['outcome']}: {verdict['decision']}", verdict["explanation"]]
-    lines += [f"next: {step}" for step in verdict["next_steps"]]
-    unfinished = document["runs"]["unfinished"]
+    lines += [""] + verdict_text.terminal_lines(document.verdict)
+    unfinished = document.runs.unfinished
     if unfinished:
         lines.append(f"skipped {len(unfinished)} unfinished run dir(s) without result.json")
-    checked = [e for e in document["gates"] if e["passed"] is not None]
-    if document["gates"]:
-        passed = sum(1 for e in checked if e["passed"])
-        skipped = len(document["gates"]) - len(checked)
+    checked = [e for e in document.gates if e.passed is not None]
+    if document.gates:
+        passed = sum(1 for e in checked if e.passed)
+        skipped = len(document.gates) - len(checked)
         lines.append(
             f"gates: {passed}/{len(checked)} passed" + (f" ({skipped} skipped: no run started)" if skipped else "")
         )
-    if document.get("out_dir"):
-        lines.append(f"summary: {document['out_dir']}/summary.md, summary.json")
-        if document["plots"]["written"]:
-            lines.append(f"plots in {document['out_dir']}: {', '.join(document['plots']['written'])}")
+    if document.out_dir:
+        lines.append(f"summary: {document.out_dir}/summary.md, summary.json")
+        if document.plots.written:
+            lines.append(f"plots in {document.out_dir}: {', '.join(document.plots.written)}")
     return "\n".join(lines)

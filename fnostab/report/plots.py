@@ -33,6 +33,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fnostab.io import atomic_path
+from fnostab.report.document import ArmSummary, PlotsRecord, SummaryDocument
+from fnostab.report.verdict_text import sensitivity
 
 _COLOURS = (
     "tab:blue",
@@ -53,10 +55,10 @@ def _colour(index: int) -> str:
     return _COLOURS[index % len(_COLOURS)]
 
 
-def _groups(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _groups(document: SummaryDocument) -> list[ArmSummary]:
     """The arms the per-arm plots show: shootout arms when there are any (stress cells have their map)."""
-    arms = [g for g in document["arms"] if not g.get("grid_cell")]
-    return arms or list(document["arms"])
+    arms = [g for g in document.arms if not g.grid_cell]
+    return arms or list(document.arms)
 
 
 def _figure(width: float = 7.0, height: float = 4.5, *, bottom: float = 0.12, left: float = 0.11) -> Figure:
@@ -68,9 +70,9 @@ def _figure(width: float = 7.0, height: float = 4.5, *, bottom: float = 0.12, le
     return figure
 
 
-def plot_val_loss(document: Mapping[str, Any], traces: Any) -> Figure | str:
+def plot_val_loss(document: SummaryDocument, traces: Any) -> Figure | str:
     """Median validation loss per epoch with the min–max band across seeds, per arm."""
-    series = {g["label"]: [c for c in traces.val_losses.get(g["label"], []) if c] for g in _groups(document)}
+    series = {g.label: [c for c in traces.val_losses.get(g.label, []) if c] for g in _groups(document)}
     if not any(series.values()):
         return "no validation losses in any run"
     from matplotlib.ticker import MaxNLocator
@@ -102,17 +104,17 @@ def plot_val_loss(document: Mapping[str, Any], traces: Any) -> Figure | str:
         axes.plot(epochs, mid, color=colour, label=f"{label} (n={len(curves)})")
     if positive:
         axes.set_yscale("log")
-    names = sorted({n for g in _groups(document) for n in g["val_loss_names"]}) or ["val loss"]
+    names = sorted({n for g in _groups(document) for n in g.val_loss_names}) or ["val loss"]
     axes.set(xlabel="epoch", ylabel=" / ".join(names), title="Validation loss: median over seeds, band = min–max")
     axes.legend(fontsize="small")
     return figure
 
 
-def plot_grad_norm(document: Mapping[str, Any], traces: Any) -> Figure | str:
+def plot_grad_norm(document: SummaryDocument, traces: Any) -> Figure | str:
     """Pre-clip gradient norm per logged step: rolling median per arm, min–max band, spikes and failures marked."""
-    if not any(traces.grad_norms.get(g["label"]) for g in _groups(document)):
+    if not any(traces.grad_norms.get(g.label) for g in _groups(document)):
         return "no run logged grad_norm_preclip in metrics.csv (train with --log-grad-norm)"
-    threshold = document["grad_norm_threshold"]
+    threshold = document.grad_norm_threshold
     return _trace_figure(
         document,
         traces.grad_norms,
@@ -122,11 +124,11 @@ def plot_grad_norm(document: Mapping[str, Any], traces: Any) -> Figure | str:
     )
 
 
-def plot_train_loss(document: Mapping[str, Any], traces: Any) -> Figure | str:
+def plot_train_loss(document: SummaryDocument, traces: Any) -> Figure | str:
     """Training loss per step, drawn like the gradient norm (no threshold: spikes are relative)."""
-    if not any(traces.train_losses.get(g["label"]) for g in _groups(document)):
+    if not any(traces.train_losses.get(g.label) for g in _groups(document)):
         return "no run logged a per-step training loss in metrics.csv"
-    names = sorted({n.replace("_val_", "_train_") for g in _groups(document) for n in g["val_loss_names"]})
+    names = sorted({n.replace("_val_", "_train_") for g in _groups(document) for n in g.val_loss_names})
     return _trace_figure(
         document,
         traces.train_losses,
@@ -175,7 +177,7 @@ def _aligned(runs: list[tuple[list[int], list[float]]], log_axis: bool) -> tuple
 
 
 def _trace_figure(
-    document: Mapping[str, Any],
+    document: SummaryDocument,
     per_label: Mapping[str, list[tuple[list[int], list[float]]]],
     *,
     threshold: float | None,
@@ -189,7 +191,7 @@ def _trace_figure(
     from matplotlib.transforms import blended_transform_factory
 
     groups = _groups(document)
-    all_values = [v for g in groups for _, values in per_label.get(g["label"]) or [] for v in values]
+    all_values = [v for g in groups for _, values in per_label.get(g.label) or [] for v in values]
     finite = np.asarray([v for v in all_values if math.isfinite(v)])
     log_axis = finite.size > 0 and bool(finite.min() > 0)
     figure = _figure(10.0, 4.8, left=0.09)
@@ -201,7 +203,7 @@ def _trace_figure(
     spikes_seen = False
     for index, group in enumerate(groups):
         colour = _colour(index)
-        runs = [r for r in per_label.get(group["label"]) or [] if len(r[0])]
+        runs = [r for r in per_label.get(group.label) or [] if len(r[0])]
         if runs:
             steps, grid = _aligned(runs, log_axis)
             window = _window(len(steps))
@@ -228,10 +230,9 @@ def _trace_figure(
                         steps[spike], row[spike], s=16, color=colour, edgecolors="black", linewidths=0.5, zorder=3
                     )
         failures = [
-            (run["failure"]["step"], run["status"])
-            for run in group["runs"]
-            if run["status"] not in ("ok", "infeasible")
-            and isinstance((run.get("failure") or {}).get("step"), (int, float))
+            (run.failure["step"], run.status)
+            for run in group.runs
+            if run.status not in ("ok", "infeasible") and isinstance((run.failure or {}).get("step"), (int, float))
         ]
         for step, status in failures:
             statuses.add(status)
@@ -242,7 +243,7 @@ def _trace_figure(
                 [step], [0.97], transform=top, marker=marker, s=55, color=colour, zorder=4, clip_on=False, **outline
             )
         n_failed = len(failures)
-        label = f"{group['label']} ({len(runs)} runs" + (f", {n_failed} failed)" if n_failed else ")")
+        label = f"{group.label} ({len(runs)} runs" + (f", {n_failed} failed)" if n_failed else ")")
         handles.append(Line2D([], [], color=colour, linewidth=1.6, label=label))
     if threshold is not None:
         axes.axhline(threshold, color="black", linestyle="--", linewidth=0.8)
@@ -280,16 +281,16 @@ def _trace_figure(
     return figure
 
 
-def plot_ssim(document: Mapping[str, Any], traces: Any) -> Figure | str:
+def plot_ssim(document: SummaryDocument, traces: Any) -> Figure | str:
     """Amplitude and phase SSIM of successful runs per arm, with the constant baseline of each arm."""
     groups = _groups(document)
     points: dict[str, list[list[float]]] = {"amp_ssim": [], "phase_ssim": []}
     for key, per_group in points.items():
         for group in groups:
             values = []
-            for run in group["runs"]:
-                value = (run.get("metrics") or {}).get(key)
-                if run["status"] == "ok" and isinstance(value, (int, float)) and math.isfinite(value):
+            for run in group.runs:
+                value = getattr(run.metrics, key) if run.metrics is not None else None
+                if run.status == "ok" and isinstance(value, (int, float)) and math.isfinite(value):
                     values.append(value)
             per_group.append(values)
     any_point = any(values for per_group in points.values() for values in per_group)
@@ -303,26 +304,26 @@ def plot_ssim(document: Mapping[str, Any], traces: Any) -> Figure | str:
             values = points[key][index]
             x = index + np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.full(len(values), float(index))
             axes.scatter(x, values, color=_colour(index), s=18, zorder=3)
-            median = group["metrics"][key]["median"]
+            median = group.metrics.get(key).median
             if median is not None:
                 axes.hlines(median, index - 0.3, index + 0.3, color=_colour(index), linewidth=2.5, zorder=2)
-            base = group["metrics"][key]["baseline_median"]
+            base = group.metrics.get(key).baseline_median
             if base is not None:
                 axes.hlines(base, index - 0.4, index + 0.4, color="black", linestyle="--", linewidth=1, zorder=1)
-        axes.set_xticks(range(len(groups)), [g["label"] for g in groups], rotation=30, ha="right", fontsize="small")
+        axes.set_xticks(range(len(groups)), [g.label for g in groups], rotation=30, ha="right", fontsize="small")
         axes.set(ylabel=title, title=title, xlim=(-0.6, len(groups) - 0.4))  # the suptitle is the legend
     return figure
 
 
-def plot_failure_times(document: Mapping[str, Any], traces: Any) -> Figure | str:
+def plot_failure_times(document: SummaryDocument, traces: Any) -> Figure | str:
     """Failure step of every failed run, one row per arm."""
     groups = _groups(document)
     rows = []
     for index, group in enumerate(groups):
-        for run in group["runs"]:
-            failure = run.get("failure") or {}
-            if run["status"] not in ("ok", "infeasible") and isinstance(failure.get("step"), (int, float)):
-                rows.append((index, failure["step"], run["status"]))
+        for run in group.runs:
+            failure = run.failure or {}
+            if run.status not in ("ok", "infeasible") and isinstance(failure.get("step"), (int, float)):
+                rows.append((index, failure["step"], run.status))
     if not rows:
         return "no run failed during training"
     figure = _figure(7.0, max(2.8, 0.5 * len(groups) + 1.5), bottom=0.2, left=0.25)
@@ -338,21 +339,21 @@ def plot_failure_times(document: Mapping[str, Any], traces: Any) -> Figure | str
         )
         # The points take their arm's colour; the legend explains only the marker.
         handles.append(Line2D([], [], marker=marker, color="black", linestyle="", label=status))
-    axes.set_yticks(range(len(groups)), [g["label"] for g in groups], fontsize="small")
+    axes.set_yticks(range(len(groups)), [g.label for g in groups], fontsize="small")
     axes.set_ylim(-0.5, len(groups) - 0.5)
     axes.set(xlabel="training step at failure", title="Time to failure")
     axes.legend(handles=handles, fontsize="small")
     return figure
 
 
-def plot_stress_map(document: Mapping[str, Any], traces: Any) -> Figure | str:
+def plot_stress_map(document: SummaryDocument, traces: Any) -> Figure | str:
     """Failed / run seeds per (depth, lr) cell, one panel per arm; infeasible cells hatched grey."""
-    stress = document.get("stress")
-    if not stress:
+    stress = document.stress
+    if stress is None:
         return "no stress runs"
-    arms = [a["arm"] for a in stress["arms"]]
-    depths = sorted({c["depth"] for c in stress["cells"] if c["depth"] is not None})
-    lrs = sorted({c["lr"] for c in stress["cells"] if c["lr"] is not None})
+    arms = [a.arm for a in stress.arms]
+    depths = sorted({c.depth for c in stress.cells if c.depth is not None})
+    lrs = sorted({c.lr for c in stress.cells if c.lr is not None})
     if not depths or not lrs:
         return "stress runs carry no depth/lr"
     figure = _figure(max(4.5, 3.4 * len(arms)), 0.45 * len(depths) + 2.4, bottom=0.2, left=0.1)
@@ -360,14 +361,14 @@ def plot_stress_map(document: Mapping[str, Any], traces: Any) -> Figure | str:
     image = None
     for axes, arm in zip(panels, arms):
         grid = np.full((len(depths), len(lrs)), np.nan)
-        for cell in (c for c in stress["cells"] if c["arm"] == arm):
-            row, col = depths.index(cell["depth"]), lrs.index(cell["lr"])
-            if cell["infeasible"]:
+        for cell in (c for c in stress.cells if c.arm == arm):
+            row, col = depths.index(cell.depth), lrs.index(cell.lr)
+            if cell.infeasible:
                 axes.add_patch(_hatched(col, row))
                 axes.text(col, row, "infeasible", ha="center", va="center", fontsize="x-small")
                 continue
-            grid[row, col] = cell["failures"] / cell["n"] if cell["n"] else np.nan
-            axes.text(col, row, f"{cell['failures']}/{cell['n']}", ha="center", va="center", fontsize="small")
+            grid[row, col] = cell.failures / cell.n if cell.n else np.nan
+            axes.text(col, row, f"{cell.failures}/{cell.n}", ha="center", va="center", fontsize="small")
         image = axes.imshow(grid, cmap="RdYlGn_r", vmin=0, vmax=1, origin="lower", aspect="auto")
         axes.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs], fontsize="small")
         axes.set_yticks(range(len(depths)), [str(d) for d in depths], fontsize="small")
@@ -377,50 +378,48 @@ def plot_stress_map(document: Mapping[str, Any], traces: Any) -> Figure | str:
     return figure
 
 
-def plot_lr_curves(document: Mapping[str, Any], traces: Any) -> Figure | str:
+def plot_lr_curves(document: SummaryDocument, traces: Any) -> Figure | str:
     """Final validation loss against log learning rate, one line per arm (and depth) with its seed band.
 
     The line is the median over seeds of each run's score min(final loss, ℓ0), the band its min–max;
     a run that diverged or collapsed is marked at its ℓ0 (the loss before training), which is what
     the LR sensitivity in the legend charges it. Runs that are no measurement (oom, error) are left out.
     """
-    stress = document.get("stress") or {}
-    entries = [e for e in stress.get("lr_sensitivity") or [] if e["per_seed"] or e["excluded_seeds"]]
+    sensitivities = document.stress.lr_sensitivity if document.stress is not None else []
+    entries = [e for e in sensitivities if e.per_seed or e.excluded_seeds]
     if not entries:
         return "no learning-rate grid with at least two rates"
-    several_depths = len({e["depth"] for e in entries}) > 1
-    cells = [g for g in document["arms"] if g.get("grid_cell") and g.get("lr") is not None]
+    several_depths = len({e.depth for e in entries}) > 1
+    cells = [g for g in document.arms if g.grid_cell and g.lr is not None]
     figure = _figure(7.5, 4.8, bottom=0.12, left=0.12)
     axes = figure.add_subplot()
     for index, entry in enumerate(entries):
         colour = _colour(index)
-        name = entry["arm"] + (f" d{entry['depth']}" if several_depths else "")
+        name = entry.arm + (f" d{entry.depth}" if several_depths else "")
         # Arms sharing an initialisation fail at the same ℓ0: nudge each arm sideways (a few % of a
         # decade) so that no line hides another.
         dodge = 10 ** (0.025 * (index - (len(entries) - 1) / 2))
-        grid = [lr * dodge for lr in entry["grid"]]
-        if entry["per_seed"]:
-            scores = np.array([seed["scores"] for seed in entry["per_seed"]], dtype=float)
-            interval = entry["ci95"]
-            spread_text = f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else " (one seed)"
+        grid = [lr * dodge for lr in entry.grid]
+        if entry.per_seed:
+            scores = np.array([seed.scores for seed in entry.per_seed], dtype=float)
             axes.plot(
                 grid,
                 np.median(scores, axis=0),
                 marker="o",
                 color=colour,
-                label=f"{name}: LR-sens {entry['mean']:.3g}{spread_text}, n={len(scores)}",
+                label=f"{name}: LR-sens {sensitivity(entry)}, n={len(scores)}",
             )
             if len(scores) > 1:
                 axes.fill_between(grid, scores.min(axis=0), scores.max(axis=0), color=colour, alpha=0.18, linewidth=0)
         else:
             axes.plot([], [], color=colour, label=f"{name}: no complete seed")
-        for cell in (c for c in cells if c["arm"] == entry["arm"] and c["depth"] == entry["depth"]):
-            for run in cell["runs"]:
-                if run["status"] in ("diverged", "collapsed") and isinstance(run.get("initial_val_loss"), (int, float)):
+        for cell in (c for c in cells if c.arm == entry.arm and c.depth == entry.depth):
+            for run in cell.runs:
+                if run.status in ("diverged", "collapsed") and run.initial_val_loss is not None:
                     axes.scatter(
-                        [cell["lr"] * dodge],
-                        [run["initial_val_loss"]],
-                        marker=_STATUS_MARKERS[run["status"]],
+                        [cell.lr * dodge],
+                        [run.initial_val_loss],
+                        marker=_STATUS_MARKERS[run.status],
                         color=colour,
                         s=50,
                         zorder=3,
@@ -448,7 +447,7 @@ def _hatched(col: int, row: int) -> Any:
     return Rectangle((col - 0.5, row - 0.5), 1, 1, facecolor="lightgrey", hatch="//", edgecolor="grey", linewidth=0)
 
 
-PLOTS: dict[str, Callable[[Mapping[str, Any], Any], Figure | str]] = {
+PLOTS: dict[str, Callable[[SummaryDocument, Any], Figure | str]] = {
     "val_loss.png": plot_val_loss,
     "grad_norm.png": plot_grad_norm,
     "train_loss.png": plot_train_loss,
@@ -464,7 +463,7 @@ def save_figure(figure: Figure, path: Path) -> None:
         figure.savefig(tmp, format="png")
 
 
-def write_plots(out_dir: Path, document: Mapping[str, Any], traces: Any) -> dict[str, Any]:
+def write_plots(out_dir: Path, document: SummaryDocument, traces: Any) -> PlotsRecord:
     """Draw every plot that has data; ``{written: [names], skipped: {name: why}}``.
 
     A skipped plot's file from an earlier summary in the same directory is removed, so the
@@ -480,4 +479,4 @@ def write_plots(out_dir: Path, document: Mapping[str, Any], traces: Any) -> dict
             continue
         save_figure(outcome, out_dir / name)
         written.append(name)
-    return {"written": written, "skipped": skipped}
+    return PlotsRecord(written=written, skipped=skipped)
