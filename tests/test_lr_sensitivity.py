@@ -8,14 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_report import arm as arm_entry
+from test_report import cell, grid_section, run_entry, sensitivity
 
 from conftest import run_cli
 from fnostab.config import DataSource
 from fnostab.experiments.arms import DEFAULT_ARMS
 from fnostab.experiments.shootout import plan_shootout
+from fnostab.report.document import ArmSummary, SeedSensitivity, SensitivityScores, StressCell
 from fnostab.report.lr_sensitivity import LrPoint, arm_lr_sensitivity, lr_sensitivities, score, seeds_to_separate
-from fnostab.report.stats import wilson_interval
 from fnostab.report.verdict import decide
+from fnostab.report.verdict_text import explanation
 
 T_975_1DF = 12.706204736174698  # Student t, 97.5% quantile, 1 degree of freedom
 
@@ -76,42 +79,24 @@ def test_one_learning_rate_is_no_grid() -> None:
 
 
 # ----------------------------------------------------------------------------------------- verdict
-ARCH = {"control": ("hybrid", "none"), "arch": ("stable_hybrid", "none"), "opt": ("hybrid", "agc:0.01")}
-
-
-def _grid_group(name: str, lr: float, statuses: list[str], best: float = 0.1) -> dict:
-    arch, clip = ARCH[name]
+def _grid_group(name: str, lr: float, statuses: list[str], best: float = 0.1) -> ArmSummary:
     failures = sum(s != "ok" for s in statuses)
-    return {
-        "arm": name,
-        "label": f"{name}@d2-lr{lr}",
-        "kind": "shootout",
-        "grid_cell": True,
-        "arch": arch,
-        "clip": clip,
-        "depth": 2,
-        "lr": lr,
-        "n": len(statuses),
-        "failures": failures,
-        "failure_rate": failures / len(statuses),
-        "failure_ci95": list(wilson_interval(failures, len(statuses))),
-        "val_loss_names": ["mae_val_loss"],
-        "metrics": {"best_val_loss": {"median": best}},
-        "runs": [
-            {"seed": i, "status": s, "best_val_loss": best if s == "ok" else None} for i, s in enumerate(statuses)
-        ],
-    }
+    return arm_entry(
+        name,
+        len(statuses),
+        failures,
+        best,
+        label=f"{name}@d2-lr{lr}",
+        grid_cell=True,
+        depth=2,
+        lr=lr,
+        val_loss_names=["mae_val_loss"],
+        runs=[run_entry(i, s, best if s == "ok" else None) for i, s in enumerate(statuses)],
+    )
 
 
-def _cells(groups: list[dict]) -> list[dict]:
-    return [
-        {k: g[k] for k in ("arm", "arch", "clip", "depth", "lr", "n", "failures")} | {"infeasible": False}
-        for g in groups
-    ]
-
-
-def _sensitivity(arm: str, mean: float, ci: list[float], best: float = 0.1) -> dict:
-    return {"arm": arm, "depth": 2, "mean": mean, "ci95": ci, "best_loss": best}
+def _cells(groups: list[ArmSummary]) -> list[StressCell]:
+    return [cell(g.arm, g.depth, g.lr, g.n, g.failures) for g in groups]
 
 
 def test_stage_a_is_taken_at_the_learning_rates_where_the_control_fails() -> None:
@@ -121,13 +106,13 @@ def test_stage_a_is_taken_at_the_learning_rates_where_the_control_fails() -> Non
         _grid_group("arch", 1e-3, ["ok"] * 3, 0.09),
         _grid_group("arch", 1e-2, ["ok", "ok", "collapsed"], 0.095),
     ]
-    verdict = decide(groups, {"cells": _cells(groups), "lr_sensitivity": []})
-    stage_a = verdict["stage_a"]
-    assert stage_a["source"] == "lr_grid" and stage_a["lrs"] == [1e-2]
-    assert stage_a["control"]["failures"] == 3 and stage_a["control"]["n"] == 3
-    assert stage_a["arch"]["numbers"]["failures"] == 1 and stage_a["arch"]["numbers"]["median_best_val_loss"] == 0.095
-    assert stage_a["arch"]["passes"] is True  # fewer failures, and the control has no successful run there
-    assert "Stage A (at the learning rates where the control fails: 0.01)" in verdict["explanation"]
+    verdict = decide(groups, grid_section(_cells(groups)))
+    stage_a = verdict.stage_a
+    assert stage_a.source == "lr_grid" and stage_a.lrs == [1e-2]
+    assert stage_a.control.failures == 3 and stage_a.control.n == 3
+    assert stage_a.arch.numbers.failures == 1 and stage_a.arch.numbers.median_best_val_loss == 0.095
+    assert stage_a.arch.passes is True  # fewer failures, and the control has no successful run there
+    assert "Stage A (at the learning rates where the control fails: 0.01)" in explanation(verdict)
 
 
 def test_stage_b_passes_on_lower_lr_sensitivity_beyond_seed_noise_only() -> None:
@@ -138,36 +123,36 @@ def test_stage_b_passes_on_lower_lr_sensitivity_beyond_seed_noise_only() -> None
         _grid_group("opt", 1e-3, ["ok"] * 3),
         _grid_group("opt", 1e-2, ["ok", "ok", "diverged"]),
     ]
-    stress = {
-        "cells": _cells(groups),
-        "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]), _sensitivity("opt", 0.2, [0.1, 0.3])],
-    }
-    check = decide(groups, stress)["stage_b"]["opt"]
-    assert check["checks"]["lr_beyond"] is False and check["checks"]["less_lr_sensitive"] is True
-    assert check["passes"] is True
-    assert "LR sensitivity 0.2 [0.1, 0.3] (control 0.5 [0.4, 0.6])" in decide(groups, stress)["explanation"]
+    cells = _cells(groups)
+    stress = grid_section(cells, [sensitivity("control", 0.5, [0.4, 0.6]), sensitivity("opt", 0.2, [0.1, 0.3])])
+    check = decide(groups, stress).stage_b.opt
+    assert check.checks.lr_beyond is False and check.checks.less_lr_sensitive is True
+    assert check.passes is True
+    assert "LR sensitivity 0.2 [0.1, 0.3] (control 0.5 [0.4, 0.6])" in explanation(decide(groups, stress))
 
     # Lower but within seed noise: undecided, not failed, and the next step says how many seeds would tell.
-    overlapping = {
-        **stress,
-        "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]), _sensitivity("opt", 0.35, [0.25, 0.45])],
-    }
+    overlapping = grid_section(cells, [sensitivity("control", 0.5, [0.4, 0.6]), sensitivity("opt", 0.35, [0.25, 0.45])])
     undecided = decide(groups, overlapping)
-    assert undecided["stage_b"]["opt"]["checks"]["less_lr_sensitive"] is None
-    assert undecided["stage_b"]["opt"]["passes"] is None
-    higher = {
-        **stress,
-        "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]), _sensitivity("opt", 0.55, [0.5, 0.6])],
-    }
+    assert undecided.stage_b.opt.checks.less_lr_sensitive is None
+    assert undecided.stage_b.opt.passes is None
+    (reason,) = undecided.stage_b.opt.reason_codes
+    assert (reason.code, reason.sensitivity.mean, reason.control_sensitivity.mean) == (
+        "sensitivity_within_noise",
+        0.35,
+        0.5,
+    )
+    assert next(s for s in undecided.next_step_codes if s.code == "add_seeds_for_sensitivity").role == "opt"
+    higher = grid_section(cells, [sensitivity("control", 0.5, [0.4, 0.6]), sensitivity("opt", 0.55, [0.5, 0.6])])
     worse = decide(groups, higher)
-    assert worse["stage_b"]["opt"]["passes"] is False
-    assert any("LR-sensitivity intervals of opt overlap" in note for note in worse["notes"])  # failed, within noise
+    assert worse.stage_b.opt.passes is False
+    # Failed, and within noise: the note names the arm.
+    (note,) = [n for n in worse.note_codes if n.code == "sensitivity_intervals_overlap"]
+    assert note.roles == ["opt"] and "LR-sensitivity intervals of opt overlap" in explanation(worse)
     # An arm that barely learns is "insensitive" for free: its best loss must be within 10% of the control's.
-    lazy = {
-        **stress,
-        "lr_sensitivity": [_sensitivity("control", 0.5, [0.4, 0.6]), _sensitivity("opt", 0.01, [0.0, 0.02], best=0.5)],
-    }
-    assert decide(groups, lazy)["stage_b"]["opt"]["checks"]["less_lr_sensitive"] is False
+    lazy = grid_section(
+        cells, [sensitivity("control", 0.5, [0.4, 0.6]), sensitivity("opt", 0.01, [0.0, 0.02], best=0.5)]
+    )
+    assert decide(groups, lazy).stage_b.opt.checks.less_lr_sensitive is False
 
 
 def test_shootout_over_lrs_plans_one_run_per_arm_rate_and_seed() -> None:
@@ -248,25 +233,26 @@ def test_stress_summary_lr_sensitivity_equals_the_definition_from_the_run_dirs(t
 
 
 def test_seeds_to_separate_solves_the_t_intervals_for_the_measured_spread() -> None:
-    fix = {"mean": 0.2, "per_seed": [{"value": 0.15}, {"value": 0.25}]}  # sd 0.0707
-    control = {"mean": 0.4, "per_seed": [{"value": 0.35}, {"value": 0.45}]}  # sd 0.0707
+    fix = _scores(0.2, [0.15, 0.25])  # sd 0.0707
+    control = _scores(0.4, [0.35, 0.45])  # sd 0.0707
     n = seeds_to_separate(fix, control)
     # Smallest n with t(0.975, n−1)·(0.0707 + 0.0707)/√n < 0.2: n = 4 gives 3.182·0.1414/2 = 0.225, n = 5 gives 0.176.
     assert n == 5
     assert seeds_to_separate(control, fix) is None  # the "fix" is worse: no number of seeds helps
 
 
+def _scores(mean: float, values: list[float]) -> SensitivityScores:
+    per_seed = [SeedSensitivity(seed=i, value=v, scores=[], initial_val_loss=None) for i, v in enumerate(values)]
+    return SensitivityScores(best_loss=None, mean=mean, ci95=None, per_seed=per_seed)
+
+
 def test_a_gate_reads_the_loss_as_a_multiple_of_the_noise_floor() -> None:
     from fnostab.report.gates import evaluate_gates, parse_gate
 
-    group = {
-        "arm": "control",
-        "label": "control",
-        "n": 2,
-        "metrics": {"best_val_loss_over_floor": {"median": 80.0, "n": 2}},
-    }
+    group = arm_entry("control", 2, 0, 0.1)
+    group.metrics.best_val_loss_over_floor.median = 80.0
     (entry,) = evaluate_gates([parse_gate("best_val_loss_over_floor[control]<=50")], [group])
-    assert entry["value"] == 80.0 and entry["passed"] is False
+    assert entry.value == 80.0 and entry.passed is False
 
 
 def _runs_by_lr(out: Path, arm: str) -> dict[float, list[dict]]:

@@ -42,7 +42,7 @@ def test_failed_gate_exits_1_naming_the_gate_and_its_value(json_run_with_failed_
 
 def test_json_prints_one_parseable_summary_document(json_run_with_failed_gate: CliResult) -> None:
     document = json.loads(json_run_with_failed_gate.stdout)
-    assert document["schema"] == "fnostab.summary/1"
+    assert document["schema"] == "fnostab.summary/2"
     control = next(g for g in document["arms"] if g["arm"] == "control")
     assert (control["n"], control["failures"], control["time_to_failure"]["steps"]) == (2, 1, [40])
     assert document["gates_passed"] is False
