@@ -6,24 +6,25 @@ from types import SimpleNamespace
 
 import numpy as np
 from matplotlib.collections import PathCollection, PolyCollection
+from test_report import arm, run_entry, summary_document
 
+from fnostab.report.document import SummaryDocument
 from fnostab.report.plots import plot_grad_norm, plot_train_loss, spike_mask
 
 STEPS = list(range(200))
 
 
-def _document(threshold: float = 5.0) -> dict:
+def _document(threshold: float = 5.0) -> SummaryDocument:
     runs_a = [
-        {"status": "ok", "failure": None},
-        {"status": "ok", "failure": None},
-        {"status": "diverged", "failure": {"step": 150, "epoch": 3}},
+        run_entry(0, "ok"),
+        run_entry(1, "ok"),
+        run_entry(2, "diverged", failure={"status": "diverged", "step": 150, "epoch": 3}),
     ]
-    runs_b = [{"status": "ok", "failure": None}]
     arms = [
-        {"label": "a", "kind": "shootout", "runs": runs_a, "val_loss_names": ["mae_val_loss"]},
-        {"label": "b", "kind": "shootout", "runs": runs_b, "val_loss_names": ["mae_val_loss"]},
+        arm("control", 3, 1, None, label="a", runs=runs_a, val_loss_names=["mae_val_loss"]),
+        arm("control", 1, 0, None, label="b", runs=[run_entry(0, "ok")], val_loss_names=["mae_val_loss"]),
     ]
-    return {"arms": arms, "grad_norm_threshold": threshold}
+    return summary_document(arms, threshold)
 
 
 def _traces() -> SimpleNamespace:

@@ -250,9 +250,9 @@ def test_summarize_explains_each_failed_run_and_counts_failures_by_first_signal(
     from fnostab.report import summarize
 
     document = summarize([planted], out_dir=tmp_path)
-    group = document["arms"][0]
-    assert group["failures_by_first_signal"] == {"update_ratio": 1}
-    explanation = group["runs"][0]["explanation"]
+    group = document.arms[0]
+    assert group.failures_by_first_signal == {"update_ratio": 1}
+    explanation = group.runs[0].explanation
     assert explanation["step"] == 38 and explanation["block"] in (
         "lifter",
         "encoder.0",

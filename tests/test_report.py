@@ -448,6 +448,29 @@ def grid_section(cells: list[StressCell], sensitivities: list[LrSensitivity] = (
     return StressSection(cells=cells, arms=[], lr_sensitivity=list(sensitivities), infeasible=[])
 
 
+def summary_document(
+    arms: list[ArmSummary], threshold: float = 1.0, stress: StressSection | None = None
+) -> SummaryDocument:
+    """A whole summary around hand-made arms, its verdict decided from them (for renderers and plots)."""
+    return SummaryDocument(
+        created="2026-01-01T00:00:00Z",
+        inputs=[],
+        out_dir=None,
+        grad_norm_threshold=threshold,
+        gridsizes=[1],
+        runs={"finished": sum(a.n for a in arms), "unfinished": [], "outside_plan": []},
+        sweeps=[],
+        arms=arms,
+        stress=stress,
+        seed_spread=[],
+        verdict=decide(arms, stress),
+        gates=[],
+        gates_passed=True,
+        plots={},
+        warnings=[],
+    )
+
+
 def test_verdict_gold_when_arch_wins_stage_a_and_scales_further_in_stage_b() -> None:
     groups = [arm("control", 10, 4, 0.050), arm("arch", 10, 0, 0.040), arm("opt", 10, 2, 0.052)]
     stress = grid_section(
