@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from fnostab.report.document import SummaryDocument
+
 CASES = {
     # Keep in step with the Makefile's demo target.
     "demo": ["--seeds", "2", "--lrs", "1e-3,1e-2,3e-2,1e-1", "--epochs", "5", "--jobs", "2"],
@@ -55,19 +57,19 @@ def main() -> None:
         wall = time.perf_counter() - started
         if proc.returncode != 0:
             raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr}")
-        summary = json.loads(proc.stdout)
-        runs = sum(arm["n"] for arm in summary["arms"])
-        ok = sum(arm["n_ok"] for arm in summary["arms"])
-        ssim = {arm["label"]: arm["metrics"]["amp_ssim"]["median"] for arm in summary["arms"]}
+        summary = SummaryDocument.model_validate(json.loads(proc.stdout))
+        runs = sum(arm.n for arm in summary.arms)
+        ok = sum(arm.n_ok for arm in summary.arms)
+        ssim = {arm.label: arm.metrics.amp_ssim.median for arm in summary.arms}
         rows.append((name, " ".join(CASES[name]), runs, ok, wall, ssim))
-        print(f"{name}: {wall / 60:.1f} min; verdict {summary['verdict']['outcome']}", file=sys.stderr, flush=True)
-        for arm in (summary.get("stress") or {}).get("arms") or []:
-            sens = arm.get("lr_sensitivity") or {}
-            interval = sens.get("ci95")
+        print(f"{name}: {wall / 60:.1f} min; verdict {summary.verdict.outcome}", file=sys.stderr, flush=True)
+        for arm in summary.stress.arms if summary.stress is not None else []:
+            sens = arm.lr_sensitivity
+            if sens is None:
+                continue
             print(
-                f"  {arm['arm']}: stable-LR boundary {arm['boundary']['lr']}, LR sensitivity "
-                f"{sens.get('mean')} (95% CI {interval}, ℓ* {sens.get('best_loss')}; "
-                f"common ℓ*: {(sens.get('common') or {}).get('mean')})",
+                f"  {arm.arm}: stable-LR boundary {arm.boundary.lr}, LR sensitivity "
+                f"{sens.mean} (95% CI {sens.ci95}, ℓ* {sens.best_loss}; common ℓ*: {sens.common.mean})",
                 file=sys.stderr,
                 flush=True,
             )
