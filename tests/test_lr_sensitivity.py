@@ -15,7 +15,7 @@ from conftest import run_cli
 from fnostab.config import DataSource
 from fnostab.experiments.arms import DEFAULT_ARMS
 from fnostab.experiments.shootout import plan_shootout
-from fnostab.report.document import ArmSummary, SeedSensitivity, SensitivityScores, StressCell
+from fnostab.report.document import ArmSummary, SeedSensitivity, SensitivityScores, StressCell, SummaryDocument
 from fnostab.report.lr_sensitivity import LrPoint, arm_lr_sensitivity, lr_sensitivities, score, seeds_to_separate
 from fnostab.report.verdict import decide
 from fnostab.report.verdict_text import explanation
@@ -190,7 +190,7 @@ def test_stress_summary_lr_sensitivity_equals_the_definition_from_the_run_dirs(t
     assert result.returncode == 0, result.stderr
     summary = run_cli("summarize", out, "--json")
     assert summary.returncode == 0, summary.stderr
-    document = json.loads(summary.stdout)
+    document = SummaryDocument.model_validate(json.loads(summary.stdout))
 
     # The definition, from result.json alone.
     scores: dict[str, dict[int, dict[float, float]]] = {}
@@ -205,31 +205,31 @@ def test_stress_summary_lr_sensitivity_equals_the_definition_from_the_run_dirs(t
     assert len(statuses) == 12 and {"diverged", "collapsed"} & set(statuses), statuses
     best = {arm: min(v for seed in seeds.values() for v in seed.values()) for arm, seeds in scores.items()}
     common = min(best.values())
-    entries = {a["arm"]: a["lr_sensitivity"] for a in document["stress"]["arms"]}
+    entries = {a.arm: a.lr_sensitivity for a in document.stress.arms}
     for arm, seeds in scores.items():
         entry = entries[arm]
         expected = [sum(seeds[s].values()) / 3 - best[arm] for s in (0, 1)]
-        assert entry["grid"] == [1e-3, 3e-2, 10.0] and entry["best_loss"] == pytest.approx(best[arm])
-        assert [s["value"] for s in entry["per_seed"]] == pytest.approx(expected)
-        assert entry["mean"] == pytest.approx(sum(expected) / 2)
-        assert entry["common"]["best_loss"] == pytest.approx(common)
-        assert entry["common"]["mean"] == pytest.approx(sum(expected) / 2 + best[arm] - common)
+        assert entry.grid == [1e-3, 3e-2, 10.0] and entry.best_loss == pytest.approx(best[arm])
+        assert [s.value for s in entry.per_seed] == pytest.approx(expected)
+        assert entry.mean == pytest.approx(sum(expected) / 2)
+        assert entry.common.best_loss == pytest.approx(common)
+        assert entry.common.mean == pytest.approx(sum(expected) / 2 + best[arm] - common)
     # The noise floor of the test split travels into every result.json and into the summary.
     test_npz = json.loads(next(out.glob("runs/*/*/seed-*/result.json")).read_text())["data"]["test"]
     with np.load(test_npz) as f:
         floor = json.loads(f["_metadata"].item())["noise_floor"]["mae"]
-    assert all(arm["noise_floor"] == floor for arm in document["arms"])
+    assert all(group.noise_floor == floor for group in document.arms)
     # The stable-LR boundary beside it: the largest rate at which every seed, and every smaller rate, is ok.
-    for arm in document["stress"]["arms"]:
-        ok_at = {lr: all(r["status"] == "ok" for r in runs) for lr, runs in _runs_by_lr(out, arm["arm"]).items()}
+    for entry in document.stress.arms:
+        ok_at = {lr: all(r["status"] == "ok" for r in runs) for lr, runs in _runs_by_lr(out, entry.arm).items()}
         expected = None
         for lr in sorted(ok_at):
             if not ok_at[lr]:
                 break
             expected = lr
-        assert arm["boundary"]["lr"] == expected
+        assert entry.boundary.lr == expected
     markdown = (out / "summary.md").read_text()
-    assert "LR sensitivity and stable-LR boundary" in markdown and "lr_curves.png" in document["plots"]["written"]
+    assert "LR sensitivity and stable-LR boundary" in markdown and "lr_curves.png" in document.plots.written
 
 
 def test_seeds_to_separate_solves_the_t_intervals_for_the_measured_spread() -> None:

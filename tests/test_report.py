@@ -663,6 +663,38 @@ def test_every_code_has_a_sentence() -> None:
             assert text and "{" not in text, kind.__name__
 
 
+def test_markdown_and_terminal_print_the_same_verdict_sentences() -> None:
+    from fnostab.report import format_terminal, render_markdown
+
+    groups = [arm("control", 10, 4, 0.050), arm("arch", 10, 0, 0.040), arm("opt", 10, 4, 0.050)]
+    document = summary_document(groups)
+    paragraph, steps = explanation(document.verdict), next_steps(document.verdict)
+    assert steps and "Stage B was not measured" in steps[0]
+    terminal, markdown = format_terminal(document).splitlines(), render_markdown(document).splitlines()
+    assert terminal[-len(steps) - 2 :] == [
+        "verdict: inconclusive: the data cannot decide between gold, silver and pivot yet (see next steps).",
+        paragraph,
+    ] + [f"next: {step}" for step in steps]
+    assert paragraph in markdown and all(f"- {step}" in markdown for step in steps)
+
+
+def test_the_decision_rules_build_no_sentences() -> None:
+    """verdict.py returns data; only verdict_text words it (and the renderers never decide)."""
+    import ast
+
+    import fnostab.report.verdict as verdict_module
+    import fnostab.report.verdict_text as text_module
+
+    def imported(module: Any) -> set[str]:
+        tree = ast.parse(Path(module.__file__).read_text())
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module} | {
+            alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+
+    assert not {"fnostab.report.verdict_text", "fnostab.report.markdown"} & imported(verdict_module)
+    assert "fnostab.report.verdict" not in imported(text_module)
+
+
 def test_summary_json_keeps_the_codes_and_their_text(shootout: Path) -> None:
     document = summarize([shootout], plots=False)
     on_disk = json.loads((shootout / "summary.json").read_text())["verdict"]

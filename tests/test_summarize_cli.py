@@ -9,6 +9,8 @@ import pytest
 from test_report import make_result, write_run, write_sweep
 
 from conftest import CliResult, assert_clean_usage_error, run_cli
+from fnostab.report import SummaryDocument, read_summary
+from fnostab.report.verdict_text import next_steps
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +43,22 @@ def test_failed_gate_exits_1_naming_the_gate_and_its_value(json_run_with_failed_
 
 
 def test_json_prints_one_parseable_summary_document(json_run_with_failed_gate: CliResult) -> None:
-    document = json.loads(json_run_with_failed_gate.stdout)
-    assert document["schema"] == "fnostab.summary/2"
-    control = next(g for g in document["arms"] if g["arm"] == "control")
-    assert (control["n"], control["failures"], control["time_to_failure"]["steps"]) == (2, 1, [40])
-    assert document["gates_passed"] is False
-    assert [g["passed"] for g in document["gates"]] == [True, True, False]
+    data = json.loads(json_run_with_failed_gate.stdout)
+    assert data["schema"] == "fnostab.summary/2"
+    document = SummaryDocument.model_validate(data)  # every key where the model expects it
+    control = next(g for g in document.arms if g.arm == "control")
+    assert (control.n, control.failures, control.time_to_failure.steps) == (2, 1, [40])
+    assert document.gates_passed is False
+    assert [g.passed for g in document.gates] == [True, True, False]
+    # The verdict's text in the JSON is the text of its codes.
+    assert data["verdict"]["next_steps"] == next_steps(document.verdict)
 
 
 def test_summary_json_markdown_and_plots_are_written_into_the_sweep_dir(
     json_run_with_failed_gate: CliResult, sweep: Path
 ) -> None:
     assert json_run_with_failed_gate.returncode == 1  # the summary is written before the gate fails
-    assert json.loads((sweep / "summary.json").read_text())["arms"][1]["arm"] == "arch"
+    assert read_summary(sweep / "summary.json").arms[1].arm == "arch"
     assert "## Verdict" in (sweep / "summary.md").read_text()
     for name in ("val_loss.png", "grad_norm.png", "ssim.png", "failure_times.png"):
         assert (sweep / name).read_bytes().startswith(b"\x89PNG"), name
