@@ -91,8 +91,8 @@ def run_cli(
 
     In-process runs go through the same entry point (:func:`fnostab.cli.app.main`: parsing, one-line
     errors, exit codes, stdout/stderr) and skip the interpreter start-up and the torch and Lightning
-    imports, seconds per call. A test needs a real process for signals, process groups and pool
-    workers it must see end, and for commands that start services (ray, DDP).
+    imports, seconds per call. A test needs a real process for signals, for process groups whose
+    members it must see end, and for a second command running beside the first.
     """
     if not process:
         return _run_cli_in_process(args, env)
