@@ -418,7 +418,7 @@ def decide(groups: Sequence[ArmSummary], stress: StressSection | None = None) ->
             if arch_b.control_never_failed or opt_b.control_never_failed:
                 next_steps.append(doc.RaiseStress())
             for role, check in (("arch", arch_b), ("opt", opt_b)):
-                if "seeds_to_separate" in check.model_fields_set:
+                if any(reason.code == "sensitivity_within_noise" for reason in check.reason_codes):
                     next_steps.append(doc.AddSeedsForSensitivity(role=role, seeds=check.seeds_to_separate))
             for role, check in (("arch", arch_b), ("opt", opt_b)):
                 if not check.present and getattr(stage_a, role).passes is not False:
