@@ -219,7 +219,7 @@ def corrupt_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def deep_hybrid_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-level hybrid: runs at N=16 (16/4 = 4 ≥ 2) but not at N=6 (not a multiple of 4)."""
     model = ModelConfig(arch="hybrid", width=4, modes=2, fno_blocks=3)
-    generator = build_generator(model.arch, **model.generator_kwargs(16))
+    generator = build_generator(model, 16)
     path = tmp_path_factory.mktemp("deep") / CHECKPOINT_NAME
     save_checkpoint(path, generator, model, 16, epoch=0, step=0)
     return path
