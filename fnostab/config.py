@@ -145,7 +145,7 @@ class ModelConfig(_Model):
     def _cap_at_least_width(cls, value: int | None, info: ValidationInfo) -> int | None:
         width = info.data.get("width")
         if value is not None and width is not None and value < width:
-            raise ValueError(f"must be ≥ width ({width}) or None for no cap")
+            raise ValueError(f"must be ≥ width ({width}), or unset for no cap")
         return value
 
 
@@ -153,7 +153,7 @@ class TrainConfig(_Model):
     """Optimisation, clipping, schedule, failure detection and logging of one training run."""
 
     epochs: int = Field(20, ge=1, description="Training epochs.")
-    batch_size: int = Field(16, ge=1, description="Samples per step (global: split across --devices).")
+    batch_size: int = Field(16, ge=1, description="Samples per step.")
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="adam, adamw or sgd.")
     lr: float = Field(1e-3, gt=0, description="Learning rate.")
     weight_decay: float = Field(

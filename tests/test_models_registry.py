@@ -61,7 +61,7 @@ def test_unknown_generator_name_lists_the_valid_names(no_allocation: None) -> No
         (dict(N=64, head="amp"), r"invalid head: Input should be 'real_imag' or 'amp_phase'"),
         (
             dict(N=64, max_hidden_channels=16),
-            r"invalid max_hidden_channels: must be ≥ width \(32\) or None for no cap \(got 16\)",
+            r"invalid max_hidden_channels: must be ≥ width \(32\), or unset for no cap \(got 16\)",
         ),
         (dict(N=64, layerscale_init=0.0), r"invalid layerscale_init: Input should be greater than 0 \(got 0.0\)"),
         (dict(N=64, cnn_blocks=-1), r"invalid cnn_blocks: Input should be greater than or equal to 0"),

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fnostab.config import DEFAULT_PRESET, ModelConfig, build, flag_name, merge
+from fnostab.config import DEFAULT_PRESET, ModelConfig, TrainConfig, build, flag_name, merge
 from fnostab.devices import resolve_device_name
 from fnostab.errors import ConfigError, InputError
 
@@ -18,7 +18,7 @@ Device = Literal["cpu", "cuda", "auto"]
 
 #: Default seed of a freshly initialised generator: TrainConfig's default, so that with the same
 #: model options the probes see exactly the weights ``fnostab train`` starts from.
-DEFAULT_SEED = 42
+DEFAULT_SEED: int = TrainConfig.model_fields["seed"].default
 
 
 # ----------------------------------------------------------------------------------------- device
