@@ -37,21 +37,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 class ConfigOptions:
     """The fields of ``config`` that a command exposes as options, and where its help lists them.
 
-    ``fields`` picks some fields (default: all of them but ``exclude``); ``panels`` moves single
-    fields to another help panel than ``panel``; ``help`` replaces a field's description where the
-    command gives the option a narrower meaning (a sweep's ``--epochs`` is capped).
+    ``fields`` picks some fields (default: all of them, so a new field is a new option); ``panels``
+    moves single fields to another help panel than ``panel``; ``help`` replaces a field's description
+    where the command gives the option a narrower meaning (a sweep's ``--epochs`` is capped).
     """
 
     config: type[BaseModel]
     panel: str | None = None
     fields: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
     panels: Mapping[str, str] = field(default_factory=dict)
     help: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         known = set(self.config.model_fields)
-        named = [*(self.fields or ()), *self.exclude, *self.panels, *self.help]
+        named = [*(self.fields or ()), *self.panels, *self.help]
         unknown = sorted(set(named) - known)
         if unknown:
             raise ValueError(f"{self.config.__name__} has no field(s) {', '.join(unknown)}")
@@ -59,8 +58,7 @@ class ConfigOptions:
     @property
     def names(self) -> list[str]:
         """The exposed fields, in the order the config declares them (or ``fields`` lists them)."""
-        names = self.fields if self.fields is not None else tuple(self.config.model_fields)
-        return [name for name in names if name not in self.exclude]
+        return list(self.fields if self.fields is not None else self.config.model_fields)
 
     def parameters(self) -> list[inspect.Parameter]:
         """One keyword-only typer parameter per exposed field."""

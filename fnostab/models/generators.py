@@ -112,7 +112,6 @@ class CascadedFNOGenerator(nn.Module):
         config = _own_config(type(self), config)  # checked before anything is allocated
         super().__init__()
         self.config = config
-        self.gradient_checkpointing = config.checkpointing
         h = config.width
         self.lifter = SpatialLifter(in_channels, h)
         self.blocks = nn.ModuleList(PtychoBlock(h, config.modes, config.bands) for _ in range(config.fno_blocks))
@@ -130,7 +129,7 @@ class CascadedFNOGenerator(nn.Module):
         """(B, in_channels, N, N) float → (B, out_channels, N, N) complex64."""
         x = self.lifter(x)
         for block in self.blocks:
-            x = run_block(block, x, self.gradient_checkpointing)
+            x = run_block(block, x, self.config.checkpointing)
         x = self.refiner(self.intermediate(x))
         return self.head(x)
 
@@ -189,7 +188,6 @@ class HybridUNOGenerator(nn.Module):
         config = _own_config(type(self), config)  # checked before anything is allocated
         super().__init__()
         self.config = config
-        self.gradient_checkpointing = config.checkpointing
         c = self.encoder_channels = encoder_widths(config.width, config.fno_blocks, config.max_hidden_channels)
         block, modes = self.block_factory(config), config.modes
 
@@ -222,11 +220,11 @@ class HybridUNOGenerator(nn.Module):
         x = self.lifter(x)
         skips = []
         for level, block in enumerate(self.blocks[:-1]):
-            x = run_block(block, x, self.gradient_checkpointing)
+            x = run_block(block, x, self.config.checkpointing)
             if level < len(self.down):
                 skips.append(x)
                 x = self.down[level](x)
-        x = run_block(self.blocks[-1], x, self.gradient_checkpointing)  # bottleneck
+        x = run_block(self.blocks[-1], x, self.config.checkpointing)  # bottleneck
         for stage in self.decoder:
             x = stage(x, skips.pop())
         return self.head(x)
