@@ -34,8 +34,14 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTE
 F = TypeVar("F", bound=Callable[..., Any])
 
 _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-# Whether this process has printed its one result document (so a failure after it adds none).
+# Whether this invocation has printed its one result document (so a failure after it adds none).
 _result_printed = False
+
+
+def begin_invocation() -> None:
+    """Start a new invocation's output state: ``main`` may run more than once in one process."""
+    global _result_printed
+    _result_printed = False
 
 
 class Output:
@@ -132,8 +138,7 @@ def command(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        global _result_printed
-        _result_printed = False
+        begin_invocation()
         json_mode = bool(kwargs.get("json_output"))
         try:
             return fn(*args, **kwargs)
