@@ -183,24 +183,6 @@ MLFLOW_URI_OPTION = typer.Option(
 )
 PRESET_HELP = "Size preset: smoke (tests, seconds), cpu (default, minutes on 2 cores), paper (Stage A, GPU)."
 
-# The generator options of `train`, `probe-activations` and `grad-gain`, one help text each. They
-# default to None so an explicitly given option can be told apart from the preset's value.
-MODEL_OPTION_HELP = {
-    "--arch": "Generator: fno, hybrid or stable_hybrid.",
-    "--fno-blocks": "Spectral blocks (hybrid: encoder levels).",
-    "--width": "Hidden channels h of the first level.",
-    "--modes": "Fourier modes kept per dimension.",
-    "--max-hidden-channels": "Cap on hybrid channel doubling.",
-    "--bands": "Spectral row bands: positive (PtychoPINN) or both.",
-    "--block-init": "stable_hybrid blocks: zero_gamma or layerscale.",
-}
-
-
-def model_option(flag: str, panel: str) -> Any:
-    """The declaration of generator option ``flag`` (a key of :data:`MODEL_OPTION_HELP`) in help panel ``panel``."""
-    return typer.Option(None, flag, help=MODEL_OPTION_HELP[flag], rich_help_panel=panel)
-
-
 GRIDSIZE_HELP = (
     "Patterns per sample as a g×g group (PtychoPINN's gridsize, 1 or 2; docs/gridsize.md). Without data "
     "files it picks the simulated data set; with files it must match what they hold (default: theirs)."
