@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,10 +20,12 @@ import torch
 
 from conftest import run_cli, spawn_cli
 from fnostab.config import DataSource, ModelConfig, RunConfig, TrainConfig
+from fnostab.io import to_jsonable
 from fnostab.models import build_generator
 from fnostab.physics import physics_loss, predicted_amplitude
 from fnostab.training.data import train_loader
 from fnostab.training.failure import COLLAPSE_PATIENCE, FailureDetector
+from fnostab.training.result import read_result
 from fnostab.training.runner import prepare_run, run_training
 from fnostab.training.schedules import build_optimizer, build_scheduler, warmup_cosine_factor
 
@@ -243,9 +247,54 @@ def test_a_failing_evaluation_is_recorded_and_keeps_the_training_status(smoke_da
     assert "6.00 GiB" in (tmp_path / "run" / "error.log").read_text()
 
 
+class _RecordingProgress:
+    """A Progress that keeps what the library reports."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.tasks: list[tuple[str, int]] = []
+        self.advanced = 0
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        self.tasks.append((description, total))
+
+        def advance(n: int = 1) -> None:
+            self.advanced += n
+
+        yield advance
+
+
+RESULT_KEYS = [
+    "schema", "name", "status", "failure", "seed", "model", "data", "training", "grad_norm", "metrics",
+    "evaluation_note", "memory_plan", "timing", "device", "versions", "created",
+]  # fmt: skip
+TRAINING_KEYS = [
+    "config", "epochs_requested", "epochs_completed", "steps", "val_loss_name", "val_losses", "train_losses",
+    "best_val_loss", "best_epoch", "final_val_loss", "final_train_loss", "initial_val_loss", "noise_floor",
+    "best_val_loss_over_floor", "final_val_loss_over_floor",
+]  # fmt: skip
+
+
 def test_result_json_documents_the_run(smoke_data, tmp_path) -> None:
-    result = run_training(prepare_run(_config(smoke_data, epochs=2)), tmp_path / "run")
+    progress = _RecordingProgress()
+    result = run_training(prepare_run(_config(smoke_data, epochs=2)), tmp_path / "run", progress=progress)
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    # The layout readers rely on, key by key and in order; the model reads the file back to the same object.
+    assert list(saved) == RESULT_KEYS and list(saved["training"]) == TRAINING_KEYS
+    assert list(saved["data"]) == ["train", "test", "N", "gridsize", "channels", "offset", "n_train", "n_val", "n_test"]
+    assert list(saved["grad_norm"]) == ["steps", "max", "median", "p99", "mean", "frac_above_1", "max_step"]
+    assert list(saved["model"]) == ["arch", "params", "params_real", "config"]
+    assert list(saved["timing"]) == ["wall_s", "train_s", "eval_s", "samples_per_s"]
+    assert list(saved["device"]) == ["accelerator", "threads", "devices", "name"]
+    assert read_result(tmp_path / "run" / "result.json").to_document() == saved == to_jsonable(result)
+    # The library reported through the Progress it was given: one advance per training step.
+    assert progress.tasks == [("training steps", saved["training"]["steps"])]
+    assert progress.advanced == saved["training"]["steps"]
+    assert progress.lines == [f"training hybrid ({saved['model']['params']:,} params) for 2 epochs on cpu ..."]
     assert saved["schema"] == "fnostab.result/1" and saved["status"] == "ok" and saved["failure"] is None
     assert saved["training"]["epochs_completed"] == 2 and len(saved["training"]["val_losses"]) == 2
     assert saved["training"]["steps"] == 2 * math.ceil(289 / 16)
@@ -294,6 +343,8 @@ def test_smoke_preset_trains_end_to_end_through_the_cli(tmp_path) -> None:
     document = json.loads(result.stdout)
     assert document["status"] == "ok" and document["run_dir"] == str(out)
     assert json.loads((out / "config.json").read_text())["model"]["arch"] == "hybrid"
+    # Lightning's banners stay off stderr even though the CLI imports Lightning only when it trains.
+    assert "GPU available" not in result.stderr and "Trainer.fit" not in result.stderr, result.stderr
 
 
 def test_an_absurd_learning_rate_diverges_with_exit_1_and_a_readable_metrics_csv(smoke_data, tmp_path) -> None:
