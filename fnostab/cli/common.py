@@ -39,7 +39,10 @@ _result_printed = False
 
 
 class Output:
-    """Where a command's words go: results on stdout (or one JSON document), the rest on stderr."""
+    """Where a command's words go: results on stdout (or one JSON document), the rest on stderr.
+
+    It is the :class:`fnostab.progress.Progress` the CLI hands to the library (``log``, ``progress``).
+    """
 
     def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
         self.json_mode = json_mode
