@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,13 @@ def test_the_import_walker_sees_lazy_imports() -> None:
     assert "fnostab.rundir" in _imported_modules(PACKAGE / "report" / "collect.py")
     assert "fnostab.training.runner" in _imported_modules(PACKAGE / "experiments" / "executors.py")  # in a function
     assert "fnostab.report" in _imported_modules(PACKAGE / "cli" / "sweeps.py")
+
+
+def test_the_cli_and_the_run_dir_module_load_neither_numpy_nor_torch() -> None:
+    """Every command imports rundir and the documents at start-up; numpy and torch wait for real work."""
+    code = "import sys, fnostab.cli.app, fnostab.rundir; print([m for m in ('numpy', 'torch') if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=PACKAGE.parent)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
 
 
 # ----------------------------------------------------------------------------------------- layouts

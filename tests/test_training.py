@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from test_rundir import RESULT_KEYS, TRAINING_KEYS
 
 from conftest import run_cli, spawn_cli
 from fnostab.config import DataSource, ModelConfig, RunConfig, TrainConfig
@@ -266,17 +267,6 @@ class _RecordingProgress:
             self.advanced += n
 
         yield advance
-
-
-RESULT_KEYS = [
-    "schema", "name", "status", "failure", "seed", "model", "data", "training", "grad_norm", "metrics",
-    "evaluation_note", "memory_plan", "timing", "device", "versions", "created",
-]  # fmt: skip
-TRAINING_KEYS = [
-    "config", "epochs_requested", "epochs_completed", "steps", "val_loss_name", "val_losses", "train_losses",
-    "best_val_loss", "best_epoch", "final_val_loss", "final_train_loss", "initial_val_loss", "noise_floor",
-    "best_val_loss_over_floor", "final_val_loss_over_floor",
-]  # fmt: skip
 
 
 def test_result_json_documents_the_run(smoke_data, tmp_path) -> None:

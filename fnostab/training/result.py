@@ -36,18 +36,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fnostab import __version__
 from fnostab.errors import InputError
 from fnostab.io import DocumentPart, parse_document, read_json_document
-from fnostab.training.failure import STATUSES, Failure
+from fnostab.training.failure import STATUSES, Failure, Status
 
 RESULT_SCHEMA = "fnostab.result/1"
 
 
 def versions() -> dict[str, str]:
     import lightning
+    import numpy as np
     import torch
 
     return {
@@ -67,6 +66,8 @@ def grad_norm_stats(norms: list[float], threshold: float = 1.0) -> GradNormStats
     """Summary of per-step pre-clip norms; the fraction above ``threshold`` is the figure of the original
     investigation (docs/probes.md).
     """
+    import numpy as np  # not at the top: the CLI reads result.json documents without loading numpy
+
     if not norms:
         return None
     values = np.asarray(norms, dtype=np.float64)
@@ -183,7 +184,7 @@ class RunResult(DocumentPart):
     """
 
     name: str | None
-    status: str
+    status: Status
     failure: FailureInfo | None
     seed: int | None
     model: ModelInfo
