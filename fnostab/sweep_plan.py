@@ -47,6 +47,18 @@ class PlannedRun(DocumentPart):
     plan: dict[str, Any] | None = None
 
 
+class SweepSettings(DocumentPart):
+    """What a sweep command asks for, sweep-wide: the part of its plan that does not list the runs."""
+
+    preset: str
+    data: PlanData
+    arms: dict[str, ArmOptions]
+    seeds: list[int]
+    depths: list[int | None] | None = None
+    lrs: list[float | None] | None = None
+    memory_limit: int | None = None
+
+
 class SweepPlan(DocumentPart):
     """sweep.json as a model: :func:`fnostab.rundir.write_sweep_plan` writes it and
     :func:`fnostab.rundir.read_sweep_plan` parses it."""

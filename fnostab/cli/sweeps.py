@@ -137,7 +137,7 @@ def shootout_command(
     """
     from fnostab.experiments.arms import parse_number_list, resolve_arms
     from fnostab.experiments.shootout import check_epochs, plan_shootout, resolve_seeds
-    from fnostab.experiments.sweep import ExecutionOptions, run_sweep, shared_data, validate_specs
+    from fnostab.experiments.sweep import ExecutionOptions, run_sweep, shared_data, sweep_settings, validate_specs
 
     output = Output(json_mode=json_output, quiet=quiet)
     check_epochs(epochs)
@@ -160,13 +160,7 @@ def shootout_command(
     lr_values = parse_number_list(lrs, "--lrs") if lrs else None
     specs = plan_shootout(arms, seed_values, preset, data, overrides, lr_values)
     validate_specs(specs, size)
-    plan_document = {
-        "preset": preset,
-        "data": {"train": str(data.train), "test": str(data.test), "gridsize": data.gridsize},
-        "arms": {a.name: a.to_dict() for a in arms},
-        "seeds": seed_values,
-        **({"lrs": lr_values} if lr_values else {}),
-    }
+    plan_document = sweep_settings(preset, data, arms, seed_values, lrs=lr_values or None)
     summary = run_sweep(out, "shootout", specs, plan_document, execution, output, logging=logging, finish=_summarize)
     _finish(output, summary, out)
 
@@ -249,7 +243,7 @@ def stress_command(
     from fnostab.experiments.arms import parse_number_list, resolve_arms
     from fnostab.experiments.shootout import resolve_seeds
     from fnostab.experiments.stress import format_bytes, plan_stress, plan_table, run_memory_limit
-    from fnostab.experiments.sweep import ExecutionOptions, plan_only_data, run_sweep, shared_data
+    from fnostab.experiments.sweep import ExecutionOptions, plan_only_data, run_sweep, shared_data, sweep_settings
 
     output = Output(json_mode=json_output, quiet=quiet)
     execution = ExecutionOptions(jobs=jobs, executor=executor, ray_address=ray_address)
@@ -297,15 +291,9 @@ def stress_command(
     specs, infeasible = plan_stress(arms, seed_values, depth_values, lr_values, preset, data, overrides, size, limit)
     table, _ = plan_table(specs, infeasible)
     output.log(f"memory plans (limit {format_bytes(limit)}, {limit_source}):\n{table}")
-    plan_document = {
-        "preset": preset,
-        "data": {"train": str(data.train), "test": str(data.test), "gridsize": data.gridsize},
-        "arms": {a.name: a.to_dict() for a in arms},
-        "seeds": seed_values,
-        "depths": depth_values,
-        "lrs": lr_values,
-        "memory_limit": limit,
-    }
+    plan_document = sweep_settings(
+        preset, data, arms, seed_values, depths=depth_values, lrs=lr_values, memory_limit=limit
+    )
     summary = run_sweep(
         out,
         "stress",

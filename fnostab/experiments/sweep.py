@@ -15,7 +15,7 @@ from fnostab.experiments.executors import execute
 from fnostab.experiments.store import RunSpec, check_resumable
 from fnostab.progress import Progress
 from fnostab.rundir import lock, write_sweep_plan
-from fnostab.sweep_plan import SweepPlan
+from fnostab.sweep_plan import ArmOptions, PlanData, SweepPlan, SweepSettings
 from fnostab.training.result import now_iso
 
 T = TypeVar("T")
@@ -121,11 +121,32 @@ def validate_specs(specs: Iterable[RunSpec], N: int) -> None:
             raise InputError(f"arm {spec.arm!r}: invalid model for N={N}: {model_plan.geometry_error}")
 
 
+def sweep_settings(
+    preset: str,
+    data: DataSource,
+    arms: list[Arm],
+    seeds: list[int],
+    *,
+    depths: list[int | None] | None = None,
+    lrs: list[float | None] | None = None,
+    memory_limit: int | None = None,
+) -> SweepSettings:
+    """The sweep-wide part of a sweep's plan; an axis or limit left None is not part of the sweep."""
+    optional = {"depths": depths, "lrs": lrs, "memory_limit": memory_limit}
+    return SweepSettings(
+        preset=preset,
+        data=PlanData(train=str(data.train), test=str(data.test), gridsize=data.gridsize),
+        arms={arm.name: ArmOptions(model=dict(arm.model), train=dict(arm.train)) for arm in arms},
+        seeds=seeds,
+        **{key: value for key, value in optional.items() if value is not None},
+    )
+
+
 def run_sweep(
     sweep_dir: Path,
     kind: str,
     specs: list[RunSpec],
-    plan_document: dict[str, Any],
+    settings: SweepSettings,
     execution: ExecutionOptions,
     progress: Progress,
     *,
@@ -136,9 +157,8 @@ def run_sweep(
     """Run (or resume) the sweep under its lock, then ``finish(sweep_dir)`` (the caller's summary)
     still under the lock; returns what ``finish`` returns.
 
-    ``plan_document`` holds the sweep-wide settings of its :class:`~fnostab.sweep_plan.SweepPlan`
-    (preset, data, arms, seeds and the grid axes); the plan written to sweep.json adds the kind, the
-    command and every run.
+    ``settings`` (:func:`sweep_settings`) are the sweep-wide part of its plan; the
+    :class:`~fnostab.sweep_plan.SweepPlan` written to sweep.json adds the kind, the command and every run.
 
     ``logging`` (:class:`fnostab.training.loggers.LoggingOptions`) sends every run to TensorBoard
     and/or MLflow too, each run as its own MLflow run in the sweep's experiment.
@@ -152,14 +172,12 @@ def run_sweep(
     infeasible = infeasible or {}
     with lock(sweep_dir):
         finished, to_run = check_resumable(sweep_dir, specs)
-        plan = SweepPlan.model_validate(
-            {
-                "kind": kind,
-                "created": now_iso(),
-                "command": sys.argv[1:],
-                **plan_document,
-                "runs": [spec.planned() for spec in specs],
-            }
+        plan = SweepPlan(
+            kind=kind,
+            created=now_iso(),
+            command=sys.argv[1:],
+            **{name: getattr(settings, name) for name in settings.model_fields_set},  # an unset axis stays out
+            runs=[spec.planned() for spec in specs],
         )
         write_sweep_plan(sweep_dir, plan)
         prepare_store(logging)
