@@ -16,7 +16,7 @@ import fnostab.rundir as rundir
 from fnostab.config import DataSource, RunConfig
 from fnostab.errors import InputError
 from fnostab.experiments.stress import run_memory_limit
-from fnostab.experiments.sweep import ExecutionOptions, plan_only_data
+from fnostab.experiments.sweep import ExecutionOptions, plan_only_data, sweep_settings
 from fnostab.sweep_plan import ArmOptions, PlanData, PlannedRun, SweepPlan
 from fnostab.training.result import SweepInfo, read_result
 
@@ -264,6 +264,22 @@ def test_each_local_run_plans_for_its_share_of_the_memory_limit() -> None:
     assert run_memory_limit("1GiB", None, ExecutionOptions()) == (2**30, "--memory-limit")
     assert run_memory_limit("1GiB", None, ExecutionOptions(jobs=4)) == (2**28, "--memory-limit / 4 runs at once")
     assert run_memory_limit("1GiB", None, ExecutionOptions(jobs=4, executor="ray")) == (2**30, "--memory-limit")
+
+
+def test_sweep_settings_leave_out_the_axes_a_sweep_does_not_have() -> None:
+    from fnostab.experiments.arms import Arm
+
+    data = DataSource(train=Path("t.npz"), test=Path("v.npz"), gridsize=1)
+    arms = [Arm("control", {"arch": "hybrid"}, {"clip": "none"})]
+    shootout = sweep_settings("smoke", data, arms, [0, 1])
+    assert shootout.to_document() == {
+        "preset": "smoke",
+        "data": {"train": "t.npz", "test": "v.npz", "gridsize": 1},
+        "arms": {"control": {"model": {"arch": "hybrid"}, "train": {"clip": "none"}}},
+        "seeds": [0, 1],
+    }
+    stress = sweep_settings("smoke", data, arms, [0], depths=[None], lrs=[1e-3], memory_limit=2**30)
+    assert list(stress.to_document())[-3:] == ["depths", "lrs", "memory_limit"] and stress.depths == [None]
 
 
 def test_plan_only_data_reads_n_and_gridsize_without_simulating(smoke_data, tmp_path: Path) -> None:
