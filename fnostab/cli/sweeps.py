@@ -61,8 +61,8 @@ def _overrides(**values: Any) -> dict[str, dict[str, Any]]:
     return {"model": model, "train": train}
 
 
-def _summarize(sweep_dir: Path) -> dict[str, Any]:
-    """The end of a sweep: its summary (summary.json, summary.md and plots in the sweep dir)."""
+def _summarize(sweep_dir: Path) -> Any:
+    """The end of a sweep (``run_sweep``'s ``finish``): its summary, written into the sweep dir."""
     from fnostab.report import summarize
 
     return summarize([sweep_dir], out_dir=sweep_dir)
