@@ -91,6 +91,8 @@ Number = float | None  # a non-finite value is written as null
 
 
 class FailureInfo(DocumentPart):
+    """Why and when a run ended abnormally; ``step`` counts training steps from 0."""
+
     status: str
     reason: str
     step: int | None
@@ -98,10 +100,13 @@ class FailureInfo(DocumentPart):
 
     @classmethod
     def of(cls, failure: Failure) -> FailureInfo:
+        """The document part of a detected :class:`~fnostab.training.failure.Failure`."""
         return cls(status=failure.status, reason=failure.reason, step=failure.step, epoch=failure.epoch)
 
 
 class ModelInfo(DocumentPart):
+    """The generator: its name, parameter counts (complex entries once, and as reals) and ModelConfig."""
+
     arch: str | None = None
     params: int | None = None
     params_real: int | None = None
@@ -123,6 +128,8 @@ class DataInfo(DocumentPart):
 
 
 class TrainingInfo(DocumentPart):
+    """The TrainConfig and the training record: per-epoch losses, their best and final values, ℓ0 and the floor."""
+
     config: dict[str, Any]
     epochs_requested: int | None = None
     epochs_completed: int
@@ -153,6 +160,8 @@ class GradNormStats(DocumentPart):
 
 
 class Timing(DocumentPart):
+    """Seconds of the whole run, of training and of evaluation; training throughput."""
+
     wall_s: Number = None
     train_s: Number = None
     eval_s: Number = None
@@ -160,6 +169,8 @@ class Timing(DocumentPart):
 
 
 class DeviceInfo(DocumentPart):
+    """Where the run trained: accelerator, torch threads, processes (DDP) and device name."""
+
     accelerator: str | None = None
     threads: int | None = None
     devices: int | None = None
