@@ -333,8 +333,6 @@ def test_smoke_preset_trains_end_to_end_through_the_cli(tmp_path) -> None:
     document = json.loads(result.stdout)
     assert document["status"] == "ok" and document["run_dir"] == str(out)
     assert json.loads((out / "config.json").read_text())["model"]["arch"] == "hybrid"
-    # Lightning's banners stay off stderr even though the CLI imports Lightning only when it trains.
-    assert "GPU available" not in result.stderr and "Trainer.fit" not in result.stderr, result.stderr
 
 
 def test_an_absurd_learning_rate_diverges_with_exit_1_and_a_readable_metrics_csv(smoke_data, tmp_path) -> None:
@@ -403,6 +401,8 @@ def test_ctrl_c_exits_130_and_leaves_no_result_or_temp_file(tmp_path) -> None:
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
+    # Lightning's banners stay off stderr in a fresh process, which imports Lightning only to train.
+    assert "GPU available" not in stderr, stderr
     assert not (out / "result.json").exists()
     assert not list(out.rglob(".*.tmp"))
 
