@@ -20,7 +20,6 @@ Schema history: ``fnostab.summary/1`` had the same content without the three ``*
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,12 +28,9 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
-    ValidationError,
     model_serializer,
     model_validator,
 )
-
-from fnostab.errors import InputError
 
 SUMMARY_SCHEMA = "fnostab.summary/2"
 
@@ -814,18 +810,7 @@ class SummaryDocument(_Model):
 
 
 def read_summary(path: Path | str) -> SummaryDocument:
-    """Load a summary.json written by this version; InputError naming the file when it is not one."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: corrupt {path.name} ({type(error).__name__}: {error})") from None
-    found = data.get("schema") if isinstance(data, dict) else None
-    if found != SUMMARY_SCHEMA:
-        raise InputError(f"{path}: expected a summary of schema {SUMMARY_SCHEMA}, found {found!r}")
-    try:
-        return SummaryDocument.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise InputError(f"{path}: {where}: {first['msg']}") from None
+    """Load a summary.json written by this version; InputError naming the file and the first wrong key."""
+    from fnostab.io import parse_document, read_json_document
+
+    return parse_document(path, read_json_document(path, SUMMARY_SCHEMA), SummaryDocument)
