@@ -785,7 +785,7 @@ class SummaryDocument(_Model):
     """summary.json. ``out_dir``, ``gates``, ``gates_passed`` and ``plots`` are filled in by
     :func:`fnostab.report.summary.summarize` (gates and plots need the output and the command line)."""
 
-    schema_: Literal["fnostab.summary/2"] = Field(SUMMARY_SCHEMA, alias="schema")  # a /1 file lacks the codes
+    schema_: Literal[SUMMARY_SCHEMA] = Field(SUMMARY_SCHEMA, alias="schema")  # a /1 file lacks the codes
     created: str
     inputs: list[str]
     out_dir: str | None
