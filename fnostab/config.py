@@ -193,8 +193,8 @@ class TrainConfig(_Model):
 
 # ------------------------------------------------------------------------------------------ presets
 # Calibrated on a 2-core machine (BENCHMARKS.md): `smoke` runs a whole
-# train + evaluation in seconds, `cpu` beats the constant prediction in about two minutes, `paper`
-# is the Stage A configuration for a GPU.
+# train + evaluation in seconds, `cpu` beats the constant prediction clearly in about two minutes of
+# one core (20 epochs), `paper` is the Stage A configuration for a GPU.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "data": dict(N=32, object_size=160, stride_train=8, stride_test=10, nphotons=1e9),
@@ -205,10 +205,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # gridsize 2 (docs/gridsize.md): at equal training time it beat gridsize 1 on amplitude and
         # phase SSIM for every seed (BENCHMARKS.md, Gridsize).
         "data": dict(N=32, object_size=392, stride_train=8, stride_test=10, nphotons=1e9, gridsize=2),
-        # modes 16 keeps every frequency of the 32×32 level (modes 8 kept a quarter of them and left
-        # the reconstruction blurred), and a cosine decay from lr 3e-3 to 3e-4 fits further in the
-        # same steps: together amplitude SSIM +0.09 → +0.2x over the constant prediction at 20
-        # epochs (BENCHMARKS.md, Gridsize). No warm-up epoch, so `--epochs 1` stays valid.
+        # modes 16: the spectral path keeps 16×16 modes of the 32×32 level (modes 8 kept 8×8 and
+        # left the reconstruction a blur, docs/gridsize.md), for ~16% more per step; a cosine decay
+        # from lr 3e-3 to 3e-4 fits further in the same steps. Together the median amplitude SSIM
+        # went from +0.09 to +0.28 over the constant prediction in 20 epochs (BENCHMARKS.md,
+        # Gridsize). No warm-up epoch, so `--epochs 1` stays a valid run.
         "model": dict(arch="hybrid", width=16, modes=16, fno_blocks=2),
         # Validation each epoch on a fixed 256-pattern subset of the test split (evaluation at the
         # end always uses all of it): a fifth of the wall time saved (BENCHMARKS.md).
