@@ -8,10 +8,11 @@ written. The models are plain data: the science lives in the modules that consum
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fnostab.errors import InputError
 
@@ -99,76 +100,122 @@ class SimulationConfig(_Model):
 
 
 class ModelConfig(_Model):
-    """A generator (docs/generators.md); options map one to one onto ``fnostab.models.build_generator``."""
+    """A generator (docs/generators.md): the one description of it, from the CLI to the layers.
 
-    arch: Literal["fno", "hybrid", "stable_hybrid"] = "hybrid"
-    width: int = Field(32, ge=1)
-    modes: int = Field(12, ge=1)
-    fno_blocks: int = Field(4, ge=1, le=12)
-    max_hidden_channels: int | None = Field(None, ge=1)
-    bands: Literal["positive", "both"] = "positive"
-    head: Literal["real_imag", "amp_phase"] = "real_imag"
-    block_init: Literal["zero_gamma", "layerscale"] = "zero_gamma"
-    layerscale_init: float = Field(1e-3, gt=0)
-    cnn_blocks: int = Field(2, ge=0)
-    checkpointing: bool = False
+    The generators take it (``fnostab.models.build_generator(config, N)``), memory plans take it,
+    checkpoints store it, and the commands' model options are generated from these fields
+    (``fnostab.cli.options``): each field's description is its ``--help`` text. Strict, so a library
+    caller's ``width=32.0`` or ``checkpointing=1`` is refused rather than converted. Checks that need
+    N (the geometry) are :func:`fnostab.models.geometry_error`.
+    """
 
-    def generator_kwargs(self, N: int, channels: int = 1) -> dict[str, Any]:
-        """Options of ``build_generator`` for N×N patterns in groups of ``channels`` (C = gridsize²)."""
-        return dict(
-            N=N,
-            in_channels=channels,
-            out_channels=channels,
-            width=self.width,
-            modes=self.modes,
-            fno_blocks=self.fno_blocks,
-            max_hidden_channels=self.max_hidden_channels,
-            bands=self.bands,
-            head=self.head,
-            block_init=self.block_init,
-            layerscale_init=self.layerscale_init,
-            cnn_blocks=self.cnn_blocks,
-            gradient_checkpointing=self.checkpointing,
-        )
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    arch: Literal["fno", "hybrid", "stable_hybrid"] = Field(
+        "hybrid", description="Generator: fno, hybrid or stable_hybrid."
+    )
+    width: int = Field(32, ge=1, description="Hidden channels h of the first level.")
+    modes: int = Field(12, ge=1, description="Fourier modes kept per dimension (the hybrid bottleneck: half).")
+    fno_blocks: int = Field(4, ge=1, le=12, description="Spectral blocks (hybrid: encoder levels).")
+    max_hidden_channels: int | None = Field(
+        None, ge=1, description="Cap on hybrid channel doubling (at least --width; none: no cap)."
+    )
+    bands: Literal["positive", "both"] = Field(
+        "positive", description="Spectral row bands: positive (PtychoPINN) or both."
+    )
+    head: Literal["real_imag", "amp_phase"] = Field("real_imag", description="Output head: real_imag or amp_phase.")
+    block_init: Literal["zero_gamma", "layerscale"] = Field(
+        "zero_gamma", description="stable_hybrid blocks: zero_gamma or layerscale."
+    )
+    layerscale_init: float = Field(1e-3, gt=0, description="stable_hybrid layerscale blocks: initial λ per channel.")
+    cnn_blocks: int = Field(2, ge=0, description="fno: Conv3×3 + GELU refiners after the spectral blocks.")
+    checkpointing: bool = Field(
+        False, description="Gradient checkpointing of encoder and bottleneck blocks (less memory, more time)."
+    )
+
+    @field_validator("layerscale_init")
+    @classmethod
+    def _finite_layerscale(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value}")
+        return value
+
+    @field_validator("max_hidden_channels")
+    @classmethod
+    def _cap_at_least_width(cls, value: int | None, info: ValidationInfo) -> int | None:
+        width = info.data.get("width")
+        if value is not None and width is not None and value < width:
+            raise ValueError(f"must be ≥ width ({width}), or unset for no cap")
+        return value
 
 
 class TrainConfig(_Model):
     """Optimisation, clipping, schedule, failure detection and logging of one training run."""
 
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(16, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["constant", "warmup_cosine", "plateau"] = "constant"
-    warmup_epochs: int = Field(0, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    plateau_factor: float = Field(0.5, gt=0, lt=1)
-    plateau_patience: int = Field(2, ge=0)
-    loss: Literal["mae", "poisson"] = "mae"
-    clip: str = Field("none", description="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ")
-    seed: int = Field(42, ge=0, le=2**32 - 1)  # Lightning's seed_everything (numpy) rejects larger seeds
-    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["32", "bf16-mixed"] = "32"
-    devices: int = Field(1, ge=1, description="processes of one run (DDP when more than 1)")
-    strategy: Literal["auto", "ddp"] = Field("auto", description="auto: one process, or DDP when devices > 1")
-    log_grad_norm: bool = False
-    grad_norm_log_freq: int = Field(1, ge=1)
-    blowup_factor: float = Field(1e3, gt=1, description="loss above this × best so far → diverged")
+    epochs: int = Field(20, ge=1, description="Training epochs.")
+    batch_size: int = Field(16, ge=1, description="Samples per step.")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="adam, adamw or sgd.")
+    lr: float = Field(1e-3, gt=0, description="Learning rate.")
+    weight_decay: float = Field(
+        0.0, ge=0, description="Weight decay (adam, sgd: L2 in the gradient; adamw: decoupled)."
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum (Nesterov when above 0).")
+    scheduler: Literal["constant", "warmup_cosine", "plateau"] = Field(
+        "constant", description="constant, warmup_cosine or plateau (stepped per epoch)."
+    )
+    warmup_epochs: int = Field(0, ge=0, description="warmup_cosine: epochs of linear warm-up from 0.1 × --lr.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR of warmup_cosine as a fraction of --lr.")
+    plateau_factor: float = Field(
+        0.5, gt=0, lt=1, description="plateau: LR factor when the validation loss stops improving."
+    )
+    plateau_patience: int = Field(2, ge=0, description="plateau: epochs without improvement before the LR drops.")
+    loss: Literal["mae", "poisson"] = Field("mae", description="mae or poisson.")
+    clip: str = Field("none", description="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ.")
+    # Lightning's seed_everything (numpy) rejects seeds above 2**32 - 1.
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed of weights and batch order.")
+    accelerator: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda.")
+    precision: Literal["32", "bf16-mixed"] = Field("32", description="32 or bf16-mixed.")
+    devices: int = Field(
+        1,
+        ge=1,
+        description="Processes (CPU) or GPUs of this one run: K > 1 trains with DDP, "
+        "the global --batch-size split across them.",
+    )
+    strategy: Literal["auto", "ddp"] = Field("auto", description="auto or ddp (the strategy of --devices > 1).")
+    log_grad_norm: bool = Field(False, description="Log grad_norm_preclip/postclip to metrics.csv.")
+    grad_norm_log_freq: int = Field(1, ge=1, description="Log grad norms every N steps.")
+    blowup_factor: float = Field(1e3, gt=1, description="Loss above this × best smoothed loss → diverged.")
     collapse_threshold: float = Field(
-        0.01, gt=0, lt=1, description="predicted amplitude std / mean below this on validation → collapsed"
+        0.01, gt=0, lt=1, description="Predicted amplitude std/mean below this on validation → collapsed."
     )
-    monitor_every: int = Field(0, ge=0, description="per-block monitors every N steps (0: off)")
-    precursors_every: int = Field(0, ge=0, description="per-block precursor signals logged every N steps (0: off)")
-    curvature_every: int = Field(0, ge=0, description="sharpness and preconditioned sharpness every N steps (0: off)")
+    monitor_every: int = Field(
+        0, ge=0, description="Log per-block gradient norm and activation mean every N steps (0: off)."
+    )
+    precursors_every: int = Field(
+        0,
+        ge=0,
+        description="Per-block precursor signals (gradient, weight and update norms, update/weight ratio, "
+        "update/gradient cosine, Adam second moment) logged every N steps (0: off); "
+        "a window of every step is kept before each spike or failure.",
+    )
+    curvature_every: int = Field(
+        0,
+        ge=0,
+        description="Sharpness and Adam-preconditioned sharpness (Hessian-vector products) every N steps, "
+        "beside 2/η and 38/η (0: off).",
+    )
     batch_sharpness_every: int = Field(
-        0, ge=0, description="batch sharpness alone (one Hessian-vector product) every N steps (0: off)"
+        0,
+        ge=0,
+        description="Batch sharpness gᵀHg/‖g‖² alone (one Hessian-vector product, cheap) every N steps, "
+        "beside 2/η (0: off).",
     )
-    precursor_window: int = Field(100, ge=2, description="steps of every signal kept before a spike or failure")
-    val_patches: int | None = Field(None, ge=1, description="fixed validation subset (None: all)")
+    precursor_window: int = Field(100, ge=2, description="Steps kept before a spike or failure.")
+    val_patches: int | None = Field(
+        None, ge=1, description="Validate each epoch on a fixed subset of this many test patterns (none: all)."
+    )
     # torch.set_num_threads overflows past a C int, and a pool of 100 000 threads crashes torch at exit.
-    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (None: torch default)")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (none: torch's default).")
 
     @field_validator("lr", "weight_decay", "blowup_factor")
     @classmethod
@@ -236,11 +283,14 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def describe_validation_error(error: ValidationError, source: str | None = None) -> str:
-    """One line naming the offending field (as a CLI flag), what was expected and what was found."""
+def describe_validation_error(
+    error: ValidationError, source: str | None = None, spell: Callable[[str], str] = flag_name
+) -> str:
+    """One line naming the offending field (as a CLI flag, or as ``spell`` writes it), what was expected
+    and what was found."""
     first = error.errors()[0]
     loc = [part for part in first.get("loc", ()) if isinstance(part, str)]
-    where = flag_name(loc[-1]) if loc else (source or "options")
+    where = spell(loc[-1]) if loc else (source or "options")
     message = str(first.get("msg", "invalid value"))
     message = message.removeprefix("Value error, ")
     found = first.get("input")

@@ -131,7 +131,7 @@ def main() -> int:
     patterns = torch.from_numpy(patterns_np).to(device)
     probe = torch.from_numpy(probe_np).to(device)
     torch.manual_seed(0)
-    generator = build_generator(model.arch, **model.generator_kwargs(N)).to(device)
+    generator = build_generator(model, N).to(device)
     optimizer = torch.optim.Adam(generator.parameters(), lr=PRESETS["cpu"]["train"]["lr"])
     n_batches = patterns.shape[0] // args.batch_size
     cursor = 0

@@ -76,7 +76,7 @@ def main() -> int:
     patterns = torch.from_numpy(patterns_np).to(device)  # (n, 1, N, N)
     probe = torch.from_numpy(probe_np).to(device)
     torch.manual_seed(0)
-    generator = build_generator(model.arch, **model.generator_kwargs(N)).to(device)
+    generator = build_generator(model, N).to(device)
     optimizer = torch.optim.Adam(generator.parameters(), lr=PRESETS["cpu"]["train"]["lr"])
     recorder = PrecursorRecorder(generator, every=args.every, window=100, clipped=False)  # the cpu preset: --clip none
     n_batches = patterns.shape[0] // args.batch_size

@@ -58,7 +58,7 @@ def bare_loop(prepared, epochs: int) -> tuple[float, float]:
     """(wall, CPU) seconds for ``epochs`` epochs of the plain loop (with the same per-epoch validation)."""
     config = prepared.config
     torch.manual_seed(config.train.seed)
-    generator = channels_last_convs(build_generator(config.model.arch, **config.model.generator_kwargs(prepared.N)))
+    generator = channels_last_convs(build_generator(config.model, prepared.N))
     optimizer = torch.optim.Adam(generator.parameters(), lr=config.train.lr)
     probe = torch.from_numpy(prepared.train.probe)
     loader = train_loader(prepared.train.diffraction, config.train.batch_size, config.train.seed)

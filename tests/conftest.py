@@ -83,8 +83,19 @@ def spawn_cli(*args: str | Path, env: dict[str, str] | None = None, **popen: Any
     return proc
 
 
-def run_cli(*args: str | Path, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
-    """Run ``python -m fnostab ARGS`` in a subprocess, as a user would."""
+def run_cli(
+    *args: str | Path, timeout: float = 300, env: dict[str, str] | None = None, process: bool = False
+) -> CliResult:
+    """Run the real program with ``ARGS``: in this process by default, or as ``python -m fnostab ARGS``
+    in its own process group with ``process=True``.
+
+    In-process runs go through the same entry point (:func:`fnostab.cli.app.main`: parsing, one-line
+    errors, exit codes, stdout/stderr) and skip the interpreter start-up and the torch and Lightning
+    imports, seconds per call. A test needs a real process for signals, for process groups whose
+    members it must see end, and for a second command running beside the first.
+    """
+    if not process:
+        return _run_cli_in_process(args, env)
     proc = spawn_cli(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -93,6 +104,28 @@ def run_cli(*args: str | Path, timeout: float = 300, env: dict[str, str] | None 
         proc.communicate()
         raise
     return CliResult(proc.returncode, stdout, stderr)
+
+
+def _run_cli_in_process(args: tuple[str | Path, ...], env: dict[str, str] | None) -> CliResult:
+    from typer.testing import CliRunner
+
+    from fnostab.cli.app import main
+
+    # main() installs fnostab's SIGTERM handler and a run may change torch's thread count: both are
+    # process-wide, so they are put back for the tests that follow.
+    threads = torch.get_num_threads()
+    sigterm, sigint = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with CliRunner().isolation(env=env) as (stdout, stderr, _):
+        try:
+            main([str(arg) for arg in args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            torch.set_num_threads(threads)
+            signal.signal(signal.SIGTERM, sigterm)
+            signal.signal(signal.SIGINT, sigint)
+        return CliResult(code, stdout.getvalue().decode(), stderr.getvalue().decode())
 
 
 def live_group_members(pgid: int) -> list[int]:

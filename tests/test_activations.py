@@ -173,7 +173,7 @@ def test_every_block_its_branches_and_the_lifter_are_probed_on_real_generators(n
 
 def test_gradient_checkpointing_recomputation_is_not_counted_twice() -> None:
     torch.manual_seed(5)
-    model = build_generator("fno", N=16, width=4, modes=3, fno_blocks=2, gradient_checkpointing=True)
+    model = build_generator("fno", N=16, width=4, modes=3, fno_blocks=2, checkpointing=True)
     with ActivationMonitor(model) as mon:
         model(torch.rand(2, 1, 16, 16)).abs().sum().backward()
         layers = mon.report()["layers"]

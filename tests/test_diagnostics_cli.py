@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from conftest import CliResult, assert_clean_usage_error, run_cli
 from fnostab.config import DataSource, ModelConfig, RunConfig, TrainConfig
 from fnostab.data.npz import load_split
 from fnostab.diagnostics import measure_grad_gain, probe_activations
+from fnostab.errors import InputError
 from fnostab.models import build_generator
 from fnostab.physics import physics_loss, predicted_amplitude
 from fnostab.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
@@ -219,7 +221,7 @@ def corrupt_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def deep_hybrid_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-level hybrid: runs at N=16 (16/4 = 4 ≥ 2) but not at N=6 (not a multiple of 4)."""
     model = ModelConfig(arch="hybrid", width=4, modes=2, fno_blocks=3)
-    generator = build_generator(model.arch, **model.generator_kwargs(16))
+    generator = build_generator(model, 16)
     path = tmp_path_factory.mktemp("deep") / CHECKPOINT_NAME
     save_checkpoint(path, generator, model, 16, epoch=0, step=0)
     return path
@@ -291,3 +293,29 @@ def test_cuda_requested_without_a_device_exits_2(tiny_npz: Path, tmp_path: Path)
     result: CliResult = run_cli("probe-activations", tiny_npz, "--device", "cuda", "--out", tmp_path / "out")
     assert_clean_usage_error(result, "--device", "cuda")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_stores_the_model_config_and_rebuilds_the_same_generator(deep_hybrid_checkpoint: Path) -> None:
+    from fnostab.training.checkpoint import load_generator, read_checkpoint
+
+    stored = read_checkpoint(deep_hybrid_checkpoint)
+    generator, model = load_generator(deep_hybrid_checkpoint)
+    assert model == ModelConfig(arch="hybrid", width=4, modes=2, fno_blocks=3) == generator.config
+    assert all(torch.equal(generator.state_dict()[k], v) for k, v in stored["state_dict"].items())
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [({"width": 0}, "invalid width"), ({"arch": "unet"}, "invalid arch"), ({"dropout": 0.1}, "invalid dropout")],
+)
+def test_a_checkpoint_with_an_invalid_model_config_is_refused_naming_the_option(
+    deep_hybrid_checkpoint: Path, tmp_path: Path, change: dict, fragment: str
+) -> None:
+    from fnostab.training.checkpoint import load_generator, read_checkpoint
+
+    payload = read_checkpoint(deep_hybrid_checkpoint)
+    payload["model"] = {**payload["model"], **change}
+    path = tmp_path / CHECKPOINT_NAME
+    torch.save(payload, path)
+    with pytest.raises(InputError, match=re.escape(f"{path}: the checkpoint's model config is not valid: {fragment}")):
+        load_generator(path)

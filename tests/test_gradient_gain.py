@@ -472,7 +472,7 @@ def test_norms_equal_autograd_grad_on_a_real_hybrid_generator(checkpointing: boo
     from fnostab.models import build_generator
 
     torch.manual_seed(5)
-    model = build_generator("hybrid", N=32, width=8, modes=4, fno_blocks=2, gradient_checkpointing=checkpointing)
+    model = build_generator("hybrid", N=32, width=8, modes=4, fno_blocks=2, checkpointing=checkpointing)
     x = torch.rand(2, 1, 32, 32)
     target = torch.randn(2, 1, 32, 32, dtype=torch.complex64)
 

@@ -230,11 +230,11 @@ def test_predicted_amplitude_without_groups_is_per_pattern() -> None:
 @pytest.mark.parametrize("head", ["real_imag", "amp_phase"])
 def test_generators_take_and_give_c_channels(arch, head) -> None:
     torch.manual_seed(0)
-    model = build_generator(arch, N=16, width=4, modes=4, fno_blocks=2, head=head, in_channels=4, out_channels=4)
+    model = build_generator(arch, N=16, width=4, modes=4, fno_blocks=2, head=head, channels=4)
     out = model(torch.rand(3, 4, 16, 16))
     assert out.shape == (3, 4, 16, 16) and out.dtype == torch.complex64
     # the plan counts the same parameters as the built model (head: 2C outputs, lifter: C inputs)
-    counted = plan(arch, batch_size=2, N=16, width=4, modes=4, fno_blocks=2, head=head, in_channels=4, out_channels=4)
+    counted = plan(arch, batch_size=2, N=16, width=4, modes=4, fno_blocks=2, head=head, channels=4)
     assert counted.params == sum(p.numel() for p in model.parameters())
     single = plan(arch, batch_size=2, N=16, width=4, modes=4, fno_blocks=2, head=head)
     # lifter's first conv: 9·h more weights per extra input channel; head: one 1×1 conv per output part

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from fnostab.config import ModelConfig
 from fnostab.errors import InputError
 from fnostab.models import (
     GENERATORS,
@@ -39,7 +40,7 @@ def test_every_generator_maps_amplitude_to_a_complex64_object_of_the_same_size(n
     assert isinstance(model.lifter, SpatialLifter)
     assert isinstance(model.blocks, nn.ModuleList)
     assert isinstance(model.head, RealImagHead)
-    assert model.config["name"] == name and model.config["N"] == N
+    assert model.config == ModelConfig(arch=name, **SMALL)
 
 
 @pytest.mark.parametrize("N", [8, 16, 24, 33])
@@ -93,7 +94,7 @@ def test_stable_hybrid_adds_only_the_norm_affine_parameters() -> None:
     assert n_params(layerscale) == n_params(hybrid) + 3 * sum(block_widths)  # γ, β and λ
     assert all(isinstance(b, StablePtychoBlock) for b in stable.blocks)
     assert all(type(b) is PtychoBlock for b in hybrid.blocks)
-    assert stable.config["block_init"] == "zero_gamma" and layerscale.config["block_init"] == "layerscale"
+    assert stable.config.block_init == "zero_gamma" and layerscale.config.block_init == "layerscale"
 
 
 def test_fno_at_the_ptychopinn_defaults_has_656_002_parameters() -> None:
@@ -161,7 +162,7 @@ def test_every_parameter_gets_a_gradient_except_those_blocked_by_zero_gamma(
 def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(name: str, options: dict) -> None:
     def run(checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         torch.manual_seed(0)
-        model = build_generator(name, N=32, gradient_checkpointing=checkpointing, **{**SMALL, **options})
+        model = build_generator(name, N=32, checkpointing=checkpointing, **{**SMALL, **options})
         x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
         out = model(x)
         torch.view_as_real(out).square().mean().backward()
@@ -176,7 +177,7 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(name: str, 
 
 
 def test_checkpointing_is_skipped_under_no_grad() -> None:
-    model = build_generator("hybrid", N=16, gradient_checkpointing=True, **SMALL)
+    model = build_generator("hybrid", N=16, checkpointing=True, **SMALL)
     with torch.no_grad():
         out = model(torch.rand(1, 1, 16, 16))
     assert out.shape == (1, 1, 16, 16)
@@ -194,7 +195,7 @@ def test_generators_run_under_bf16_autocast_and_still_return_complex64() -> None
 
 
 def test_hybrid_rejects_an_input_that_its_levels_cannot_halve() -> None:
-    model = HybridUNOGenerator(width=4, modes=2, fno_blocks=3)
+    model = HybridUNOGenerator(ModelConfig(width=4, modes=2, fno_blocks=3))
     with pytest.raises(InputError, match=r"input map \(18, 18\) does not fit a 3-level U-NO: .* multiples of .* 4"):
         model(torch.rand(1, 1, 18, 18))
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fnostab.config import TrainConfig
+from fnostab.config import ModelConfig, TrainConfig
 from fnostab.errors import ConfigError
 from fnostab.models import build_generator, measure_step, plan
 from fnostab.models.plan import optimizer_buffers
@@ -127,9 +127,9 @@ def test_meta_measurement_equals_the_same_measurement_on_real_tensors() -> None:
     torch.manual_seed(0)
     options = dict(width=8, modes=4, fno_blocks=3, bands="both")
     for checkpointing in (False, True):
-        real_model = build_generator("stable_hybrid", N=32, gradient_checkpointing=checkpointing, **options)
+        real_model = build_generator("stable_hybrid", N=32, checkpointing=checkpointing, **options)
         real = measure_step(real_model, torch.rand(2, 1, 32, 32))
-        p = plan("stable_hybrid", batch_size=2, N=32, gradient_checkpointing=checkpointing, **options)
+        p = plan("stable_hybrid", batch_size=2, N=32, checkpointing=checkpointing, **options)
         assert (p.saved_bytes, p.activation_bytes) == (real.saved, real.activation_peak)
         assert real.grads == p.grad_bytes
         assert p.total_bytes == p.weight_bytes + p.optimizer_bytes + max(real.peak, p.grad_bytes + p.weight_bytes)
@@ -139,7 +139,7 @@ def test_meta_measurement_equals_the_same_measurement_on_real_tensors() -> None:
 def test_checkpointing_plans_fewer_activation_bytes(name: str) -> None:
     options = dict(batch_size=16, N=64, width=16, modes=8, fno_blocks=4)
     plain = plan(name, **options)
-    ckpt = plan(name, gradient_checkpointing=True, **options)
+    ckpt = plan(name, checkpointing=True, **options)
     assert ckpt.activation_bytes < plain.activation_bytes
     assert ckpt.params == plain.params and ckpt.weight_bytes == plain.weight_bytes
 
@@ -164,7 +164,7 @@ def test_plan_to_dict_is_json_ready_and_carries_its_context() -> None:
     [
         (dict(optimizer="lamb"), r"unknown optimizer 'lamb': expected one of adam, adamw, sgd"),
         (dict(batch_size=0), r"batch_size must be an integer ≥ 1, found 0"),
-        (dict(width=0), r"width must be ≥ 1, found 0"),
+        (dict(width=0), r"invalid width: Input should be greater than or equal to 1 \(got 0\)"),
     ],
 )
 def test_plan_rejects_invalid_options(options: dict, message: str) -> None:
@@ -180,7 +180,7 @@ def test_plan_rejects_unknown_names() -> None:
 @pytest.mark.cuda
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_plan_bounds_the_real_cuda_peak_of_one_adam_step(checkpointing: bool) -> None:
-    options = dict(N=64, width=16, modes=8, fno_blocks=3, gradient_checkpointing=checkpointing)
+    options = dict(N=64, width=16, modes=8, fno_blocks=3, checkpointing=checkpointing)
     model_plan = plan("hybrid", batch_size=8, **options)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -196,3 +196,16 @@ def test_plan_bounds_the_real_cuda_peak_of_one_adam_step(checkpointing: bool) ->
     peak = torch.cuda.max_memory_allocated() - baseline
     # cuFFT/cuDNN workspaces are outside the plan, the allocator rounds up: allow 50% either way.
     assert 0.5 * model_plan.total_bytes <= peak <= 1.5 * model_plan.total_bytes, (peak, model_plan.total_bytes)
+
+
+def test_a_plan_from_a_config_records_its_options_as_plan_files_always_did() -> None:
+    config = ModelConfig(width=8, modes=4, fno_blocks=2, checkpointing=True)
+    d = plan(config, batch_size=2, N=32, channels=4).to_dict()
+    assert d["options"] == {
+        "width": 8, "modes": 4, "fno_blocks": 2, "max_hidden_channels": None, "bands": "positive",
+        "head": "real_imag", "block_init": "zero_gamma", "layerscale_init": 0.001, "cnn_blocks": 2,
+        "in_channels": 4, "out_channels": 4, "gradient_checkpointing": True,
+    }  # fmt: skip
+    assert d["name"] == "hybrid" and d["gradient_checkpointing"] is True
+    shorthand = plan("hybrid", batch_size=2, N=32, channels=4, width=8, modes=4, fno_blocks=2, checkpointing=True)
+    assert d == shorthand.to_dict()

@@ -6,8 +6,16 @@ import pytest
 import torch
 from torch import nn
 
+from fnostab.config import ModelConfig
 from fnostab.errors import ConfigError
-from fnostab.models import GENERATORS, StableHybridUNOGenerator, StablePtychoBlock, build_generator, geometry_error
+from fnostab.models import (
+    GENERATORS,
+    HybridUNOGenerator,
+    StableHybridUNOGenerator,
+    StablePtychoBlock,
+    build_generator,
+    geometry_error,
+)
 
 
 @pytest.fixture
@@ -43,20 +51,24 @@ def test_unknown_generator_name_lists_the_valid_names(no_allocation: None) -> No
             r"below the 2×2 minimum; use N a multiple of 128 and at least 256, or fno_blocks ≤ 6",
         ),
         (dict(N=8, fno_blocks=4), r"coarsest map would be N / 8 = 1 px a side, below the 2×2 minimum"),
-        (dict(N=64, modes=0), r"modes must be ≥ 1, found 0"),
-        (dict(N=64, width=0), r"width must be ≥ 1, found 0"),
-        (dict(N=64, fno_blocks=0), r"fno_blocks must be ≥ 1, found 0"),
-        (dict(N=64, width=32.0), r"width must be an integer ≥ 1, found 32.0 \(float\)"),
-        (dict(N=64, block_init="rezero"), r"unknown block init 'rezero': expected one of zero_gamma, layerscale"),
-        (dict(N=64, bands="all"), r"unknown bands 'all': expected one of positive, both"),
-        (dict(N=64, head="amp"), r"unknown head 'amp': expected one of real_imag, amp_phase"),
+        (dict(N=64, modes=0), r"invalid modes: Input should be greater than or equal to 1 \(got 0\)"),
+        (dict(N=64, width=0), r"invalid width: Input should be greater than or equal to 1 \(got 0\)"),
+        (dict(N=64, fno_blocks=0), r"invalid fno_blocks: Input should be greater than or equal to 1"),
+        (dict(N=64, width=32.0), r"invalid width: Input should be a valid integer \(got 32.0\)"),
+        (dict(N=64, width=True), r"invalid width: Input should be a valid integer \(got True\)"),
+        (dict(N=64, block_init="rezero"), r"invalid block_init: Input should be 'zero_gamma' or 'layerscale'"),
+        (dict(N=64, bands="all"), r"invalid bands: Input should be 'positive' or 'both' \(got 'all'\)"),
+        (dict(N=64, head="amp"), r"invalid head: Input should be 'real_imag' or 'amp_phase'"),
         (
             dict(N=64, max_hidden_channels=16),
-            r"max_hidden_channels must be ≥ width \(32\) or None for no cap, found 16",
+            r"invalid max_hidden_channels: must be ≥ width \(32\), or unset for no cap \(got 16\)",
         ),
-        (dict(N=64, layerscale_init=0.0), r"layerscale_init must be a number > 0, found 0.0"),
-        (dict(N=64, cnn_blocks=-1), r"cnn_blocks must be ≥ 0, found -1"),
+        (dict(N=64, layerscale_init=0.0), r"invalid layerscale_init: Input should be greater than 0 \(got 0.0\)"),
+        (dict(N=64, cnn_blocks=-1), r"invalid cnn_blocks: Input should be greater than or equal to 0"),
+        (dict(N=64, checkpointing=1), r"invalid checkpointing: Input should be a valid boolean"),
+        (dict(N=64, gradient_checkpointing=True), r"invalid gradient_checkpointing: Extra inputs are not permitted"),
         (dict(N=0), r"N must be ≥ 1, found 0"),
+        (dict(N=16, channels=0), r"channels must be ≥ 1, found 0"),
     ],
 )
 def test_invalid_configurations_raise_config_error_before_allocating(
@@ -66,17 +78,40 @@ def test_invalid_configurations_raise_config_error_before_allocating(
         build_generator("hybrid", **options)
 
 
+def test_a_config_and_options_together_are_refused(no_allocation: None) -> None:
+    with pytest.raises(ConfigError, match=r"give a ModelConfig or options, not both \(got width\)"):
+        build_generator(ModelConfig(), N=64, width=8)
+
+
+def test_a_generator_refuses_a_config_of_another_architecture(no_allocation: None) -> None:
+    with pytest.raises(ConfigError, match=r"HybridUNOGenerator builds arch 'hybrid', the config asks for 'fno'"):
+        HybridUNOGenerator(ModelConfig(arch="fno"))
+
+
+def test_the_config_and_the_name_shorthand_build_the_same_weights() -> None:
+    config = ModelConfig(arch="stable_hybrid", width=4, modes=2, fno_blocks=2, block_init="layerscale")
+    torch.manual_seed(0)
+    from_config = build_generator(config, 16)
+    torch.manual_seed(0)
+    from_name = build_generator("stable_hybrid", N=16, width=4, modes=2, fno_blocks=2, block_init="layerscale")
+    assert from_config.config == from_name.config == config
+    assert all(torch.equal(a, b) for a, b in zip(from_config.state_dict().values(), from_name.state_dict().values()))
+
+
 def test_config_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         build_generator("hybrid", N=63)
 
 
 def test_geometry_rule_per_architecture() -> None:
-    assert geometry_error("hybrid", N=256, fno_blocks=8) is None  # 2×2 bottleneck
-    assert geometry_error("hybrid", N=64, fno_blocks=6) is None
-    assert geometry_error("hybrid", N=48, fno_blocks=4) is None  # 6×6 bottleneck: not a power of two
-    assert geometry_error("fno", N=17, fno_blocks=8) is None  # full resolution: any N ≥ 2
-    assert geometry_error("fno", N=1, fno_blocks=4) == (
+    def error(arch: str, N: int, fno_blocks: int) -> str | None:
+        return geometry_error(ModelConfig(arch=arch, fno_blocks=fno_blocks), N)
+
+    assert error("hybrid", N=256, fno_blocks=8) is None  # 2×2 bottleneck
+    assert error("hybrid", N=64, fno_blocks=6) is None
+    assert error("hybrid", N=48, fno_blocks=4) is None  # 6×6 bottleneck: not a power of two
+    assert error("fno", N=17, fno_blocks=8) is None  # full resolution: any N ≥ 2
+    assert error("fno", N=1, fno_blocks=4) == (
         "fno with fno_blocks=4 does not fit N=1: its coarsest map would be N / 1 = 1 px a side, "
         "below the 2×2 minimum; use N ≥ 2"
     )
@@ -84,14 +119,15 @@ def test_geometry_rule_per_architecture() -> None:
 
 def test_options_an_architecture_does_not_use_are_validated_then_ignored() -> None:
     model = build_generator("fno", N=16, width=4, modes=2, fno_blocks=1, max_hidden_channels=8, block_init="layerscale")
-    assert "max_hidden_channels" not in model.config and "block_init" not in model.config
-    assert model.config == {
-        "name": "fno", "N": 16, "in_channels": 1, "out_channels": 1, "width": 4, "modes": 2, "fno_blocks": 1,
-        "cnn_blocks": 2, "bands": "positive", "head": "real_imag", "gradient_checkpointing": False,
-    }  # fmt: skip
+    plain = build_generator("fno", N=16, width=4, modes=2, fno_blocks=1)
+    assert model.config.block_init == "layerscale" and model.config.max_hidden_channels == 8
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    assert [p.shape for p in model.parameters()] == [p.shape for p in plain.parameters()]
 
 
-def test_in_channels_sets_the_lifter_input() -> None:
-    model = build_generator("hybrid", N=16, width=4, modes=2, fno_blocks=2, in_channels=3)
+def test_channels_set_the_lifter_input_and_the_head_output() -> None:
+    model = build_generator("hybrid", N=16, width=4, modes=2, fno_blocks=2, channels=3)
     assert model.lifter.conv_in.in_channels == 3
-    assert model(torch.rand(1, 3, 16, 16)).shape == (1, 1, 16, 16)
+    assert model(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+    lifter_only = HybridUNOGenerator(ModelConfig(width=4, modes=2, fno_blocks=2), in_channels=3)
+    assert lifter_only(torch.rand(1, 3, 16, 16)).shape == (1, 1, 16, 16)

@@ -77,7 +77,7 @@ def test_block_grad_norms_at_step_0_equal_an_independent_autograd_computation(
     # of the seeded train loader. Repeat both and take ∂L/∂h_i with autograd at the block outputs.
     split = load_split(smoke_data[0])
     pl.seed_everything(SEED, verbose=False)
-    generator = build_generator(SMOKE_MODEL.arch, **SMOKE_MODEL.generator_kwargs(split.N))
+    generator = build_generator(SMOKE_MODEL, split.N)
     batch = next(iter(train_loader(split.diffraction, BATCH, SEED)))
     outputs: list[torch.Tensor] = []
     handles = [b.register_forward_hook(lambda m, i, o: outputs.append(o)) for b in generator.blocks]
@@ -102,7 +102,7 @@ def test_out_of_memory_before_the_first_block_on_a_monitored_step_is_still_recor
         model=SMOKE_MODEL,
         train=TrainConfig(epochs=1, batch_size=BATCH, seed=SEED, monitor_every=1, accelerator="cpu"),
     )
-    generator = build_generator("hybrid", **SMOKE_MODEL.generator_kwargs(32))
+    generator = build_generator(SMOKE_MODEL, 32)
 
     def out_of_memory(module: torch.nn.Module, inputs: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -66,9 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     Click's own errors (an unknown option, ``--lr abc``, a misspelt command) are reported here in
     one line instead of typer's framed box; typer is run with ``standalone_mode=False`` for that.
     """
-    from fnostab.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, print_error_document
+    from fnostab.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, begin_invocation, print_error_document
     from fnostab.interrupts import raise_on_sigterm
 
+    begin_invocation()
     raise_on_sigterm()
     args = sys.argv[1:] if argv is None else list(argv)
     json_mode = "--json" in args

@@ -34,8 +34,14 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTE
 F = TypeVar("F", bound=Callable[..., Any])
 
 _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-# Whether this process has printed its one result document (so a failure after it adds none).
+# Whether this invocation has printed its one result document (so a failure after it adds none).
 _result_printed = False
+
+
+def begin_invocation() -> None:
+    """Start a new invocation's output state: ``main`` may run more than once in one process."""
+    global _result_printed
+    _result_printed = False
 
 
 class Output:
@@ -132,8 +138,7 @@ def command(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        global _result_printed
-        _result_printed = False
+        begin_invocation()
         json_mode = bool(kwargs.get("json_output"))
         try:
             return fn(*args, **kwargs)
@@ -177,24 +182,6 @@ MLFLOW_URI_OPTION = typer.Option(
     rich_help_panel="Logging",
 )
 PRESET_HELP = "Size preset: smoke (tests, seconds), cpu (default, minutes on 2 cores), paper (Stage A, GPU)."
-
-# The generator options of `train`, `probe-activations` and `grad-gain`, one help text each. They
-# default to None so an explicitly given option can be told apart from the preset's value.
-MODEL_OPTION_HELP = {
-    "--arch": "Generator: fno, hybrid or stable_hybrid.",
-    "--fno-blocks": "Spectral blocks (hybrid: encoder levels).",
-    "--width": "Hidden channels h of the first level.",
-    "--modes": "Fourier modes kept per dimension.",
-    "--max-hidden-channels": "Cap on hybrid channel doubling.",
-    "--bands": "Spectral row bands: positive (PtychoPINN) or both.",
-    "--block-init": "stable_hybrid blocks: zero_gamma or layerscale.",
-}
-
-
-def model_option(flag: str, panel: str) -> Any:
-    """The declaration of generator option ``flag`` (a key of :data:`MODEL_OPTION_HELP`) in help panel ``panel``."""
-    return typer.Option(None, flag, help=MODEL_OPTION_HELP[flag], rich_help_panel=panel)
-
 
 GRIDSIZE_HELP = (
     "Patterns per sample as a g×g group (PtychoPINN's gridsize, 1 or 2; docs/gridsize.md). Without data "

@@ -3,30 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from fnostab.cli.common import JSON_OPTION, QUIET_OPTION, Output, command
+from fnostab.cli.options import config_options
 from fnostab.cli.probe import (
-    ARCH_OPTION,
-    BANDS_OPTION,
     BATCH_SIZE_OPTION,
-    BLOCK_INIT_OPTION,
     CHECKPOINT_OPTION,
     DEVICE_OPTION,
-    FNO_BLOCKS_OPTION,
-    MAX_HIDDEN_OPTION,
-    MODES_OPTION,
+    MODEL_OPTIONS,
     PRESET_OPTION,
     RUN_OPTION,
     RUN_PANEL,
     SEED_OPTION,
-    WIDTH_OPTION,
     load_diagnostic_inputs,
 )
 
 
 @command
+@config_options(MODEL_OPTIONS)
 def grad_gain_command(
     train_npz: Path = typer.Argument(..., metavar="TRAIN.npz", help="Patterns (and probe) for the physics loss."),
     out: Path = typer.Option(
@@ -36,13 +33,6 @@ def grad_gain_command(
     run: Path | None = RUN_OPTION,
     preset: str | None = PRESET_OPTION,
     seed: int | None = SEED_OPTION,
-    arch: str | None = ARCH_OPTION,
-    fno_blocks: int | None = FNO_BLOCKS_OPTION,
-    width: int | None = WIDTH_OPTION,
-    modes: int | None = MODES_OPTION,
-    max_hidden_channels: int | None = MAX_HIDDEN_OPTION,
-    bands: str | None = BANDS_OPTION,
-    block_init: str | None = BLOCK_INIT_OPTION,
     batches: int = typer.Option(
         4, "--batches", help="K batches (consecutive, in file order) to average over.", rich_help_panel=RUN_PANEL
     ),
@@ -57,6 +47,7 @@ def grad_gain_command(
     device: str = DEVICE_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
+    **options: Any,
 ) -> None:
     """Per-block gradient norms of the physics loss and the backward gains between blocks.
 
@@ -78,8 +69,7 @@ def grad_gain_command(
     )
     target, split, generator, model_info = load_diagnostic_inputs(
         train_npz, out, settings.device, checkpoint=checkpoint, run=run, preset=preset, seed=seed,
-        options=dict(arch=arch, fno_blocks=fno_blocks, width=width, modes=modes,
-                     max_hidden_channels=max_hidden_channels, bands=bands, block_init=block_init),
+        options=MODEL_OPTIONS.values(options),
     )  # fmt: skip
     probe, warning = probe_for(split)
 

@@ -1,6 +1,6 @@
 """``fnostab probe-activations``: forward activation statistics per layer of a generator, JSON + plot.
 
-The model options here are shared with ``fnostab grad-gain`` (:mod:`fnostab.cli.grad_gain`).
+The model source and run options here are shared with ``fnostab grad-gain`` (:mod:`fnostab.cli.grad_gain`).
 """
 
 from __future__ import annotations
@@ -10,13 +10,17 @@ from typing import Any
 
 import typer
 
-from fnostab.cli.common import JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command, model_option
+from fnostab.cli.common import JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
+from fnostab.cli.options import ConfigOptions, config_options
+from fnostab.config import ModelConfig
 
 MODEL_PANEL = "Model (a trained checkpoint, or options for a fresh generator)"
 RUN_PANEL = "Run"
 
-# Option declarations shared by both diagnostics commands. Every model option defaults to None so
-# that an explicitly given one can be told apart from a default and refused next to a checkpoint.
+# Option declarations shared by both diagnostics commands. Every model option (one per ModelConfig
+# field) defaults to None so that an explicitly given one can be told apart from a default and
+# refused next to a checkpoint.
+MODEL_OPTIONS = ConfigOptions(ModelConfig, panel=MODEL_PANEL)
 CHECKPOINT_OPTION = typer.Option(
     None, "--checkpoint", help="A trained generator's checkpoint.pt.", rich_help_panel=MODEL_PANEL
 )
@@ -30,13 +34,6 @@ SEED_OPTION = typer.Option(
     help="Seed of a fresh generator's weights (default 42, as fnostab train).",
     rich_help_panel=MODEL_PANEL,
 )
-ARCH_OPTION = model_option("--arch", MODEL_PANEL)
-FNO_BLOCKS_OPTION = model_option("--fno-blocks", MODEL_PANEL)
-WIDTH_OPTION = model_option("--width", MODEL_PANEL)
-MODES_OPTION = model_option("--modes", MODEL_PANEL)
-MAX_HIDDEN_OPTION = model_option("--max-hidden-channels", MODEL_PANEL)
-BANDS_OPTION = model_option("--bands", MODEL_PANEL)
-BLOCK_INIT_OPTION = model_option("--block-init", MODEL_PANEL)
 DEVICE_OPTION = typer.Option(
     "auto", "--device", help="cpu, cuda or auto (cuda when available).", rich_help_panel=RUN_PANEL
 )
@@ -69,6 +66,7 @@ def load_diagnostic_inputs(
 
 
 @command
+@config_options(MODEL_OPTIONS)
 def probe_activations_command(
     train_npz: Path = typer.Argument(
         ..., metavar="TRAIN.npz", help="Patterns to probe (only 'diffraction' is needed)."
@@ -83,13 +81,6 @@ def probe_activations_command(
     run: Path | None = RUN_OPTION,
     preset: str | None = PRESET_OPTION,
     seed: int | None = SEED_OPTION,
-    arch: str | None = ARCH_OPTION,
-    fno_blocks: int | None = FNO_BLOCKS_OPTION,
-    width: int | None = WIDTH_OPTION,
-    modes: int | None = MODES_OPTION,
-    max_hidden_channels: int | None = MAX_HIDDEN_OPTION,
-    bands: str | None = BANDS_OPTION,
-    block_init: str | None = BLOCK_INIT_OPTION,
     max_samples: int = typer.Option(
         64, "--max-samples", help="Probe the first this many patterns.", rich_help_panel=RUN_PANEL
     ),
@@ -97,6 +88,7 @@ def probe_activations_command(
     device: str = DEVICE_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
+    **options: Any,
 ) -> None:
     """Forward-hook statistics of the lifter, every block and its spectral and local branches.
 
@@ -115,8 +107,7 @@ def probe_activations_command(
     settings = build(ActivationProbeSettings, dict(batch_size=batch_size, max_samples=max_samples, device=device))
     target, split, generator, model_info = load_diagnostic_inputs(
         train_npz, out, settings.device, checkpoint=checkpoint, run=run, preset=preset, seed=seed,
-        options=dict(arch=arch, fno_blocks=fno_blocks, width=width, modes=modes,
-                     max_hidden_channels=max_hidden_channels, bands=bands, block_init=block_init),
+        options=MODEL_OPTIONS.values(options),
     )  # fmt: skip
 
     output.log(

@@ -17,7 +17,8 @@ from fnostab.cli.common import (
     command,
     gridsize_option,
 )
-from fnostab.config import DEFAULT_PRESET
+from fnostab.cli.options import ConfigOptions, config_options
+from fnostab.config import DEFAULT_PRESET, ModelConfig, TrainConfig
 from fnostab.errors import InputError
 from fnostab.io import check_out_dir
 
@@ -53,11 +54,10 @@ RAY_ADDRESS_OPTION = typer.Option(
 )
 
 
-def _overrides(**values: Any) -> dict[str, dict[str, Any]]:
-    from fnostab.config import ModelConfig
-
-    model = {k: v for k, v in values.items() if k in ModelConfig.model_fields and v is not None}
-    train = {k: v for k, v in values.items() if k not in ModelConfig.model_fields and v is not None}
+def _overrides(groups: tuple[ConfigOptions, ...], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The sweep-wide model and training options given on the command line."""
+    model = {k: v for group in groups if group.config is ModelConfig for k, v in group.values(options).items()}
+    train = {k: v for group in groups if group.config is TrainConfig for k, v in group.values(options).items()}
     return {"model": model, "train": train}
 
 
@@ -68,7 +68,37 @@ def _finish(output: Output, summary: dict[str, Any], sweep_dir: Path) -> None:
     output.result(text, summary)
 
 
+# Sweep-wide options: a few model and training fields set for every arm (an arm's own keys, any
+# ModelConfig or TrainConfig field, go on top). Each is generated from its config field.
+SHOOTOUT_OPTIONS = (
+    ConfigOptions(
+        ModelConfig,
+        panel=SWEEP_PANEL,
+        fields=("fno_blocks",),
+        help={"fno_blocks": "Depth for every arm (arms may override)."},
+    ),
+    ConfigOptions(
+        TrainConfig,
+        panel=SWEEP_PANEL,
+        fields=("epochs", "batch_size", "val_patches", "monitor_every", "accelerator"),
+        panels={"accelerator": EXEC_PANEL},
+        help={"epochs": "Epochs per run (at most 20; longer runs belong to `stress`)."},
+    ),
+)
+STRESS_OPTIONS = (
+    ConfigOptions(ModelConfig, panel=SWEEP_PANEL, fields=("max_hidden_channels", "checkpointing")),
+    ConfigOptions(
+        TrainConfig,
+        panel=SWEEP_PANEL,
+        fields=("epochs", "batch_size", "val_patches", "accelerator"),
+        panels={"accelerator": EXEC_PANEL},
+        help={"epochs": "Epochs per run (not capped)."},
+    ),
+)
+
+
 @command
+@config_options(*SHOOTOUT_OPTIONS)
 def shootout_command(
     train_npz: Path | None = TRAIN_ARG,
     test_npz: Path | None = TEST_ARG,
@@ -93,26 +123,7 @@ def shootout_command(
         help="Add control arms with these global norm clips, e.g. 1,5,10,20,50,100.",
         rich_help_panel=SWEEP_PANEL,
     ),
-    epochs: int | None = typer.Option(
-        None,
-        "--epochs",
-        help="Epochs per run (at most 20; longer runs belong to `stress`).",
-        rich_help_panel=SWEEP_PANEL,
-    ),
-    batch_size: int | None = typer.Option(None, "--batch-size", rich_help_panel=SWEEP_PANEL),
-    fno_blocks: int | None = typer.Option(
-        None, "--fno-blocks", help="Depth for every arm (arms may override).", rich_help_panel=SWEEP_PANEL
-    ),
-    val_patches: int | None = typer.Option(
-        None, "--val-patches", help="Fixed validation subset per epoch.", rich_help_panel=SWEEP_PANEL
-    ),
-    monitor_every: int | None = typer.Option(
-        None, "--monitor-every", help="Per-block monitors every N steps.", rich_help_panel=SWEEP_PANEL
-    ),
     gridsize: int | None = gridsize_option(SWEEP_PANEL),
-    accelerator: str | None = typer.Option(
-        None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=EXEC_PANEL
-    ),
     jobs: int = JOBS_OPTION,
     executor: str = EXECUTOR_OPTION,
     ray_address: str | None = RAY_ADDRESS_OPTION,
@@ -120,6 +131,7 @@ def shootout_command(
     mlflow_uri: str | None = MLFLOW_URI_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
+    **options: Any,
 ) -> None:
     """Stage A: arms × seeds on one data set; failure rates and metrics per arm, and the verdict.
 
@@ -133,20 +145,13 @@ def shootout_command(
     from fnostab.experiments.sweep import ExecutionOptions, run_sweep, shared_data, validate_specs
 
     output = Output(json_mode=json_output, quiet=quiet)
-    check_epochs(epochs)
+    check_epochs(options["epochs"])
     execution = ExecutionOptions(jobs=jobs, executor=executor, ray_address=ray_address)
     arms = resolve_arms(arm or [], arms_file, clip_sweep)
     seed_values = resolve_seeds(
         seeds, parse_number_list(seed_list, "--seed-list", kind=int, positive=False) if seed_list else None
     )
-    overrides = _overrides(
-        epochs=epochs,
-        batch_size=batch_size,
-        fno_blocks=fno_blocks,
-        val_patches=val_patches,
-        monitor_every=monitor_every,
-        accelerator=accelerator,
-    )
+    overrides = _overrides(SHOOTOUT_OPTIONS, options)
     _check_out(out, "shootout")
     logging = _logging(logger, mlflow_uri, out)
     data, size = shared_data(train_npz, test_npz, preset, gridsize)
@@ -190,6 +195,7 @@ def _check_out(out: Path, kind: str) -> None:
 
 
 @command
+@config_options(*STRESS_OPTIONS)
 def stress_command(
     train_npz: Path | None = TRAIN_ARG,
     test_npz: Path | None = TEST_ARG,
@@ -207,26 +213,12 @@ def stress_command(
     lrs: str | None = typer.Option(
         None, "--lrs", help="Learning rates, e.g. 1e-3,3e-3,1e-2,3e-2,1e-1.", rich_help_panel=SWEEP_PANEL
     ),
-    epochs: int | None = typer.Option(
-        None, "--epochs", help="Epochs per run (not capped).", rich_help_panel=SWEEP_PANEL
-    ),
-    batch_size: int | None = typer.Option(None, "--batch-size", rich_help_panel=SWEEP_PANEL),
     N: int | None = typer.Option(
         None,
         "--N",
         help="Patch size for --plan-only without data (default: the preset's).",
         rich_help_panel=SWEEP_PANEL,
     ),
-    max_hidden_channels: int | None = typer.Option(
-        None, "--max-hidden-channels", help="Cap on hybrid channel doubling.", rich_help_panel=SWEEP_PANEL
-    ),
-    checkpointing: bool | None = typer.Option(
-        None,
-        "--checkpointing/--no-checkpointing",
-        help="Gradient checkpointing of encoder and bottleneck.",
-        rich_help_panel=SWEEP_PANEL,
-    ),
-    val_patches: int | None = typer.Option(None, "--val-patches", rich_help_panel=SWEEP_PANEL),
     memory_limit: str | None = typer.Option(
         None,
         "--memory-limit",
@@ -241,9 +233,6 @@ def stress_command(
         rich_help_panel=SWEEP_PANEL,
     ),
     gridsize: int | None = gridsize_option(SWEEP_PANEL),
-    accelerator: str | None = typer.Option(
-        None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=EXEC_PANEL
-    ),
     jobs: int = JOBS_OPTION,
     executor: str = EXECUTOR_OPTION,
     ray_address: str | None = RAY_ADDRESS_OPTION,
@@ -251,6 +240,7 @@ def stress_command(
     mlflow_uri: str | None = MLFLOW_URI_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
+    **options: Any,
 ) -> None:
     """Stage B: depth and/or learning-rate sweep; each arm's largest stable depth and learning rate.
 
@@ -276,19 +266,14 @@ def stress_command(
     if not plan_only and out is None:
         raise InputError("--out is required (unless --plan-only)")
     limit, limit_source = (
-        (parse_bytes(memory_limit), "--memory-limit") if memory_limit else default_memory_limit(accelerator or "auto")
+        (parse_bytes(memory_limit), "--memory-limit")
+        if memory_limit
+        else default_memory_limit(options["accelerator"] or "auto")
     )
     if executor != "ray" and jobs > 1:
         # K local runs at once share the machine (or the one GPU): each gets a K-th of the limit.
         limit, limit_source = limit // jobs, f"{limit_source} / {jobs} runs at once"
-    overrides = _overrides(
-        epochs=epochs,
-        batch_size=batch_size,
-        max_hidden_channels=max_hidden_channels,
-        checkpointing=checkpointing,
-        val_patches=val_patches,
-        accelerator=accelerator,
-    )
+    overrides = _overrides(STRESS_OPTIONS, options)
     if plan_only:
         from fnostab.config import DataSource
 

@@ -20,8 +20,8 @@ from fnostab.cli.common import (
     Output,
     command,
     gridsize_option,
-    model_option,
 )
+from fnostab.cli.options import ConfigOptions, config_options
 from fnostab.config import (
     DEFAULT_PRESET,
     DataSource,
@@ -166,7 +166,25 @@ def _train_replacing(prepared: Any, run_dir: Path, output: Output, logging: Any)
     return result
 
 
+# Every ModelConfig and TrainConfig field is an option of `train`; the run-level ones are listed in the
+# Run panel, a new field lands in Model or Optimisation.
+MODEL_OPTIONS = ConfigOptions(ModelConfig, panel=MODEL_PANEL)
+TRAIN_OPTIONS = ConfigOptions(
+    TrainConfig,
+    panel=TRAIN_PANEL,
+    panels={
+        name: RUN_PANEL
+        for name in (
+            "accelerator", "precision", "devices", "strategy", "threads", "log_grad_norm", "grad_norm_log_freq",
+            "monitor_every", "precursors_every", "curvature_every", "batch_sharpness_every", "precursor_window",
+            "val_patches",
+        )
+    },
+)  # fmt: skip
+
+
 @command
+@config_options(MODEL_OPTIONS, TRAIN_OPTIONS)
 def train_command(
     train_npz: Path | None = typer.Argument(
         None, metavar="[TRAIN.npz]", help="Train split (default: the preset's simulated data, cached)."
@@ -176,120 +194,13 @@ def train_command(
         None, "--out", help="Run dir to write (default runs/train-<time>-<arch>-s<seed>).", rich_help_panel=RUN_PANEL
     ),
     preset: str = typer.Option(DEFAULT_PRESET, "--preset", help=PRESET_HELP, rich_help_panel=RUN_PANEL),
-    arch: str | None = model_option("--arch", MODEL_PANEL),
-    fno_blocks: int | None = model_option("--fno-blocks", MODEL_PANEL),
-    width: int | None = model_option("--width", MODEL_PANEL),
-    modes: int | None = model_option("--modes", MODEL_PANEL),
-    max_hidden_channels: int | None = model_option("--max-hidden-channels", MODEL_PANEL),
-    bands: str | None = model_option("--bands", MODEL_PANEL),
-    checkpointing: bool | None = typer.Option(
-        None,
-        "--checkpointing/--no-checkpointing",
-        help="Gradient checkpointing of encoder and bottleneck blocks.",
-        rich_help_panel=MODEL_PANEL,
-    ),
-    block_init: str | None = model_option("--block-init", MODEL_PANEL),
-    head: str | None = typer.Option(
-        None, "--head", help="Output head: real_imag or amp_phase.", rich_help_panel=MODEL_PANEL
-    ),
     gridsize: int | None = gridsize_option(MODEL_PANEL),
-    clip: str | None = typer.Option(
-        None, "--clip", help="ALGO[:VALUE]: none, norm:v, value:v, agc:λ, agc_tensor:λ.", rich_help_panel=TRAIN_PANEL
-    ),
-    optimizer: str | None = typer.Option(None, "--optimizer", help="adam, adamw or sgd.", rich_help_panel=TRAIN_PANEL),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate.", rich_help_panel=TRAIN_PANEL),
-    weight_decay: float | None = typer.Option(None, "--weight-decay", rich_help_panel=TRAIN_PANEL),
-    scheduler: str | None = typer.Option(
-        None, "--scheduler", help="constant, warmup_cosine or plateau (stepped per epoch).", rich_help_panel=TRAIN_PANEL
-    ),
-    warmup_epochs: int | None = typer.Option(None, "--warmup-epochs", rich_help_panel=TRAIN_PANEL),
-    min_lr_ratio: float | None = typer.Option(
-        None, "--min-lr-ratio", help="Final LR of warmup_cosine as a fraction of --lr.", rich_help_panel=TRAIN_PANEL
-    ),
-    loss: str | None = typer.Option(None, "--loss", help="mae or poisson.", rich_help_panel=TRAIN_PANEL),
-    epochs: int | None = typer.Option(None, "--epochs", rich_help_panel=TRAIN_PANEL),
-    batch_size: int | None = typer.Option(None, "--batch-size", rich_help_panel=TRAIN_PANEL),
-    seed: int | None = typer.Option(
-        None, "--seed", help="Seed of weights and batch order.", rich_help_panel=TRAIN_PANEL
-    ),
-    blowup_factor: float | None = typer.Option(
-        None,
-        "--blowup-factor",
-        help="Loss above this × best smoothed loss → diverged (default 1000).",
-        rich_help_panel=TRAIN_PANEL,
-    ),
-    collapse_threshold: float | None = typer.Option(
-        None,
-        "--collapse-threshold",
-        help="Predicted amplitude std/mean below this on validation → collapsed (default 0.01).",
-        rich_help_panel=TRAIN_PANEL,
-    ),
-    accelerator: str | None = typer.Option(None, "--accelerator", help="auto, cpu or cuda.", rich_help_panel=RUN_PANEL),
-    precision: str | None = typer.Option(None, "--precision", help="32 or bf16-mixed.", rich_help_panel=RUN_PANEL),
-    devices: int | None = typer.Option(
-        None,
-        "--devices",
-        help="Processes (CPU) or GPUs of this one run: K > 1 trains with DDP, "
-        "the global --batch-size split across them.",
-        rich_help_panel=RUN_PANEL,
-    ),
-    strategy: str | None = typer.Option(
-        None, "--strategy", help="auto or ddp (the strategy of --devices > 1).", rich_help_panel=RUN_PANEL
-    ),
-    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads.", rich_help_panel=RUN_PANEL),
-    log_grad_norm: bool | None = typer.Option(
-        None,
-        "--log-grad-norm/--no-log-grad-norm",
-        help="Log grad_norm_preclip/postclip to metrics.csv.",
-        rich_help_panel=RUN_PANEL,
-    ),
-    grad_norm_log_freq: int | None = typer.Option(
-        None, "--grad-norm-log-freq", help="Log grad norms every N steps.", rich_help_panel=RUN_PANEL
-    ),
-    monitor_every: int | None = typer.Option(
-        None,
-        "--monitor-every",
-        help="Log per-block gradient norm and activation mean every N steps.",
-        rich_help_panel=RUN_PANEL,
-    ),
-    precursors_every: int | None = typer.Option(
-        None,
-        "--precursors-every",
-        help="Per-block precursor signals (gradient, weight and update norms, update/weight ratio, "
-        "update/gradient cosine, Adam second moment) logged every N steps; "
-        "a window of every step is kept before each spike or failure.",
-        rich_help_panel=RUN_PANEL,
-    ),
-    curvature_every: int | None = typer.Option(
-        None,
-        "--curvature-every",
-        help="Sharpness and Adam-preconditioned sharpness (Hessian-vector products) every N steps, "
-        "beside 2/η and 38/η.",
-        rich_help_panel=RUN_PANEL,
-    ),
-    batch_sharpness_every: int | None = typer.Option(
-        None,
-        "--batch-sharpness-every",
-        help="Batch sharpness gᵀHg/‖g‖² alone (one Hessian-vector product, cheap) every N steps, beside 2/η.",
-        rich_help_panel=RUN_PANEL,
-    ),
-    precursor_window: int | None = typer.Option(
-        None,
-        "--precursor-window",
-        help="Steps kept before a spike or failure (default 100).",
-        rich_help_panel=RUN_PANEL,
-    ),
-    val_patches: int | None = typer.Option(
-        None,
-        "--val-patches",
-        help="Validate each epoch on a fixed subset of this many test patterns.",
-        rich_help_panel=RUN_PANEL,
-    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing run dir.", rich_help_panel=RUN_PANEL),
     logger: list[str] | None = LOGGER_OPTION,
     mlflow_uri: str | None = MLFLOW_URI_OPTION,
     json_output: bool = JSON_OPTION,
     quiet: bool = QUIET_OPTION,
+    **options: Any,
 ) -> None:
     """Train one generator on TRAIN.npz, validate and evaluate on TEST.npz, write a run dir.
 
@@ -302,44 +213,8 @@ def train_command(
         test_npz=test_npz,
         preset=preset,
         gridsize=gridsize,
-        model=dict(
-            arch=arch,
-            fno_blocks=fno_blocks,
-            width=width,
-            modes=modes,
-            max_hidden_channels=max_hidden_channels,
-            bands=bands,
-            checkpointing=checkpointing,
-            block_init=block_init,
-            head=head,
-        ),
-        train=dict(
-            clip=clip,
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            scheduler=scheduler,
-            warmup_epochs=warmup_epochs,
-            min_lr_ratio=min_lr_ratio,
-            loss=loss,
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-            blowup_factor=blowup_factor,
-            collapse_threshold=collapse_threshold,
-            accelerator=accelerator,
-            precision=precision,
-            devices=devices,
-            threads=threads,
-            log_grad_norm=log_grad_norm,
-            grad_norm_log_freq=grad_norm_log_freq,
-            monitor_every=monitor_every,
-            val_patches=val_patches,
-            precursors_every=precursors_every,
-            curvature_every=curvature_every,
-            batch_sharpness_every=batch_sharpness_every,
-            precursor_window=precursor_window,
-        ),
+        model=MODEL_OPTIONS.values(options),
+        train=TRAIN_OPTIONS.values(options),
     )
     from fnostab.training.loggers import parse_logging
     from fnostab.training.runner import prepare_run, run_training

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fnostab.config import DEFAULT_PRESET, ModelConfig, build, merge
+from fnostab.config import DEFAULT_PRESET, ModelConfig, TrainConfig, build, flag_name, merge
 from fnostab.devices import resolve_device_name
 from fnostab.errors import ConfigError, InputError
 
@@ -18,20 +18,7 @@ Device = Literal["cpu", "cuda", "auto"]
 
 #: Default seed of a freshly initialised generator: TrainConfig's default, so that with the same
 #: model options the probes see exactly the weights ``fnostab train`` starts from.
-DEFAULT_SEED = 42
-
-#: CLI spelling of the options that describe a fresh generator (they conflict with a checkpoint).
-MODEL_OPTION_FLAGS: dict[str, str] = {
-    "preset": "--preset",
-    "seed": "--seed",
-    "arch": "--arch",
-    "fno_blocks": "--fno-blocks",
-    "width": "--width",
-    "modes": "--modes",
-    "max_hidden_channels": "--max-hidden-channels",
-    "bands": "--bands",
-    "block_init": "--block-init",
-}
+DEFAULT_SEED: int = TrainConfig.model_fields["seed"].default
 
 
 # ----------------------------------------------------------------------------------------- device
@@ -70,11 +57,9 @@ def block_names(generator: torch.nn.Module) -> list[str]:
 
 
 def architecture_of(generator: torch.nn.Module) -> str:
-    """The registry name of a generator built by ``build_generator`` (its ``config['name']``), else its class name."""
+    """The architecture of a generator built from a ModelConfig (its ``config.arch``), else its class name."""
     config = getattr(generator, "config", None)
-    if isinstance(config, dict) and isinstance(config.get("name"), str):
-        return config["name"]
-    return type(generator).__name__
+    return config.arch if isinstance(config, ModelConfig) else type(generator).__name__
 
 
 class Settings(BaseModel):
@@ -123,11 +108,7 @@ def resolve_model_source(
             raise InputError(f"{run}: no {CHECKPOINT_NAME} in this run dir (is it a finished fnostab run?)")
     if checkpoint is not None:
         given = {"preset": preset, "seed": seed, **options}
-        conflicting = [
-            MODEL_OPTION_FLAGS.get(key, "--" + key.replace("_", "-"))
-            for key, value in given.items()
-            if value is not None
-        ]
+        conflicting = [flag_name(key) for key, value in given.items() if value is not None]
         if conflicting:
             flag = "--run" if run is not None else "--checkpoint"
             raise InputError(
@@ -187,7 +168,7 @@ def load_model(source: ModelSource, N: int, gridsize: int = 1) -> tuple[torch.nn
     assert source.model is not None and source.seed is not None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(source.seed)
-        generator = build_generator(source.model.arch, **source.model.generator_kwargs(N, gridsize**2))
+        generator = build_generator(source.model, N, gridsize**2)
     info = {
         "source": "fresh",
         "preset": source.preset,

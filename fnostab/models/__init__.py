@@ -2,9 +2,10 @@
 
 Public API::
 
-    build_generator(name, *, N, width=32, modes=12, fno_blocks=4, ...) -> nn.Module
-    plan(name, *, batch_size, N, ..., optimizer="adam") -> ModelPlan   # on the meta device
-    measure_step(model, x) -> StepMemory                              # memory of one training step
+    build_generator(config, N, channels=1) -> nn.Module      # config: a ModelConfig, or ("hybrid", width=16, ...)
+    plan(config, *, batch_size, N, channels=1, optimizer="adam") -> ModelPlan   # on the meta device
+    geometry_error(config, N) -> str | None                  # why the config cannot run at N
+    measure_step(model, x) -> StepMemory                     # memory of one training step
     GENERATORS  # name -> class: fno, hybrid, stable_hybrid
 """
 

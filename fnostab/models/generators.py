@@ -10,10 +10,11 @@ Read top to bottom like the architecture descriptions of docs/generators.md:
                    (modes // 2) → CNN decoder [2×2/2 transpose conv, concat skip, 3×3, GELU, 3×3] → head
     stable_hybrid  hybrid with StablePtychoBlock in the encoder and the bottleneck
 
-Every generator exposes ``lifter``, ``blocks`` (the residual spectral blocks in forward order: for the
-hybrids the encoder blocks, then the bottleneck), ``head`` and ``config`` (its constructor options).
-Use :func:`fnostab.models.build_generator` to build one: it validates the options and the geometry
-for N before allocating anything.
+Every generator is built from a :class:`~fnostab.config.ModelConfig` (its one description, validated
+before anything is allocated) and the channel counts, and exposes ``lifter``, ``blocks`` (the residual
+spectral blocks in forward order: for the hybrids the encoder blocks, then the bottleneck), ``head`` and
+``config`` (that ModelConfig). Use :func:`fnostab.models.build_generator` to build one: it also checks
+the geometry for N.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from fnostab.config import ModelConfig
 from fnostab.errors import ConfigError, InputError
-from fnostab.models.blocks import BlockInit, PtychoBlock, SpatialLifter, StablePtychoBlock
-from fnostab.models.spectral import Bands
+from fnostab.models.blocks import PtychoBlock, SpatialLifter, StablePtychoBlock
 
 Head = Literal["real_imag", "amp_phase"]
 HEADS: tuple[str, ...] = ("real_imag", "amp_phase")
@@ -105,32 +106,19 @@ class CascadedFNOGenerator(nn.Module):
     656,002 parameters (docs/generators.md, fno).
     """
 
-    def __init__(
-        self,
-        *,
-        in_channels: int = 1,
-        out_channels: int = 1,
-        width: int = 32,
-        modes: int = 12,
-        fno_blocks: int = 4,
-        cnn_blocks: int = 2,
-        bands: Bands = "positive",
-        head: Head = "real_imag",
-        gradient_checkpointing: bool = False,
-    ) -> None:
+    arch = "fno"
+
+    def __init__(self, config: ModelConfig | None = None, *, in_channels: int = 1, out_channels: int = 1) -> None:
+        config = _own_config(type(self), config)  # checked before anything is allocated
         super().__init__()
-        self.config: dict[str, Any] = dict(
-            in_channels=in_channels, out_channels=out_channels, width=width, modes=modes, fno_blocks=fno_blocks,
-            cnn_blocks=cnn_blocks, bands=bands, head=head, gradient_checkpointing=gradient_checkpointing,
-        )  # fmt: skip
-        self.gradient_checkpointing = gradient_checkpointing
-        h = width
+        self.config = config
+        h = config.width
         self.lifter = SpatialLifter(in_channels, h)
-        self.blocks = nn.ModuleList(PtychoBlock(h, modes, bands) for _ in range(fno_blocks))
+        self.blocks = nn.ModuleList(PtychoBlock(h, config.modes, config.bands) for _ in range(config.fno_blocks))
         self.intermediate = nn.Conv2d(h, h, 1)
-        refiners = [(nn.Conv2d(h, h, 3, padding=1), nn.GELU()) for _ in range(cnn_blocks)]
+        refiners = [(nn.Conv2d(h, h, 3, padding=1), nn.GELU()) for _ in range(config.cnn_blocks)]
         self.refiner = nn.Sequential(*(layer for pair in refiners for layer in pair))
-        self.head = make_head(head, h, out_channels)
+        self.head = make_head(config.head, h, out_channels)
 
     @staticmethod
     def downsampling(fno_blocks: int) -> int:
@@ -141,7 +129,7 @@ class CascadedFNOGenerator(nn.Module):
         """(B, in_channels, N, N) float → (B, out_channels, N, N) complex64."""
         x = self.lifter(x)
         for block in self.blocks:
-            x = run_block(block, x, self.gradient_checkpointing)
+            x = run_block(block, x, self.config.checkpointing)
         x = self.refiner(self.intermediate(x))
         return self.head(x)
 
@@ -190,41 +178,31 @@ class HybridUNOGenerator(nn.Module):
     Parameters grow about 4× per level while the width doubles: 17,202,402 at n=4 and 4,417,975,522 at
     n=8 for h=32, m=12 (docs/generators.md, Parameter counts); ``max_hidden_channels`` caps the width.
 
-    ``block`` builds the encoder and bottleneck blocks, ``block(channels, modes) -> nn.Module``
-    (PtychoPINN's ``block_cls``); it defaults to :class:`PtychoBlock` with ``bands``.
+    :meth:`block_factory` builds the encoder and bottleneck blocks (:class:`PtychoBlock` with ``bands``);
+    a subclass overrides it to swap the block.
     """
 
-    def __init__(
-        self,
-        *,
-        in_channels: int = 1,
-        out_channels: int = 1,
-        width: int = 32,
-        modes: int = 12,
-        fno_blocks: int = 4,
-        max_hidden_channels: int | None = None,
-        bands: Bands = "positive",
-        head: Head = "real_imag",
-        gradient_checkpointing: bool = False,
-        block: Callable[[int, int], nn.Module] | None = None,
-    ) -> None:
-        super().__init__()
-        self.config: dict[str, Any] = dict(
-            in_channels=in_channels, out_channels=out_channels, width=width, modes=modes, fno_blocks=fno_blocks,
-            max_hidden_channels=max_hidden_channels, bands=bands, head=head,
-            gradient_checkpointing=gradient_checkpointing,
-        )  # fmt: skip
-        self.gradient_checkpointing = gradient_checkpointing
-        block = block or partial(PtychoBlock, bands=bands)
-        c = self.encoder_channels = encoder_widths(width, fno_blocks, max_hidden_channels)
+    arch = "hybrid"
 
-        self.lifter = SpatialLifter(in_channels, width)
+    def __init__(self, config: ModelConfig | None = None, *, in_channels: int = 1, out_channels: int = 1) -> None:
+        config = _own_config(type(self), config)  # checked before anything is allocated
+        super().__init__()
+        self.config = config
+        c = self.encoder_channels = encoder_widths(config.width, config.fno_blocks, config.max_hidden_channels)
+        block, modes = self.block_factory(config), config.modes
+
+        self.lifter = SpatialLifter(in_channels, config.width)
         # Encoder blocks (one per level), then the bottleneck block at the deepest level.
         self.blocks = nn.ModuleList([block(ch, modes) for ch in c] + [block(c[-1], max(1, modes // 2))])
-        self.down = nn.ModuleList(nn.Conv2d(c[i], c[i + 1], 2, stride=2) for i in range(fno_blocks - 1))
+        self.down = nn.ModuleList(nn.Conv2d(c[i], c[i + 1], 2, stride=2) for i in range(config.fno_blocks - 1))
         # Decoder stages from deep to shallow: c_{i+1} → c_i for i = n−2 … 0.
-        self.decoder = nn.ModuleList(DecoderStage(c[i + 1], c[i]) for i in reversed(range(fno_blocks - 1)))
-        self.head = make_head(head, width, out_channels)
+        self.decoder = nn.ModuleList(DecoderStage(c[i + 1], c[i]) for i in reversed(range(config.fno_blocks - 1)))
+        self.head = make_head(config.head, config.width, out_channels)
+
+    @staticmethod
+    def block_factory(config: ModelConfig) -> Callable[[int, int], nn.Module]:
+        """``block(channels, modes)`` for the encoder and bottleneck (PtychoPINN's ``block_cls``)."""
+        return partial(PtychoBlock, bands=config.bands)
 
     @staticmethod
     def downsampling(fno_blocks: int) -> int:
@@ -242,11 +220,11 @@ class HybridUNOGenerator(nn.Module):
         x = self.lifter(x)
         skips = []
         for level, block in enumerate(self.blocks[:-1]):
-            x = run_block(block, x, self.gradient_checkpointing)
+            x = run_block(block, x, self.config.checkpointing)
             if level < len(self.down):
                 skips.append(x)
                 x = self.down[level](x)
-        x = run_block(self.blocks[-1], x, self.gradient_checkpointing)  # bottleneck
+        x = run_block(self.blocks[-1], x, self.config.checkpointing)  # bottleneck
         for stage in self.decoder:
             x = stage(x, skips.pop())
         return self.head(x)
@@ -260,25 +238,20 @@ class StableHybridUNOGenerator(HybridUNOGenerator):
     default init and λ = ``layerscale_init`` per channel. The decoder is unchanged.
     """
 
-    def __init__(
-        self,
-        *,
-        in_channels: int = 1,
-        out_channels: int = 1,
-        width: int = 32,
-        modes: int = 12,
-        fno_blocks: int = 4,
-        max_hidden_channels: int | None = None,
-        bands: Bands = "positive",
-        head: Head = "real_imag",
-        block_init: BlockInit = "zero_gamma",
-        layerscale_init: float = 1e-3,
-        gradient_checkpointing: bool = False,
-    ) -> None:
-        block = partial(StablePtychoBlock, bands=bands, init=block_init, layerscale_init=layerscale_init)
-        super().__init__(
-            in_channels=in_channels, out_channels=out_channels, width=width, modes=modes, fno_blocks=fno_blocks,
-            max_hidden_channels=max_hidden_channels, bands=bands, head=head,
-            gradient_checkpointing=gradient_checkpointing, block=block,
-        )  # fmt: skip
-        self.config.update(block_init=block_init, layerscale_init=layerscale_init)
+    arch = "stable_hybrid"
+
+    @staticmethod
+    def block_factory(config: ModelConfig) -> Callable[[int, int], nn.Module]:
+        return partial(
+            StablePtychoBlock, bands=config.bands, init=config.block_init, layerscale_init=config.layerscale_init
+        )
+
+
+def _own_config(cls: type[nn.Module], config: ModelConfig | None) -> ModelConfig:
+    """``config`` (default: the defaults of this architecture), refused when it names another architecture."""
+    arch = cls.arch  # type: ignore[attr-defined]
+    if config is None:
+        return ModelConfig(arch=arch)
+    if config.arch != arch:
+        raise ConfigError(f"{cls.__name__} builds arch {arch!r}, the config asks for {config.arch!r}")
+    return config

@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode  # the supported hook for observing every op
 
+from fnostab.config import ModelConfig
 from fnostab.errors import ConfigError
-from fnostab.models.registry import check_options, geometry_error, instantiate
+from fnostab.models.registry import GENERATORS, geometry_error, model_config
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -104,48 +105,35 @@ class ModelPlan:
 
 
 def plan(
-    name: str,
+    config: ModelConfig | str,
     *,
     batch_size: int,
     N: int,
-    width: int = 32,
-    modes: int = 12,
-    fno_blocks: int = 4,
-    max_hidden_channels: int | None = None,
-    bands: str = "positive",
-    head: str = "real_imag",
-    block_init: str = "zero_gamma",
-    layerscale_init: float = 1e-3,
-    cnn_blocks: int = 2,
-    in_channels: int = 1,
-    out_channels: int = 1,
-    gradient_checkpointing: bool = False,
+    channels: int = 1,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
     momentum: float = 0.9,
+    **options: Any,
 ) -> ModelPlan:
-    """Plan generator ``name`` (same options as :func:`~fnostab.models.build_generator`) without
-    allocating it: parameter counts and the memory of one training step at ``batch_size`` and N.
+    """Plan generator ``config`` (as :func:`~fnostab.models.build_generator` takes it: a ModelConfig, or
+    a name with ModelConfig fields as ``options``) without allocating it: parameter counts and the
+    memory of one training step at ``batch_size`` samples of C = ``channels`` N×N patterns.
 
     Raises:
         ConfigError: an invalid option, batch size or optimizer. A geometry that does not fit N is
             not an error here: the plan carries it in ``geometry_error`` (so a depth sweep can record
             the configuration as infeasible with its parameter counts).
     """
-    options = dict(
-        width=width, modes=modes, fno_blocks=fno_blocks, max_hidden_channels=max_hidden_channels,
-        bands=bands, head=head, block_init=block_init, layerscale_init=layerscale_init,
-        cnn_blocks=cnn_blocks, in_channels=in_channels, out_channels=out_channels,
-        gradient_checkpointing=gradient_checkpointing,
-    )  # fmt: skip
-    cls = check_options(name, **options)
+    config = model_config(config, options)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer ≥ 1, found {batch_size!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ConfigError(f"channels must be an integer ≥ 1, found {channels!r}")
     states, temporaries = optimizer_buffers(optimizer, weight_decay=weight_decay, momentum=momentum)
-    problem = geometry_error(name, N=N, fno_blocks=fno_blocks)
+    problem = geometry_error(config, N)
 
     with torch.device("meta"):
-        model = instantiate(cls, options)
+        model = GENERATORS[config.arch](config, in_channels=channels, out_channels=channels)
     params = sum(p.numel() for p in model.parameters())
     complex_params = sum(p.numel() for p in model.parameters() if p.is_complex())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -155,13 +143,13 @@ def plan(
 
     memory = StepMemory(0, 0, 0, 0)
     if problem is None:
-        memory = measure_step(model, torch.empty(batch_size, in_channels, N, N, device="meta"))
+        memory = measure_step(model, torch.empty(batch_size, channels, N, N, device="meta"))
     return ModelPlan(
-        name=name,
+        name=config.arch,
         N=N,
         batch_size=batch_size,
         optimizer=optimizer,
-        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing=config.checkpointing,
         params=params,
         params_real=params + complex_params,
         complex_params=complex_params,
@@ -173,8 +161,15 @@ def plan(
         geometry_error=problem,
         saved_bytes=memory.saved,
         transient_bytes=memory.activation_peak - memory.saved,
-        options=options,
+        options=plan_options(config, channels),
     )
+
+
+def plan_options(config: ModelConfig, channels: int) -> dict[str, Any]:
+    """The ``options`` a plan records: every model option but the name, then the channels and checkpointing
+    (spelt as in plans written before generators took a ModelConfig, so plan files keep their content)."""
+    fields = config.model_dump(mode="json", exclude={"arch", "checkpointing"})
+    return {**fields, "in_channels": channels, "out_channels": channels, "gradient_checkpointing": config.checkpointing}
 
 
 def measure_step(model: nn.Module, x: Tensor) -> StepMemory:

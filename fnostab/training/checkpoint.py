@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
-from fnostab.config import ModelConfig
+from fnostab.config import ModelConfig, describe_validation_error
 from fnostab.errors import InputError
 from fnostab.io import atomic_path
 
@@ -73,14 +74,22 @@ def checkpoint_gridsize(payload: dict[str, Any]) -> int:
     return int(payload.get("gridsize", 1))
 
 
+def checkpoint_model(payload: dict[str, Any], path: Path | str) -> ModelConfig:
+    """The ModelConfig a checkpoint stores, validated; InputError naming the bad option otherwise."""
+    try:
+        return ModelConfig.model_validate(payload.get("model"))
+    except ValidationError as error:
+        problem = describe_validation_error(error, spell=str)
+        raise InputError(f"{path}: the checkpoint's model config is not valid: {problem}") from None
+
+
 def load_generator(path: Path | str, N: int | None = None) -> tuple[torch.nn.Module, ModelConfig]:
     """Rebuild the generator of a checkpoint and load its weights (for N, default the trained N)."""
     from fnostab.models import build_generator
 
     payload = read_checkpoint(path)
-    model = ModelConfig(**payload["model"])
-    channels = checkpoint_gridsize(payload) ** 2
-    generator = build_generator(model.arch, **model.generator_kwargs(N or payload["N"], channels))
+    model = checkpoint_model(payload, path)
+    generator = build_generator(model, N or payload["N"], checkpoint_gridsize(payload) ** 2)
     try:
         generator.load_state_dict(payload["state_dict"])
     except RuntimeError as error:

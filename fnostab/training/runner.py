@@ -105,12 +105,13 @@ def plan_run(config: RunConfig, N: int, channels: int | None = None) -> Any:
         channels = (config_gridsize(config) or 1) ** 2
     train = config.train
     return plan(
-        config.model.arch,
+        config.model,
         batch_size=math.ceil(train.batch_size / train.devices),
+        N=N,
+        channels=channels,
         optimizer=train.optimizer,
         weight_decay=train.weight_decay,
         momentum=train.momentum,
-        **config.model.generator_kwargs(N, channels),
     )
 
 
@@ -405,7 +406,7 @@ def run_training(
 
     pl.seed_everything(config.train.seed, verbose=False)
     if generator is None:
-        generator = build_generator(config.model.arch, **config.model.generator_kwargs(prepared.N, prepared.channels))
+        generator = build_generator(config.model, prepared.N, prepared.channels)
         if prepared.accelerator == "cpu":
             channels_last_convs(generator)
     module = PtychoModule(generator, prepared.train.probe, config.train, prepared.train.groups)
