@@ -87,7 +87,7 @@ def step_cost(rounds: int, steps: int = 20) -> None:
     state = {}
     for name, model in variants.items():
         torch.manual_seed(0)
-        generator = build_generator(model.arch, **model.generator_kwargs(train.N, train.channels))
+        generator = build_generator(model, train.N, train.channels)
         optimizer = torch.optim.Adam(generator.parameters(), lr=1e-3)
         params = sum(p.numel() for p in generator.parameters())
         state[name] = (generator, optimizer, params, [])

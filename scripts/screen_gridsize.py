@@ -87,9 +87,7 @@ elif a.merge == "none" or groups.gridsize == 1:
 else:
     enforce = groups.enforce_overlap
 
-gen = build_generator(
-    a.arch, N=train.N, in_channels=C, out_channels=C, width=a.width, modes=a.modes, fno_blocks=a.levels, head=a.head
-)
+gen = build_generator(a.arch, train.N, C, width=a.width, modes=a.modes, fno_blocks=a.levels, head=a.head)
 
 
 def transform(x):
