@@ -15,9 +15,13 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict
 
 from fnostab.errors import InputError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _create_temp(directory: Path, name: str) -> Path:
@@ -149,13 +153,24 @@ _EXPECTED = {
 }
 
 
-def validate_document(path: Path | str, document: dict[str, Any], model: Any) -> None:
-    """Check ``document`` (read from ``path``) against the pydantic ``model`` of its schema; an
+class DocumentPart(BaseModel):
+    """A JSON document fnostab writes, or a part of one: the keys it writes are typed fields, and keys
+    it does not know (a file from another version) are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON object: the keys it was built or read with, in the order of the fields, then unknown ones."""
+        return self.model_dump(mode="python", by_alias=True, exclude_unset=True)
+
+
+def parse_document(path: Path | str, document: dict[str, Any], model: type[M]) -> M:
+    """``document`` (read from ``path``) parsed into the pydantic ``model`` of its schema; an
     InputError names the file and the first wrong key, e.g. ``training.val_losses.3``."""
     from pydantic import ValidationError
 
     try:
-        model.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as error:
         problems = error.errors(include_url=False)
         first = problems[0]

@@ -15,7 +15,7 @@ import pytest
 from conftest import assert_clean_usage_error, live_group_members, run_cli, spawn_cli
 from fnostab.errors import InputError
 from fnostab.experiments.arms import DEFAULT_ARMS, parse_arm, resolve_arms
-from fnostab.experiments.store import stress_run_dir
+from fnostab.rundir import stress_run_dir
 
 SMOKE_ARMS = ["--arm", "control:arch=hybrid,clip=none", "--arm", "opt:arch=hybrid,clip=agc:0.01"]
 
@@ -472,7 +472,8 @@ def _kill_the_arm_named_killer(spec_document: dict, sweep_dir: str, kind: str, t
 def test_a_killed_worker_is_recorded_as_oom_for_its_run_only_and_the_sweep_goes_on(smoke_data, tmp_path) -> None:
     from fnostab.config import DataSource, RunConfig
     from fnostab.experiments.executors import run_in_pool
-    from fnostab.experiments.store import RunSpec, shootout_run_dir
+    from fnostab.experiments.store import RunSpec
+    from fnostab.rundir import shootout_run_dir
 
     data = DataSource(train=smoke_data[0], test=smoke_data[1])
     specs = [

@@ -419,7 +419,8 @@ def test_summarize_names_the_wrong_key_of_a_sweep_plan(tmp_path) -> None:
 
 def test_a_damaged_result_in_a_sweep_is_rerun_not_trusted(tmp_path) -> None:
     from fnostab.config import DataSource, RunConfig
-    from fnostab.experiments.store import RunSpec, check_resumable, shootout_run_dir
+    from fnostab.experiments.store import RunSpec, check_resumable
+    from fnostab.rundir import shootout_run_dir
 
     config = RunConfig(name="a", preset="smoke", data=DataSource(train=Path("t.npz"), test=Path("v.npz")))
     specs = [RunSpec("a", seed, config, shootout_run_dir("a", seed)) for seed in (0, 1)]

@@ -12,6 +12,8 @@ import pytest
 from fnostab.errors import InputError
 from fnostab.report import build_summary, collect, decide, evaluate_gates, parse_gate, summarize, wilson_interval
 from fnostab.report.stats import first_block_to_blow_up, quartiles, series_stats, stable_boundary, stress_boundaries
+from fnostab.sweep_plan import ArmOptions, SweepPlan
+from fnostab.training.result import FailureInfo, ModelInfo, RunResult, SweepInfo, Timing, TrainingInfo
 
 ARCH = {"control": ("hybrid", "none"), "arch": ("stable_hybrid", "none"), "opt": ("hybrid", "agc:0.01")}
 
@@ -32,11 +34,9 @@ def make_result(
     lr: float | None = None,
     memory_plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A result.json document in the fnostab.result/1 layout with only what summarize reads filled in."""
+    """A result.json document built through RunResult with only what summarize reads filled in."""
     arch, clip = ARCH.get(arm, ("hybrid", "none"))
-    failure = (
-        None if status == "ok" else {"status": status, "reason": f"planted {status}", "step": step, "epoch": epoch}
-    )
+    failure = None if status == "ok" else FailureInfo(status=status, reason=f"planted {status}", step=step, epoch=epoch)
     metrics = None
     if amp_ssim is not None and status != "infeasible":
         baseline = {"amp_ssim": 0.336, "amp_mae": 0.52, "phase_ssim": 0.879, "phase_aligned_ssim": 0.9}
@@ -48,37 +48,32 @@ def make_result(
             "baseline": baseline,
         }
     val_losses = [] if best is None else [2 * best, 1.5 * best, best]
-    return {
-        "schema": "fnostab.result/1",
-        "name": arm,
-        "status": status,
-        "failure": failure,
-        "seed": seed,
-        "model": {
-            "arch": arch,
-            "params": 1000,
-            "params_real": 1500,
-            "config": {"arch": arch, "fno_blocks": depth or 2},
-        },
-        "training": {
-            "config": {"clip": clip, "lr": lr or 1e-3},
-            "epochs_completed": len(val_losses),
-            "steps": 100,
-            "val_loss_name": "mae_val_loss",
-            "val_losses": val_losses,
-            "train_losses": val_losses,
-            "best_val_loss": best,
-            "best_epoch": None if best is None else len(val_losses) - 1,
-            "final_val_loss": best,
-            "final_train_loss": best,
-        },
-        "grad_norm": None,
-        "metrics": metrics,
-        "evaluation_note": None,
-        "memory_plan": memory_plan,
-        "timing": {"wall_s": 1.0, "train_s": 1.0, "eval_s": 0.1, "samples_per_s": 100.0},
-        "sweep": {"kind": kind, "arm": arm, "seed": seed, "depth": depth, "lr": lr},
-    }
+    result = RunResult(
+        name=arm,
+        status=status,
+        failure=failure,
+        seed=seed,
+        model=ModelInfo(arch=arch, params=1000, params_real=1500, config={"arch": arch, "fno_blocks": depth or 2}),
+        training=TrainingInfo(
+            config={"clip": clip, "lr": lr or 1e-3},
+            epochs_completed=len(val_losses),
+            steps=100,
+            val_loss_name="mae_val_loss",
+            val_losses=val_losses,
+            train_losses=val_losses,
+            best_val_loss=best,
+            best_epoch=None if best is None else len(val_losses) - 1,
+            final_val_loss=best,
+            final_train_loss=best,
+        ),
+        grad_norm=None,
+        metrics=metrics,
+        evaluation_note=None,
+        memory_plan=memory_plan,
+        timing=Timing(wall_s=1.0, train_s=1.0, eval_s=0.1, samples_per_s=100.0),
+        sweep=SweepInfo(kind=kind, arm=arm, seed=seed, depth=depth, lr=lr),
+    )
+    return result.to_document()
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -100,8 +95,8 @@ def write_run(run_dir: Path, result: dict[str, Any] | None, csv_rows: list[dict[
 
 def write_sweep(root: Path, kind: str, arms: list[str], seeds: list[int]) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    document = {"schema": "fnostab.sweep/1", "kind": kind, "arms": {a: {} for a in arms}, "seeds": seeds, "runs": []}
-    (root / "sweep.json").write_text(json.dumps(document))
+    plan = SweepPlan(kind=kind, arms={a: ArmOptions() for a in arms}, seeds=seeds, runs=[])
+    (root / "sweep.json").write_text(json.dumps(plan.to_document()))
 
 
 # control seed 0 logs these pre-clip norms at steps 0..5, between sparse validation rows.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,13 +17,16 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from test_rundir import RESULT_KEYS, TRAINING_KEYS
 
 from conftest import run_cli, spawn_cli
 from fnostab.config import PRESETS, DataSource, ModelConfig, RunConfig, TrainConfig
+from fnostab.io import to_jsonable
 from fnostab.models import build_generator
 from fnostab.physics import physics_loss, predicted_amplitude
 from fnostab.training.data import train_loader
 from fnostab.training.failure import COLLAPSE_PATIENCE, FailureDetector
+from fnostab.training.result import read_result
 from fnostab.training.runner import prepare_run, run_training
 from fnostab.training.schedules import build_optimizer, build_scheduler, warmup_cosine_factor
 
@@ -252,9 +257,43 @@ def test_a_failing_evaluation_is_recorded_and_keeps_the_training_status(smoke_da
     assert "6.00 GiB" in (tmp_path / "run" / "error.log").read_text()
 
 
+class _RecordingProgress:
+    """A Progress that keeps what the library reports."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.tasks: list[tuple[str, int]] = []
+        self.advanced = 0
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        self.tasks.append((description, total))
+
+        def advance(n: int = 1) -> None:
+            self.advanced += n
+
+        yield advance
+
+
 def test_result_json_documents_the_run(smoke_data, tmp_path) -> None:
-    result = run_training(prepare_run(_config(smoke_data, epochs=2)), tmp_path / "run")
+    progress = _RecordingProgress()
+    result = run_training(prepare_run(_config(smoke_data, epochs=2)), tmp_path / "run", progress=progress)
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    # The layout readers rely on, key by key and in order; the model reads the file back to the same object.
+    assert list(saved) == RESULT_KEYS and list(saved["training"]) == TRAINING_KEYS
+    assert list(saved["data"]) == ["train", "test", "N", "gridsize", "channels", "offset", "n_train", "n_val", "n_test"]
+    assert list(saved["grad_norm"]) == ["steps", "max", "median", "p99", "mean", "frac_above_1", "max_step"]
+    assert list(saved["model"]) == ["arch", "params", "params_real", "config"]
+    assert list(saved["timing"]) == ["wall_s", "train_s", "eval_s", "samples_per_s"]
+    assert list(saved["device"]) == ["accelerator", "threads", "devices", "name"]
+    assert read_result(tmp_path / "run" / "result.json").to_document() == saved == to_jsonable(result)
+    # The library reported through the Progress it was given: one advance per training step.
+    assert progress.tasks == [("training steps", saved["training"]["steps"])]
+    assert progress.advanced == saved["training"]["steps"]
+    assert progress.lines == [f"training hybrid ({saved['model']['params']:,} params) for 2 epochs on cpu ..."]
     assert saved["schema"] == "fnostab.result/1" and saved["status"] == "ok" and saved["failure"] is None
     assert saved["training"]["epochs_completed"] == 2 and len(saved["training"]["val_losses"]) == 2
     assert saved["training"]["steps"] == 2 * math.ceil(289 / 16)
@@ -371,6 +410,8 @@ def test_ctrl_c_exits_130_and_leaves_no_result_or_temp_file(tmp_path) -> None:
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
+    # Lightning's banners stay off stderr in a fresh process, which imports Lightning only to train.
+    assert "GPU available" not in stderr, stderr
     assert not (out / "result.json").exists()
     assert not list(out.rglob(".*.tmp"))
 

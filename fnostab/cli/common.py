@@ -45,7 +45,10 @@ def begin_invocation() -> None:
 
 
 class Output:
-    """Where a command's words go: results on stdout (or one JSON document), the rest on stderr."""
+    """Where a command's words go: results on stdout (or one JSON document), the rest on stderr.
+
+    It is the :class:`fnostab.progress.Progress` the CLI hands to the library (``log``, ``progress``).
+    """
 
     def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
         self.json_mode = json_mode

@@ -20,7 +20,7 @@ from fnostab.cli.common import (
 from fnostab.cli.options import ConfigOptions, config_options
 from fnostab.config import DEFAULT_PRESET, ModelConfig, TrainConfig
 from fnostab.errors import InputError
-from fnostab.io import check_out_dir
+from fnostab.rundir import check_sweep_out
 
 SWEEP_PANEL = "Sweep"
 EXEC_PANEL = "Execution"
@@ -59,6 +59,13 @@ def _overrides(groups: tuple[ConfigOptions, ...], options: dict[str, Any]) -> di
     model = {k: v for group in groups if group.config is ModelConfig for k, v in group.values(options).items()}
     train = {k: v for group in groups if group.config is TrainConfig for k, v in group.values(options).items()}
     return {"model": model, "train": train}
+
+
+def _summarize(sweep_dir: Path) -> Any:
+    """The end of a sweep (``run_sweep``'s ``finish``): its summary, written into the sweep dir."""
+    from fnostab.report import summarize
+
+    return summarize([sweep_dir], out_dir=sweep_dir)
 
 
 def _finish(output: Output, summary: dict[str, Any], sweep_dir: Path) -> None:
@@ -142,7 +149,7 @@ def shootout_command(
     """
     from fnostab.experiments.arms import parse_number_list, resolve_arms
     from fnostab.experiments.shootout import check_epochs, plan_shootout, resolve_seeds
-    from fnostab.experiments.sweep import ExecutionOptions, run_sweep, shared_data, validate_specs
+    from fnostab.experiments.sweep import ExecutionOptions, run_sweep, shared_data, sweep_settings, validate_specs
 
     output = Output(json_mode=json_output, quiet=quiet)
     check_epochs(options["epochs"])
@@ -152,20 +159,14 @@ def shootout_command(
         seeds, parse_number_list(seed_list, "--seed-list", kind=int, positive=False) if seed_list else None
     )
     overrides = _overrides(SHOOTOUT_OPTIONS, options)
-    _check_out(out, "shootout")
+    check_sweep_out(out, "shootout")
     logging = _logging(logger, mlflow_uri, out)
     data, size = shared_data(train_npz, test_npz, preset, gridsize)
     lr_values = parse_number_list(lrs, "--lrs") if lrs else None
     specs = plan_shootout(arms, seed_values, preset, data, overrides, lr_values)
     validate_specs(specs, size)
-    plan_document = {
-        "preset": preset,
-        "data": {"train": str(data.train), "test": str(data.test), "gridsize": data.gridsize},
-        "arms": {a.name: a.to_dict() for a in arms},
-        "seeds": seed_values,
-        **({"lrs": lr_values} if lr_values else {}),
-    }
-    summary = run_sweep(out, "shootout", specs, plan_document, execution, output, logging=logging)
+    plan_document = sweep_settings(preset, data, arms, seed_values, lrs=lr_values or None)
+    summary = run_sweep(out, "shootout", specs, plan_document, execution, output, logging=logging, finish=_summarize)
     _finish(output, summary, out)
 
 
@@ -174,24 +175,6 @@ def _logging(logger: list[str] | None, mlflow_uri: str | None, out: Path) -> Any
     from fnostab.training.loggers import parse_logging
 
     return parse_logging(logger, mlflow_uri, out, experiment=out.resolve().name)
-
-
-def _check_out(out: Path, kind: str) -> None:
-    """``out`` is new, empty, or a sweep dir of this ``kind`` (resuming); never another kind's
-    sweep, which the runs of this one would silently turn into a mixture of both."""
-    from fnostab.experiments.store import LOCK_NAME, SWEEP_NAME, read_sweep_plan
-
-    check_out_dir(out)
-    plan = out / SWEEP_NAME
-    if plan.exists():
-        found = read_sweep_plan(plan)["kind"]
-        if found != kind:
-            raise InputError(
-                f"{out}: --out holds a finished or running {found} sweep (its {SWEEP_NAME}), not a "
-                f"{kind} sweep; choose another --out"
-            )
-    elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
-        raise InputError(f"{out}: --out is a non-empty directory that is not a sweep dir; choose another")
 
 
 @command
@@ -247,11 +230,10 @@ def stress_command(
     Every configuration's memory plan is printed and recorded before anything is built; one over
     --memory-limit is recorded as infeasible with its numbers, and the sweep goes on.
     """
-    from fnostab.config import SimulationConfig, build, merge
     from fnostab.experiments.arms import parse_number_list, resolve_arms
     from fnostab.experiments.shootout import resolve_seeds
-    from fnostab.experiments.stress import default_memory_limit, format_bytes, parse_bytes, plan_stress, plan_table
-    from fnostab.experiments.sweep import ExecutionOptions, run_sweep, shared_data
+    from fnostab.experiments.stress import format_bytes, plan_stress, plan_table, run_memory_limit
+    from fnostab.experiments.sweep import ExecutionOptions, plan_only_data, run_sweep, shared_data, sweep_settings
 
     output = Output(json_mode=json_output, quiet=quiet)
     execution = ExecutionOptions(jobs=jobs, executor=executor, ray_address=ray_address)
@@ -265,32 +247,11 @@ def stress_command(
         raise InputError("give --depths and/or --lrs: the axes of the stress sweep")
     if not plan_only and out is None:
         raise InputError("--out is required (unless --plan-only)")
-    limit, limit_source = (
-        (parse_bytes(memory_limit), "--memory-limit")
-        if memory_limit
-        else default_memory_limit(options["accelerator"] or "auto")
-    )
-    if executor != "ray" and jobs > 1:
-        # K local runs at once share the machine (or the one GPU): each gets a K-th of the limit.
-        limit, limit_source = limit // jobs, f"{limit_source} / {jobs} runs at once"
+    limit, limit_source = run_memory_limit(memory_limit, options["accelerator"], execution)
     overrides = _overrides(STRESS_OPTIONS, options)
     if plan_only:
-        from fnostab.config import DataSource
-
-        size, grid = N, gridsize
-        if train_npz is not None:
-            from fnostab.data.npz import load_split
-
-            split = load_split(train_npz)
-            if grid is not None and grid != split.gridsize:
-                raise InputError(
-                    f"gridsize mismatch: --gridsize {grid}, but {train_npz} holds gridsize {split.gridsize}"
-                )
-            size, grid = size or split.N, split.gridsize
-        elif size is None or grid is None:
-            simulation = build(SimulationConfig, merge(preset, "data", {"gridsize": grid}))
-            size, grid = size or simulation.N, simulation.gridsize
-        placeholder = DataSource(train=Path("train.npz"), test=Path("test.npz"), gridsize=grid)
+        placeholder, size = plan_only_data(train_npz, preset, gridsize, N)
+        grid = placeholder.gridsize
         specs, infeasible = plan_stress(
             arms, seed_values, depth_values, lr_values, preset, placeholder, overrides, size, limit
         )
@@ -307,20 +268,24 @@ def stress_command(
     if N is not None:
         raise InputError("--N only applies to --plan-only; a sweep uses the data's N")
     assert out is not None
-    _check_out(out, "stress")
+    check_sweep_out(out, "stress")
     logging = _logging(logger, mlflow_uri, out)
     data, size = shared_data(train_npz, test_npz, preset, gridsize)
     specs, infeasible = plan_stress(arms, seed_values, depth_values, lr_values, preset, data, overrides, size, limit)
     table, _ = plan_table(specs, infeasible)
     output.log(f"memory plans (limit {format_bytes(limit)}, {limit_source}):\n{table}")
-    plan_document = {
-        "preset": preset,
-        "data": {"train": str(data.train), "test": str(data.test), "gridsize": data.gridsize},
-        "arms": {a.name: a.to_dict() for a in arms},
-        "seeds": seed_values,
-        "depths": depth_values,
-        "lrs": lr_values,
-        "memory_limit": limit,
-    }
-    summary = run_sweep(out, "stress", specs, plan_document, execution, output, infeasible=infeasible, logging=logging)
+    plan_document = sweep_settings(
+        preset, data, arms, seed_values, depths=depth_values, lrs=lr_values, memory_limit=limit
+    )
+    summary = run_sweep(
+        out,
+        "stress",
+        specs,
+        plan_document,
+        execution,
+        output,
+        infeasible=infeasible,
+        logging=logging,
+        finish=_summarize,
+    )
     _finish(output, summary, out)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,8 +30,7 @@ from fnostab.config import (
     build,
     merge,
 )
-from fnostab.errors import InputError
-from fnostab.io import DirectoryLock, check_out_dir, make_temp_dir
+from fnostab.rundir import check_run_out, write_run_dir
 
 MODEL_PANEL = "Model"
 TRAIN_PANEL = "Optimisation"
@@ -113,57 +110,13 @@ def format_result(result: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _is_run_dir(path: Path) -> bool:
-    """Whether ``path`` holds an fnostab run (a readable result.json, or a config.json that is a RunConfig)."""
-    from fnostab.training.result import CONFIG_NAME, RESULT_NAME, read_result
-
-    try:
-        read_result(path / RESULT_NAME)
-        return True
-    except (InputError, OSError):
-        pass
-    try:
-        RunConfig.model_validate_json((path / CONFIG_NAME).read_bytes())
-        return True
-    except (ValueError, OSError):
-        return False
-
-
-def _prepare_out(out: Path | None, config: RunConfig, force: bool) -> tuple[Path, bool]:
-    """The run dir, and whether it holds a run that ``--force`` replaces."""
+def _prepare_out(out: Path | None, config: RunConfig, force: bool) -> Path:
+    """The run dir (default runs/train-<time>-<arch>-s<seed>), checked: see :func:`fnostab.rundir.check_run_out`."""
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"train-{stamp}-{config.model.arch}-s{config.train.seed}"
-    check_out_dir(out)
-    replacing = out.is_dir() and any(p.name != DirectoryLock.NAME for p in out.iterdir())
-    if replacing:
-        if not _is_run_dir(out):
-            raise InputError(f"{out}: --out is a non-empty directory that is not an fnostab run dir; choose another")
-        if not force:
-            raise InputError(f"{out} already holds a run; pass --force to replace it or choose another --out")
-    return out, replacing
-
-
-def _train_replacing(prepared: Any, run_dir: Path, output: Output, logging: Any) -> dict[str, Any]:
-    """Train into a staging dir beside ``run_dir`` and swap it in only once the new run is written,
-    so an interrupted ``--force`` rerun leaves the old run as it was."""
-    from fnostab.training.runner import run_training
-
-    staging = make_temp_dir(run_dir.parent, f".{run_dir.name}", ".partial")
-    try:
-        result = run_training(prepared, staging, output=output, logging=logging)
-        retired = staging.with_suffix(".old")
-        os.replace(run_dir, retired)
-        try:
-            os.replace(staging, run_dir)
-        except BaseException:
-            os.replace(retired, run_dir)
-            raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-    return result
+    check_run_out(out, force)
+    return out
 
 
 # Every ModelConfig and TrainConfig field is an option of `train`; the run-level ones are listed in the
@@ -220,24 +173,14 @@ def train_command(
     from fnostab.training.runner import prepare_run, run_training
 
     logging = parse_logging(logger, mlflow_uri, experiment="fnostab-train")
-    run_dir, _ = _prepare_out(out, config, force)
+    run_dir = _prepare_out(out, config, force)
     if config.data.train is None:
         output.log(f"no data given: using the {preset} preset's simulated data set (cached)")
     prepared = prepare_run(config)
-    created = not run_dir.exists()
-    # Two commands training into one dir would mix their files: the second is refused, as for a
-    # sweep. The checks are repeated under the lock: a run may have finished there since.
-    with DirectoryLock(run_dir):
-        try:
-            _, replacing = _prepare_out(run_dir, config, force)
-        except InputError:
-            if created:
-                shutil.rmtree(run_dir, ignore_errors=True)  # ours, holding only the lock: leave nothing
-            raise
-        if replacing:
-            result = _train_replacing(prepared, run_dir, output, logging)
-        else:
-            result = run_training(prepared, run_dir, output=output, logging=logging)
+    # Locked (a second command on the dir is refused) and, with --force, swapped in only once written.
+    result = write_run_dir(
+        run_dir, force, lambda target: run_training(prepared, target, progress=output, logging=logging)
+    )
     output.result(format_result(result, run_dir), {"run_dir": str(run_dir), **result})
     if result["status"] != "ok":
         raise typer.Exit(EXIT_FAILED)

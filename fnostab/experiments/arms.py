@@ -30,9 +30,6 @@ class Arm:
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": dict(self.model), "train": dict(self.train)}
-
 
 # Stage A of the study (docs/method.md): negative control, architectural fix, optimisation fix.
 DEFAULT_ARMS = (

@@ -20,23 +20,15 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from fnostab.devices import available_cores, threads_per_run
 from fnostab.errors import InputError
 from fnostab.experiments.store import RunSpec
 from fnostab.interrupts import exit_on_sigterm
+from fnostab.sweep_plan import PlannedRun
+from fnostab.training.result import SweepInfo
 
 Outcome = dict[str, Any]
 _DATA_CACHE: dict[tuple[str, str], Any] = {}
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def threads_per_run(jobs: int) -> int:
-    return max(1, available_cores() // jobs)
 
 
 def execute_run(spec_document: dict[str, Any], sweep_dir: str, kind: str, threads: int) -> Outcome:
@@ -54,22 +46,22 @@ def execute_run(spec_document: dict[str, Any], sweep_dir: str, kind: str, thread
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = load_pair(*key)
     prepared = prepare_run(config, data=_DATA_CACHE[key])
-    run_dir = Path(sweep_dir) / spec_document["dir"]
-    sweep = {"kind": kind, **{k: spec_document[k] for k in ("arm", "seed", "depth", "lr")}}
-    extra = {"sweep": sweep, "memory_plan": spec_document.get("plan")}
+    planned = PlannedRun.model_validate(spec_document)
+    run_dir = Path(sweep_dir) / planned.dir
+    sweep = SweepInfo(kind=kind, arm=planned.arm, seed=planned.seed, depth=planned.depth, lr=planned.lr)
     logging = spec_document.get("logging")
     if logging is not None:
         from fnostab.training.loggers import LoggingOptions
 
         logging = LoggingOptions.from_dict(logging)
-    result = run_training(prepared, run_dir, extra=extra, logging=logging)
-    return {"dir": spec_document["dir"], "status": result["status"], "failure": result["failure"]}
+    result = run_training(prepared, run_dir, sweep=sweep, memory_plan=planned.plan, logging=logging)
+    return {"dir": planned.dir, "status": result["status"], "failure": result["failure"]}
 
 
 def _document(spec: RunSpec, logging: Any = None) -> dict[str, Any]:
     """What a worker gets for one run: the spec, its config, and its loggers (an MLflow run named after
     its dir in the sweep, tagged with arm, seed, depth and lr)."""
-    document = {**spec.to_dict(), "config": spec.config.to_json_dict()}
+    document = {**spec.planned().to_document(), "config": spec.config.to_json_dict()}
     if logging is not None and logging.loggers:
         name = spec.relative_dir.removeprefix("runs/")
         tags = {"arm": spec.arm, "seed": spec.seed, "depth": spec.depth, "lr": spec.lr}
@@ -187,7 +179,8 @@ def _record_worker_death(spec: RunSpec, sweep_dir: Path, kind: str, exit_code: i
     run_dir = sweep_dir / spec.relative_dir
     shutil.rmtree(run_dir, ignore_errors=True)  # whatever the dead process half-wrote
     result = record_bare_result(run_dir, spec.config, status, reason, plan=spec.plan, sweep=spec.sweep_info(kind))
-    return {"dir": spec.relative_dir, "status": status, "failure": result["failure"]}
+    failure = None if result.failure is None else result.failure.to_document()
+    return {"dir": spec.relative_dir, "status": status, "failure": failure}
 
 
 def run_on_ray(

@@ -7,8 +7,9 @@ from typing import Any
 from fnostab.config import DataSource
 from fnostab.errors import InputError
 from fnostab.experiments.arms import Arm
-from fnostab.experiments.store import RunSpec, shootout_lr_run_dir, shootout_run_dir
+from fnostab.experiments.store import RunSpec
 from fnostab.experiments.sweep import arm_run_config
+from fnostab.rundir import shootout_lr_run_dir, shootout_run_dir
 
 # The study compares arms over at most 20 epochs; longer runs are stress tests (docs/method.md).
 MAX_SHOOTOUT_EPOCHS = 20

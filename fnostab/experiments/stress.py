@@ -16,8 +16,9 @@ from typing import Any
 from fnostab.config import DataSource
 from fnostab.errors import InputError
 from fnostab.experiments.arms import Arm
-from fnostab.experiments.store import RunSpec, stress_run_dir
-from fnostab.experiments.sweep import arm_run_config
+from fnostab.experiments.store import RunSpec
+from fnostab.experiments.sweep import ExecutionOptions, arm_run_config
+from fnostab.rundir import stress_run_dir
 
 _UNITS = {
     "": 1,
@@ -67,6 +68,19 @@ def default_memory_limit(accelerator: str) -> tuple[int, str]:
         return int(free), "free CUDA memory"
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return int(0.75 * ram), "75% of RAM"
+
+
+def run_memory_limit(memory_limit: str | None, accelerator: str | None, execution: ExecutionOptions) -> tuple[int, str]:
+    """The memory one run may plan for, and where that figure came from: ``memory_limit`` (a size such
+    as 24GiB) or the device's default, split between the runs that share the machine at once (local
+    ``--jobs K``: a K-th each; Ray places each run on a node of its own choosing)."""
+    limit, source = (
+        (parse_bytes(memory_limit), "--memory-limit") if memory_limit else default_memory_limit(accelerator or "auto")
+    )
+    if execution.executor != "ray" and execution.jobs > 1:
+        # K local runs at once share the machine (or the one GPU): each gets a K-th of the limit.
+        limit, source = limit // execution.jobs, f"{source} / {execution.jobs} runs at once"
+    return limit, source
 
 
 def plan_stress(

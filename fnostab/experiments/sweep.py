@@ -1,19 +1,24 @@
-"""Plan and run a sweep (shootout or stress): lock, resume, execute, record infeasible, summarise."""
+"""Plan and run a sweep (shootout or stress): lock, resume, execute, record infeasible, then the caller's finish."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fnostab.config import DataSource, ModelConfig, RunConfig, SimulationConfig, TrainConfig, build, merge
 from fnostab.errors import InputError
 from fnostab.experiments.arms import Arm
 from fnostab.experiments.executors import execute
-from fnostab.experiments.store import RunSpec, SweepLock, check_resumable, write_sweep_plan
+from fnostab.experiments.store import RunSpec, check_resumable
+from fnostab.progress import Progress
+from fnostab.rundir import lock, write_sweep_plan
+from fnostab.sweep_plan import ArmOptions, PlanData, SweepPlan, SweepSettings
 from fnostab.training.result import now_iso
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,26 @@ def shared_data(
     return DataSource(train=train_split.path, test=test_split.path, gridsize=simulation.gridsize), simulation.N
 
 
+def plan_only_data(
+    train: Path | None, preset: str, gridsize: int | None = None, N: int | None = None
+) -> tuple[DataSource, int]:
+    """What memory plans alone need of the data (``stress --plan-only``): its gridsize and N, read from
+    ``train`` or the preset's simulation settings (nothing is simulated or cached). ``N`` and ``gridsize``
+    override the preset; with a file, ``gridsize`` must match it. The source names placeholder files."""
+    size, grid = N, gridsize
+    if train is not None:
+        from fnostab.data.npz import load_split
+
+        split = load_split(train)
+        if grid is not None and grid != split.gridsize:
+            raise InputError(f"gridsize mismatch: --gridsize {grid}, but {train} holds gridsize {split.gridsize}")
+        size, grid = size or split.N, split.gridsize
+    elif size is None or grid is None:
+        simulation = build(SimulationConfig, merge(preset, "data", {"gridsize": grid}))
+        size, grid = size or simulation.N, simulation.gridsize
+    return DataSource(train=Path("train.npz"), test=Path("test.npz"), gridsize=grid), size
+
+
 def arm_run_config(
     arm: Arm, seed: int, preset: str, data: DataSource, overrides: dict[str, dict[str, Any]], **train_extra: Any
 ) -> RunConfig:
@@ -96,18 +121,44 @@ def validate_specs(specs: Iterable[RunSpec], N: int) -> None:
             raise InputError(f"arm {spec.arm!r}: invalid model for N={N}: {model_plan.geometry_error}")
 
 
+def sweep_settings(
+    preset: str,
+    data: DataSource,
+    arms: list[Arm],
+    seeds: list[int],
+    *,
+    depths: list[int | None] | None = None,
+    lrs: list[float | None] | None = None,
+    memory_limit: int | None = None,
+) -> SweepSettings:
+    """The sweep-wide part of a sweep's plan; an axis or limit left None is not part of the sweep."""
+    optional = {"depths": depths, "lrs": lrs, "memory_limit": memory_limit}
+    return SweepSettings(
+        preset=preset,
+        data=PlanData(train=str(data.train), test=str(data.test), gridsize=data.gridsize),
+        arms={arm.name: ArmOptions(model=dict(arm.model), train=dict(arm.train)) for arm in arms},
+        seeds=seeds,
+        **{key: value for key, value in optional.items() if value is not None},
+    )
+
+
 def run_sweep(
     sweep_dir: Path,
     kind: str,
     specs: list[RunSpec],
-    plan_document: dict[str, Any],
+    settings: SweepSettings,
     execution: ExecutionOptions,
-    output: Any,
+    progress: Progress,
     *,
     infeasible: dict[str, str] | None = None,
     logging: Any = None,
-) -> dict[str, Any]:
-    """Run (or resume) the sweep under its lock and return the summary document.
+    finish: Callable[[Path], T],
+) -> T:
+    """Run (or resume) the sweep under its lock, then ``finish(sweep_dir)`` (the caller's summary)
+    still under the lock; returns what ``finish`` returns.
+
+    ``settings`` (:func:`sweep_settings`) are the sweep-wide part of its plan; the
+    :class:`~fnostab.sweep_plan.SweepPlan` written to sweep.json adds the kind, the command and every run.
 
     ``logging`` (:class:`fnostab.training.loggers.LoggingOptions`) sends every run to TensorBoard
     and/or MLflow too, each run as its own MLflow run in the sweep's experiment.
@@ -115,21 +166,20 @@ def run_sweep(
     ``infeasible`` maps a run's relative dir to the reason it cannot run (its memory plan): such
     runs get a result of status ``infeasible`` without building anything.
     """
-    from fnostab.report import summarize
     from fnostab.training.loggers import prepare_store
     from fnostab.training.runner import record_bare_result
 
     infeasible = infeasible or {}
-    with SweepLock(sweep_dir):
+    with lock(sweep_dir):
         finished, to_run = check_resumable(sweep_dir, specs)
-        document = {
-            "kind": kind,
-            "created": now_iso(),
-            "command": sys.argv[1:],
-            **plan_document,
-            "runs": [spec.to_dict() for spec in specs],
-        }
-        write_sweep_plan(sweep_dir, document)
+        plan = SweepPlan(
+            kind=kind,
+            created=now_iso(),
+            command=sys.argv[1:],
+            **{name: getattr(settings, name) for name in settings.model_fields_set},  # an unset axis stays out
+            runs=[spec.planned() for spec in specs],
+        )
+        write_sweep_plan(sweep_dir, plan)
         prepare_store(logging)
         runnable = [spec for spec in to_run if spec.relative_dir not in infeasible]
         for spec in to_run:
@@ -142,18 +192,18 @@ def run_sweep(
                     plan=spec.plan,
                     sweep=spec.sweep_info(kind),
                 )
-        output.log(
+        progress.log(
             f"{len(specs)} runs: {len(finished)} already finished, {len(to_run) - len(runnable)} infeasible, "
             f"{len(runnable)} to run ({execution.executor}, {execution.jobs} at a time)"
         )
-        with output.progress(f"{kind} runs", total=len(specs)) as advance:
+        with progress.progress(f"{kind} runs", total=len(specs)) as advance:
             advance(len(specs) - len(runnable))
 
             def report(outcome: dict[str, Any]) -> None:
                 advance(1)
                 failure = outcome.get("failure")
                 detail = f" at step {failure['step']}: {failure['reason']}" if failure else ""
-                output.log(f"  {outcome['dir']}: {outcome['status']}{detail}")
+                progress.log(f"  {outcome['dir']}: {outcome['status']}{detail}")
 
             gpus = 1.0 if any(spec.config.train.accelerator == "cuda" for spec in runnable) else 0.0
             execute(
@@ -167,4 +217,4 @@ def run_sweep(
                 on_outcome=report,
                 logging=logging,
             )
-        return summarize([sweep_dir], out_dir=sweep_dir)
+        return finish(sweep_dir)

@@ -14,14 +14,15 @@ empty cells.
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fnostab.errors import InputError
-from fnostab.experiments.store import SWEEP_NAME, lr_tag, read_sweep_plan
-from fnostab.training.result import CONFIG_NAME, METRICS_NAME, RESULT_NAME, read_result
+from fnostab.rundir import CONFIG_NAME, METRICS_NAME, RESULT_NAME, SWEEP_NAME, is_scratch, lr_tag, read_sweep_plan
+from fnostab.training.result import RunResult, read_result
 
 
 @dataclass(frozen=True)
@@ -29,25 +30,29 @@ class RunRecord:
     """One finished run: where it is, its result document and the group it belongs to."""
 
     dir: Path
-    result: dict[str, Any]
+    run_result: RunResult
     arm: str
     kind: str | None  # "shootout", "stress" or None (a plain ``fnostab train`` run)
     depth: int | None  # grid cells only (stress runs, shootout runs of an LR grid)
     lr: float | None  # grid cells only
     seed: int | None
 
+    @functools.cached_property
+    def result(self) -> dict[str, Any]:
+        """The result as its JSON object, for readers that index it by key (prefer ``run_result``)."""
+        return self.run_result.to_document()
+
     @property
     def status(self) -> str:
-        return self.result["status"]
+        return self.run_result.status
 
     @property
     def arch(self) -> str | None:
-        model = self.result.get("model") or {}
-        return model.get("arch") or (model.get("config") or {}).get("arch")
+        return self.run_result.arch
 
     @property
     def clip(self) -> str | None:
-        return ((self.result.get("training") or {}).get("config") or {}).get("clip")
+        return self.run_result.clip
 
     @property
     def group_key(self) -> tuple[str, int | None, float | None]:
@@ -101,21 +106,14 @@ class Collection:
         return order
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    # Lightning's scratch dir (.logs) and temp files live under dot-names; never runs of ours.
-    return any(part.startswith(".") for part in path.relative_to(root).parts[:-1])
-
-
 def _read_sweep(path: Path) -> dict[str, Any]:
-    document = read_sweep_plan(path)
-    arms = document.get("arms") or {}
-    planned = [run.get("dir") for run in document.get("runs") or [] if isinstance(run, dict)]
+    plan = read_sweep_plan(path)
     return {
         "path": str(path.parent),
-        "kind": document.get("kind"),
-        "arms": list(arms) if isinstance(arms, dict) else [],
-        "seeds": list(document.get("seeds") or []),
-        "planned": {(path.parent / d).resolve() for d in planned if isinstance(d, str)},
+        "kind": plan.kind,
+        "arms": list(plan.arms),
+        "seeds": list(plan.seeds),
+        "planned": {(path.parent / d).resolve() for d in plan.planned_dirs},
     }
 
 
@@ -135,21 +133,20 @@ def _number(value: Any, kind: Callable[[Any], Any]) -> Any:
         return None
 
 
-def make_record(run_dir: Path, result: dict[str, Any]) -> RunRecord:
+def make_record(run_dir: Path, result: RunResult) -> RunRecord:
     """Which arm, sweep kind and stress cell a result belongs to (see the module docstring)."""
-    sweep = result.get("sweep") or {}
-    model = result.get("model") or {}
-    train_config = (result.get("training") or {}).get("config") or {}
-    arch = model.get("arch") or (model.get("config") or {}).get("arch")
-    arm = sweep.get("arm") or result.get("name") or f"{arch}/{train_config.get('clip', 'none')}"
-    kind = sweep.get("kind")
+    sweep = result.sweep
+    train_config = result.training.config
+    arm = (sweep.arm if sweep else None) or result.name or f"{result.arch}/{train_config.get('clip', 'none')}"
+    kind = sweep.kind if sweep else None
     depth = lr = None
     # Stress runs, and shootout runs of a learning-rate grid (shootout --lrs), are cells of a sweep grid.
-    if kind == "stress" or (kind == "shootout" and sweep.get("lr") is not None):
-        depth = _number(sweep.get("depth", (model.get("config") or {}).get("fno_blocks")), int)
-        lr = _number(sweep.get("lr", train_config.get("lr")), float)
-    seed = _number(sweep.get("seed", result.get("seed")), int)
-    return RunRecord(dir=run_dir, result=result, arm=str(arm), kind=kind, depth=depth, lr=lr, seed=seed)
+    if sweep is not None and (kind == "stress" or (kind == "shootout" and sweep.lr is not None)):
+        given = sweep.model_fields_set  # a key absent from an older file falls back to the run's config
+        depth = _number(sweep.depth if "depth" in given else result.model.config.get("fno_blocks"), int)
+        lr = _number(sweep.lr if "lr" in given else train_config.get("lr"), float)
+    seed = _number(sweep.seed if sweep is not None else result.seed, int)
+    return RunRecord(dir=run_dir, run_result=result, arm=str(arm), kind=kind, depth=depth, lr=lr, seed=seed)
 
 
 def collect(paths: Sequence[Path | str]) -> Collection:
@@ -177,14 +174,14 @@ def collect(paths: Sequence[Path | str]) -> Collection:
             result_files = [path]
             pending: list[Path] = []
         else:
-            result_files = sorted(p for p in path.rglob(RESULT_NAME) if p.is_file() and not _hidden(p, path))
+            result_files = sorted(p for p in path.rglob(RESULT_NAME) if p.is_file() and not is_scratch(p, path))
             pending = sorted(
                 p.parent
                 for p in path.rglob(CONFIG_NAME)
-                if not _hidden(p, path) and not (p.parent / RESULT_NAME).exists()
+                if not is_scratch(p, path) and not (p.parent / RESULT_NAME).exists()
             )
             for sweep_file in sorted(path.rglob(SWEEP_NAME)):
-                if not _hidden(sweep_file, path) and str(sweep_file.parent) not in {s["path"] for s in sweeps}:
+                if not is_scratch(sweep_file, path) and str(sweep_file.parent) not in {s["path"] for s in sweeps}:
                     sweeps.append(_read_sweep(sweep_file))
         stale = [p for p in result_files if _outside_plan(p.parent, sweeps)]
         result_files = [p for p in result_files if p not in stale]

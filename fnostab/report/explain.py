@@ -27,6 +27,7 @@ import numpy as np
 from fnostab.errors import InputError
 from fnostab.report.collect import read_metric_columns
 from fnostab.report.stats import _RunningMedian  # the loss-spike rule uses the same median as summarize
+from fnostab.rundir import METRICS_NAME, RESULT_NAME, read_run_result
 from fnostab.training.precursor_record import (
     CURVATURE,
     CURVATURE_PREFIX,
@@ -36,7 +37,6 @@ from fnostab.training.precursor_record import (
     SIGNALS,
     read_windows,
 )
-from fnostab.training.result import METRICS_NAME, RESULT_NAME, read_result
 
 EXPLAIN_SCHEMA = "fnostab.explain/1"
 EXPLAIN_PNG = "explain.png"
@@ -212,8 +212,8 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
         raise InputError(f"{run_dir}: not a directory; expected a run dir written by fnostab train")
     if not (run_dir / RESULT_NAME).is_file():
         raise InputError(f"{run_dir}: no {RESULT_NAME}; expected a finished run dir written by fnostab train")
-    result = read_result(run_dir / RESULT_NAME)
-    failure = result.get("failure")
+    result = read_run_result(run_dir)
+    failure = result.failure
     columns = (
         read_metric_columns(
             run_dir / METRICS_NAME,
@@ -226,8 +226,8 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
     document: dict[str, Any] = {
         "schema": EXPLAIN_SCHEMA,
         "run_dir": str(run_dir),
-        "status": result.get("status"),
-        "failure": failure,
+        "status": result.status,
+        "failure": None if failure is None else failure.to_document(),
         "windows": [
             {
                 "trigger": w["trigger"],
@@ -249,10 +249,10 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
         "note": None,
     }
     target = None
-    if failure and failure.get("status") in ("diverged", "collapsed"):
-        target = next((w for w in reversed(windows) if w["trigger"] == failure["status"]), None)
-        event = {"kind": failure["status"], "step": int(failure["step"]), "reason": failure.get("reason")}
-        if failure["status"] == "collapsed":
+    if failure is not None and failure.status in ("diverged", "collapsed"):
+        target = next((w for w in reversed(windows) if w["trigger"] == failure.status), None)
+        event = {"kind": failure.status, "step": int(failure.step or 0), "reason": failure.reason}
+        if failure.status == "collapsed":
             # A collapse is found at an epoch's validation, long after it began: the first spike before
             # it, when there is one, is where the run went wrong.
             target = next(
@@ -267,8 +267,8 @@ def analyse_run(run_dir: Path | str) -> tuple[dict[str, Any], ExplainTraces]:
     if event is None:
         document["note"] = (
             "the run did not fail and had no spike: nothing to explain"
-            if not failure
-            else f"status {failure['status']}: not a training instability, nothing to explain"
+            if failure is None
+            else f"status {failure.status}: not a training instability, nothing to explain"
         )
         return document, ExplainTraces()
     if target is None and not any(_split_column(n) for n in columns):

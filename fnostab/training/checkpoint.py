@@ -18,9 +18,9 @@ from pydantic import ValidationError
 from fnostab.config import ModelConfig, describe_validation_error
 from fnostab.errors import InputError
 from fnostab.io import atomic_path
+from fnostab.rundir import CHECKPOINT_NAME as CHECKPOINT_NAME  # where a run dir keeps it
 
 CHECKPOINT_SCHEMA = "fnostab.checkpoint/1"
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_checkpoint(

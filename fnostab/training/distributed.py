@@ -117,8 +117,8 @@ def launch(prepared: Any, run_dir: Path, **arguments: Any) -> dict[str, Any]:
     """
     import torch.multiprocessing as mp
 
-    from fnostab.experiments.executors import threads_per_run
-    from fnostab.training.result import RESULT_NAME, read_result
+    from fnostab.devices import threads_per_run
+    from fnostab.rundir import RESULT_NAME, read_run_result
     from fnostab.training.runner import record_bare_result
 
     devices = prepared.config.train.devices
@@ -140,8 +140,8 @@ def launch(prepared: Any, run_dir: Path, **arguments: Any) -> dict[str, Any]:
         failure = None  # rank 0 finished and recorded the run; another rank failed only while winding down
     if failure is not None:
         status = "oom" if ("OutOfMemoryError" in failure or "SIGKILL" in failure) else "error"
-        return record_bare_result(run_dir, prepared.config, status, failure[:500], plan=None)
-    return read_result(run_dir / RESULT_NAME)
+        return record_bare_result(run_dir, prepared.config, status, failure[:500], plan=None).to_document()
+    return read_run_result(run_dir).to_document()
 
 
 def _wait(context: Any) -> str | None:

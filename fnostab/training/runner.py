@@ -6,9 +6,12 @@ trains, and never raises for a failed run: NaN, blow-up, collapse, out-of-memory
 errors all end as a ``status`` in ``result.json``. Files appear atomically; ``result.json`` is
 written last, so its presence marks a finished run.
 
-Run dir: ``config.json``, ``metrics.csv`` (Lightning CSVLogger layout), ``checkpoint.pt``,
-``reconstruction.npz`` and ``reconstruction.png`` (when evaluated), ``error.log`` (status error),
-``result.json``.
+:func:`run_training` is a sequence of named steps: ``_start`` (config.json, seeds, the generator,
+its module and loggers), ``_train`` (Lightning's fit, reporting progress), ``_failure`` (what ended
+training), ``_finish`` (error.log, metrics.csv, the checkpoint, the evaluation and its
+reconstruction; a failed write becomes the run's failure), ``_trained_result`` (the
+:class:`~fnostab.training.result.RunResult`) and ``_write_result`` (result.json, last). The files
+and their names are listed in :mod:`fnostab.rundir`.
 """
 
 from __future__ import annotations
@@ -36,15 +39,30 @@ from fnostab.devices import resolve_device_name
 from fnostab.errors import InputError, Terminated
 from fnostab.io import atomic_path, write_json_atomic, write_text_atomic
 from fnostab.physics import val_loss_name
+from fnostab.progress import SILENT, Progress
+from fnostab.rundir import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    ERROR_LOG_NAME,
+    LOGS_NAME,
+    METRICS_NAME,
+    RECONSTRUCTION_NPZ_NAME,
+    RECONSTRUCTION_PNG_NAME,
+    RESULT_NAME,
+)
 from fnostab.training import distributed
-from fnostab.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from fnostab.training.checkpoint import save_checkpoint
 from fnostab.training.failure import Failure
 from fnostab.training.loggers import LoggingOptions, build_loggers, record_status
 from fnostab.training.result import (
-    CONFIG_NAME,
-    METRICS_NAME,
-    RESULT_NAME,
-    RESULT_SCHEMA,
+    DataInfo,
+    DeviceInfo,
+    FailureInfo,
+    ModelInfo,
+    RunResult,
+    SweepInfo,
+    Timing,
+    TrainingInfo,
     best_and_final,
     grad_norm_stats,
     loss_levels,
@@ -53,11 +71,6 @@ from fnostab.training.result import (
 )
 
 INFERENCE_BATCH = 128
-
-
-def _log(output: Any, message: str) -> None:
-    if output is not None:
-        output.log(message)
 
 
 @dataclass(frozen=True)
@@ -177,6 +190,8 @@ def check_evaluable(test: PtychoSplit) -> None:
 @functools.cache
 def _quiet_lightning() -> None:
     """Keep Lightning's banners and per-batch deprecation noise off the user's stderr (once per process)."""
+    import lightning.pytorch  # noqa: F401 - importing it sets its loggers' levels, which are overridden below
+
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -246,9 +261,9 @@ def evaluate_run(
     )
     if run_dir is not None:
         stitched = stitch_patches(prediction, test.centres, stride, test.n_images) * np.float32(test.norm_Y_I)
-        with atomic_path(run_dir / "reconstruction.npz") as tmp, tmp.open("wb") as handle:
+        with atomic_path(run_dir / RECONSTRUCTION_NPZ_NAME) as tmp, tmp.open("wb") as handle:
             np.savez(handle, reconstruction=stitched.astype(np.complex64), ground_truth=truth.astype(np.complex64))
-        save_reconstruction_png(run_dir / "reconstruction.png", stitched[0], truth[0], metrics)
+        save_reconstruction_png(run_dir / RECONSTRUCTION_PNG_NAME, stitched[0], truth[0], metrics)
     return metrics, None
 
 
@@ -325,21 +340,93 @@ def _fit(
     return None
 
 
+@dataclass
+class _Session:
+    """A run being trained: the Lightning module (which records losses, norms and the failure), the
+    generator inside it, the extra loggers, and whether this process writes the run dir."""
+
+    module: Any
+    generator: torch.nn.Module
+    loggers: list[Any]
+    log_dir: Path
+    writer: bool
+
+
+def _start(
+    prepared: PreparedRun,
+    run_dir: Path,
+    generator: torch.nn.Module | None,
+    logging: LoggingOptions | None,
+    sweep: SweepInfo | None,
+) -> _Session:
+    """Write config.json (rank 0), seed everything, build the generator, its module and the loggers."""
+    import lightning.pytorch as pl
+
+    from fnostab.models import build_generator, channels_last_convs
+    from fnostab.training.module import PtychoModule
+
+    config = prepared.config
+    writer = config.train.devices == 1 or distributed.is_rank_zero()  # rank 0 alone writes the run dir
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / CONFIG_NAME, config.to_json_dict())
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    pl.seed_everything(config.train.seed, verbose=False)
+    if generator is None:
+        generator = build_generator(config.model, prepared.N, prepared.channels)
+        if prepared.accelerator == "cpu":
+            channels_last_convs(generator)
+    module = PtychoModule(generator, prepared.train.probe, config.train, prepared.train.groups)
+    if module.precursors is not None:
+        module.precursors.out_dir = run_dir
+    hyperparameters = {**config.to_json_dict(), **({"sweep": sweep.to_document()} if sweep else {})}
+    loggers = build_loggers(logging, run_dir, hyperparameters, writer=writer)
+    return _Session(module, generator, loggers, run_dir / LOGS_NAME, writer)
+
+
+def _train(session: _Session, prepared: PreparedRun, progress: Progress) -> tuple[BaseException | None, float]:
+    """Fit, advancing ``progress`` per step; returns the exception that ended training (None when it ran
+    its epochs or stopped on a recorded failure) and the seconds it took. An interrupt propagates."""
+    config = prepared.config
+    progress.log(
+        f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs "
+        f"on {prepared.accelerator} ..."
+    )
+    started = time.perf_counter()
+    total = config.train.epochs * math.ceil(prepared.train.n / config.train.batch_size)
+    try:
+        with progress.progress("training steps", total) as advance:
+            error = _fit(session.module, prepared, session.log_dir, advance, session.loggers)
+    except BaseException:
+        shutil.rmtree(session.log_dir, ignore_errors=True)  # interrupted: leave config.json alone, as Ctrl-C always did
+        raise
+    return error, time.perf_counter() - started
+
+
+def _failure(module: Any, error: BaseException | None) -> Failure | None:
+    """The run's failure: the one the module detected (diverged, collapsed), or the exception that ended
+    training (``oom`` or ``error``), or None."""
+    if error is None:
+        return module.failure
+    status = "oom" if _is_oom(error) else "error"
+    return Failure(status, f"{type(error).__name__}: {error}".strip()[:500], module.steps_seen, module.current_epoch)
+
+
 def _write_outputs(
     run_dir: Path,
-    log_dir: Path,
+    session: _Session,
     prepared: PreparedRun,
-    generator: torch.nn.Module,
-    module: Any,
     failure: Failure | None,
     error: BaseException | None,
 ) -> tuple[dict | None, str | None]:
     """Write what a trained run leaves besides result.json (error.log, metrics.csv, the checkpoint,
     the reconstruction) and evaluate it; returns (metrics, note). An OSError (a failed write) is
     raised: the caller records it as the run's failure."""
+    generator, module = session.generator, session.module
     if error is not None:
-        write_text_atomic(run_dir / "error.log", "".join(traceback.format_exception(error)))
-    csv = log_dir / METRICS_NAME
+        write_text_atomic(run_dir / ERROR_LOG_NAME, "".join(traceback.format_exception(error)))
+    csv = session.log_dir / METRICS_NAME
     if csv.is_file():
         with atomic_path(run_dir / METRICS_NAME) as tmp:
             shutil.copyfile(csv, tmp)
@@ -363,165 +450,153 @@ def _write_outputs(
     except OSError:
         raise
     except Exception as problem:  # noqa: BLE001 - the trained run stands; its evaluation failing is recorded
-        write_text_atomic(run_dir / "error.log", "".join(traceback.format_exception(problem)))
+        write_text_atomic(run_dir / ERROR_LOG_NAME, "".join(traceback.format_exception(problem)))
         return None, f"evaluation failed: {type(problem).__name__}: {problem}".strip()[:500]
     finally:
         generator.cpu()
+
+
+def _finish(
+    run_dir: Path, session: _Session, prepared: PreparedRun, failure: Failure | None, error: BaseException | None
+) -> tuple[Failure | None, dict | None, str | None, float]:
+    """Write the run's files and evaluate it: (failure, metrics, evaluation note, seconds). A failed
+    write is an outcome of the run, not a crash: it becomes the failure (status error), never an ok
+    run with the missing parts silently null. Lightning's scratch dir goes in any case."""
+    started = time.perf_counter()
+    module = session.module
+    try:
+        metrics, note = _write_outputs(run_dir, session, prepared, failure, error)
+    except OSError as problem:
+        reason = f"could not write the run dir: {problem}"[:500]
+        failure = Failure("error", reason, module.steps_seen, module.current_epoch)
+        metrics, note = None, "not evaluated: the run dir could not be written"
+    finally:
+        shutil.rmtree(session.log_dir, ignore_errors=True)
+    return failure, metrics, note, time.perf_counter() - started
+
+
+def _trained_result(
+    prepared: PreparedRun,
+    module: Any,
+    failure: Failure | None,
+    metrics: dict | None,
+    note: str | None,
+    timing: Timing,
+    sweep: SweepInfo | None,
+    memory_plan: dict[str, Any] | None,
+    extra: dict[str, Any] | None,
+) -> RunResult:
+    """The result document of a run that trained (whatever its status)."""
+    from fnostab.training.data import validation_subset
+
+    config = prepared.config
+    best, best_epoch, final = best_and_final(module.val_losses)
+    fields: dict[str, Any] = dict(
+        name=config.name,
+        status="ok" if failure is None else failure.status,
+        failure=None if failure is None else FailureInfo.of(failure),
+        seed=config.train.seed,
+        model=ModelInfo(
+            arch=config.model.arch,
+            params=prepared.plan.params,
+            params_real=prepared.plan.params_real,
+            config=config.model.model_dump(mode="json"),
+        ),
+        data=DataInfo(
+            train=str(prepared.train.path),
+            test=str(prepared.test.path),
+            N=prepared.N,
+            gridsize=prepared.train.gridsize,
+            channels=prepared.channels,
+            offset=prepared.train.groups.offset,
+            n_train=prepared.train.n,
+            n_val=len(validation_subset(prepared.test.n, config.train.val_patches)),
+            n_test=prepared.test.n,
+        ),
+        training=TrainingInfo(
+            config=config.train.model_dump(mode="json"),
+            epochs_requested=config.train.epochs,
+            epochs_completed=module.epochs_completed,
+            steps=module.steps_seen,
+            val_loss_name=module.val_key,
+            val_losses=module.val_losses,
+            train_losses=module.train_losses,
+            best_val_loss=best,
+            best_epoch=best_epoch,
+            final_val_loss=final,
+            final_train_loss=module.train_losses[-1] if module.train_losses else None,
+            **loss_levels(module.initial_val_loss, best, final, prepared.test.noise_floor(config.train.loss)),
+        ),
+        grad_norm=grad_norm_stats(module.grad_norms),
+        metrics=metrics,
+        evaluation_note=note,
+        memory_plan=memory_plan,
+        timing=timing,
+        device=DeviceInfo(
+            accelerator=prepared.accelerator,
+            threads=torch.get_num_threads(),
+            devices=config.train.devices,
+            name=torch.cuda.get_device_name() if prepared.accelerator == "cuda" else "cpu",
+        ),
+        versions=versions(),
+        created=now_iso(),
+        **({"sweep": sweep} if sweep is not None else {}),
+    )
+    return RunResult(**{**fields, **(extra or {})})
+
+
+def _write_result(run_dir: Path, result: RunResult, loggers: list[Any], progress: Progress) -> None:
+    """Close the extra loggers with the run's status, then write result.json: the run is finished."""
+    logger_note = record_status(loggers, result.status)
+    if logger_note:
+        progress.log(f"warning: {logger_note}")
+    write_json_atomic(run_dir / RESULT_NAME, result.to_document())
 
 
 def run_training(
     prepared: PreparedRun,
     run_dir: Path,
     *,
-    output: Any = None,
+    progress: Progress | None = None,
+    sweep: SweepInfo | None = None,
+    memory_plan: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     generator: torch.nn.Module | None = None,
     logging: LoggingOptions | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and write ``run_dir``; returns the result document (also in result.json).
 
+    ``progress`` hears what the run does (a step counter, a warning); it is silent by default.
+    ``sweep`` says which sweep run this is and ``memory_plan`` what it was planned to need (both
+    recorded in the result); ``extra`` adds keys of the caller's own to the result.
     ``generator`` replaces the one the config describes (any module mapping (B, C, N, N)
     patterns to complex (B, C, N, N) object patches, C = gridsize²); it is built from the config by default.
     ``logging`` adds TensorBoard / MLflow loggers to metrics.csv. With ``devices`` > 1 the run is
     launched on that many processes (:mod:`fnostab.training.distributed`); rank 0 writes ``run_dir``.
     """
+    progress = progress or SILENT
     if prepared.config.train.devices > 1 and not distributed.launched():
-        _log(output, f"launching {prepared.config.train.devices} processes (DDP) ...")
-        return distributed.launch(prepared, run_dir, extra=extra, generator=generator, logging=logging)
-    import lightning.pytorch as pl
-
-    from fnostab.models import build_generator, channels_last_convs
-    from fnostab.training.data import validation_subset
-    from fnostab.training.module import PtychoModule
-
-    _quiet_lightning()
-    config = prepared.config
-    started = time.perf_counter()
-    writer = config.train.devices == 1 or distributed.is_rank_zero()  # rank 0 alone writes the run dir
-    if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / CONFIG_NAME, config.to_json_dict())
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-
-    pl.seed_everything(config.train.seed, verbose=False)
-    if generator is None:
-        generator = build_generator(config.model, prepared.N, prepared.channels)
-        if prepared.accelerator == "cpu":
-            channels_last_convs(generator)
-    module = PtychoModule(generator, prepared.train.probe, config.train, prepared.train.groups)
-    if module.precursors is not None:
-        module.precursors.out_dir = run_dir
-    log_dir = run_dir / ".logs"
-    sweep = (extra or {}).get("sweep")
-    loggers = build_loggers(
-        logging, run_dir, {**config.to_json_dict(), **({"sweep": sweep} if sweep else {})}, writer=writer
-    )
-    _log(
-        output,
-        f"training {config.model.arch} ({prepared.plan.params:,} params) for {config.train.epochs} epochs "
-        f"on {prepared.accelerator} ...",
-    )
-
-    train_started = time.perf_counter()
-    try:
-        if output is not None and output.show_progress:
-            total = config.train.epochs * math.ceil(prepared.train.n / config.train.batch_size)
-            with output.progress("training steps", total) as advance:
-                error = _fit(module, prepared, log_dir, advance, loggers)
-        else:
-            error = _fit(module, prepared, log_dir, loggers=loggers)
-    except BaseException:
-        shutil.rmtree(log_dir, ignore_errors=True)  # interrupted: leave config.json alone, as Ctrl-C always did
-        raise
-    train_s = time.perf_counter() - train_started
-    if not writer:
-        return distributed.finish_other_rank(error)
-
-    failure: Failure | None = module.failure
-    if error is not None:
-        status = "oom" if _is_oom(error) else "error"
-        failure = Failure(
-            status, f"{type(error).__name__}: {error}".strip()[:500], module.steps_seen, module.current_epoch
+        progress.log(f"launching {prepared.config.train.devices} processes (DDP) ...")
+        return distributed.launch(
+            prepared, run_dir, sweep=sweep, memory_plan=memory_plan, extra=extra, generator=generator, logging=logging
         )
-    eval_started = time.perf_counter()
-    metrics, note = None, None
-    try:
-        metrics, note = _write_outputs(run_dir, log_dir, prepared, generator, module, failure, error)
-    except OSError as problem:
-        # A full disk (or a vanished dir) is an outcome of the run, not a crash: recorded as an
-        # error, never as ok with the missing parts silently null.
-        reason = f"could not write the run dir: {problem}"[:500]
-        failure = Failure("error", reason, module.steps_seen, module.current_epoch)
-        metrics, note = None, "not evaluated: the run dir could not be written"
-    finally:
-        shutil.rmtree(log_dir, ignore_errors=True)
-    eval_s = time.perf_counter() - eval_started
-
-    best, best_epoch, final = best_and_final(module.val_losses)
-    result = {
-        "schema": RESULT_SCHEMA,
-        "name": config.name,
-        "status": "ok" if failure is None else failure.status,
-        "failure": None if failure is None else failure.to_dict(),
-        "seed": config.train.seed,
-        "model": {
-            "arch": config.model.arch,
-            "params": prepared.plan.params,
-            "params_real": prepared.plan.params_real,
-            "config": config.model.model_dump(mode="json"),
-        },
-        "data": {
-            "train": str(prepared.train.path),
-            "test": str(prepared.test.path),
-            "N": prepared.N,
-            "gridsize": prepared.train.gridsize,
-            "channels": prepared.channels,
-            "offset": prepared.train.groups.offset,
-            "n_train": prepared.train.n,
-            "n_val": len(validation_subset(prepared.test.n, config.train.val_patches)),
-            "n_test": prepared.test.n,
-        },
-        "training": {
-            "config": config.train.model_dump(mode="json"),
-            "epochs_requested": config.train.epochs,
-            "epochs_completed": module.epochs_completed,
-            "steps": module.steps_seen,
-            "val_loss_name": module.val_key,
-            "val_losses": module.val_losses,
-            "train_losses": module.train_losses,
-            "best_val_loss": best,
-            "best_epoch": best_epoch,
-            "final_val_loss": final,
-            "final_train_loss": module.train_losses[-1] if module.train_losses else None,
-            **loss_levels(module.initial_val_loss, best, final, prepared.test.noise_floor(config.train.loss)),
-        },
-        "grad_norm": grad_norm_stats(module.grad_norms),
-        "metrics": metrics,
-        "evaluation_note": note,
-        "memory_plan": None,
-        "timing": {
-            "wall_s": time.perf_counter() - started,
-            "train_s": train_s,
-            "eval_s": eval_s,
-            "samples_per_s": (module.samples_seen / train_s) if train_s > 0 else None,
-        },
-        "device": {
-            "accelerator": prepared.accelerator,
-            "threads": torch.get_num_threads(),
-            "devices": config.train.devices,
-            "name": torch.cuda.get_device_name() if prepared.accelerator == "cuda" else "cpu",
-        },
-        "versions": versions(),
-        "created": now_iso(),
-    }
-    if extra:
-        result.update(extra)
-    logger_note = record_status(loggers, result["status"])
-    if logger_note:
-        _log(output, f"warning: {logger_note}")
-    write_json_atomic(run_dir / RESULT_NAME, result)
-    return result
+    _quiet_lightning()
+    started = time.perf_counter()
+    session = _start(prepared, run_dir, generator, logging, sweep)
+    error, train_s = _train(session, prepared, progress)
+    if not session.writer:
+        return distributed.finish_other_rank(error)
+    failure, metrics, note, eval_s = _finish(run_dir, session, prepared, _failure(session.module, error), error)
+    samples = session.module.samples_seen
+    timing = Timing(
+        wall_s=time.perf_counter() - started,
+        train_s=train_s,
+        eval_s=eval_s,
+        samples_per_s=(samples / train_s) if train_s > 0 else None,
+    )
+    result = _trained_result(prepared, session.module, failure, metrics, note, timing, sweep, memory_plan, extra)
+    _write_result(run_dir, result, session.loggers, progress)
+    return result.to_document()
 
 
 def record_bare_result(
@@ -531,49 +606,47 @@ def record_bare_result(
     reason: str,
     *,
     plan: dict[str, Any] | None = None,
-    sweep: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    sweep: SweepInfo | None = None,
+) -> RunResult:
     """Write the run dir of a run with no training record: one that could not start (``infeasible``:
     its memory plan is over the limit) or whose process died without a word (killed by the OS)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / CONFIG_NAME, config.to_json_dict())
-    result = {
-        "schema": RESULT_SCHEMA,
-        "name": config.name,
-        "status": status,
-        "failure": Failure(status, reason, 0, 0).to_dict(),
-        "seed": config.train.seed,
-        "model": {
-            "arch": config.model.arch,
-            "params": (plan or {}).get("params"),
-            "params_real": (plan or {}).get("params_real"),
-            "config": config.model.model_dump(mode="json"),
-        },
-        "data": {"train": str(config.data.train), "test": str(config.data.test), "gridsize": config_gridsize(config)},
-        "training": {
-            "config": config.train.model_dump(mode="json"),
-            "epochs_requested": config.train.epochs,
-            "epochs_completed": 0,
-            "steps": 0,
-            "val_loss_name": val_loss_name(config.train.loss),
-            "val_losses": [],
-            "train_losses": [],
-            "best_val_loss": None,
-            "best_epoch": None,
-            "final_val_loss": None,
-            "final_train_loss": None,
+    result = RunResult(
+        name=config.name,
+        status=status,
+        failure=FailureInfo.of(Failure(status, reason, 0, 0)),
+        seed=config.train.seed,
+        model=ModelInfo(
+            arch=config.model.arch,
+            params=(plan or {}).get("params"),
+            params_real=(plan or {}).get("params_real"),
+            config=config.model.model_dump(mode="json"),
+        ),
+        data=DataInfo(train=str(config.data.train), test=str(config.data.test), gridsize=config_gridsize(config)),
+        training=TrainingInfo(
+            config=config.train.model_dump(mode="json"),
+            epochs_requested=config.train.epochs,
+            epochs_completed=0,
+            steps=0,
+            val_loss_name=val_loss_name(config.train.loss),
+            val_losses=[],
+            train_losses=[],
+            best_val_loss=None,
+            best_epoch=None,
+            final_val_loss=None,
+            final_train_loss=None,
             **loss_levels(None, None, None, None),
-        },
-        "grad_norm": None,
-        "metrics": None,
-        "evaluation_note": f"not run: {status}" if status == "infeasible" else f"not evaluated: status {status}",
-        "memory_plan": plan,
-        "timing": {"wall_s": 0.0, "train_s": 0.0, "eval_s": 0.0, "samples_per_s": None},
-        "device": None,
-        "versions": versions(),
-        "created": now_iso(),
-    }
-    if sweep is not None:
-        result["sweep"] = sweep
-    write_json_atomic(run_dir / RESULT_NAME, result)
+        ),
+        grad_norm=None,
+        metrics=None,
+        evaluation_note=f"not run: {status}" if status == "infeasible" else f"not evaluated: status {status}",
+        memory_plan=plan,
+        timing=Timing(wall_s=0.0, train_s=0.0, eval_s=0.0, samples_per_s=None),
+        device=None,
+        versions=versions(),
+        created=now_iso(),
+        **({"sweep": sweep} if sweep is not None else {}),
+    )
+    write_json_atomic(run_dir / RESULT_NAME, result.to_document())
     return result
