@@ -9,9 +9,14 @@ constant prediction, the best validation loss and the noise floor (the loss of t
 patches on the same validation patterns, through the same forward model).
 
     python scripts/bench_gridsize.py [--seeds 3] [--gs2-epochs 20] [--out /tmp/bench-gridsize] [--fresh]
+    python scripts/bench_gridsize.py --step-cost [--rounds 7]
 
 Rerunning resumes each shootout (finished runs are kept) unless ``--fresh``; the table reads every
 run's own result.json, so its training times are those of the runs themselves.
+
+``--step-cost`` only times one gridsize-2 training step (forward, reassembly, far fields, MAE,
+backward, Adam) at batch 16 on 1 thread for the preset's generator and for the modes-8 generator it
+replaced, interleaved round by round, in CPU time (what the VM's neighbours steal is left out).
 """
 
 from __future__ import annotations
@@ -67,6 +72,49 @@ def noise_floor(test_path: Path, val_patches: int | None, loss: str) -> float:
     return float(np.average(values, weights=weights))
 
 
+def step_cost(rounds: int, steps: int = 20) -> None:
+    """Median CPU ms per training step of the preset's generator against its modes-8 predecessor."""
+    from fnostab.config import ModelConfig
+    from fnostab.models import build_generator
+    from fnostab.physics import predicted_amplitude
+
+    torch.set_num_threads(1)
+    train = load_split(cached_dataset(SimulationConfig(**PRESETS["cpu"]["data"]))[0])
+    batch = torch.from_numpy(train.diffraction[:16])
+    probe = torch.from_numpy(train.probe)
+    preset = ModelConfig(**PRESETS["cpu"]["model"])
+    variants = {f"modes {m}": preset.model_copy(update={"modes": m}) for m in (8, preset.modes)}
+    state = {}
+    for name, model in variants.items():
+        torch.manual_seed(0)
+        generator = build_generator(model, train.N, train.channels)
+        optimizer = torch.optim.Adam(generator.parameters(), lr=1e-3)
+        params = sum(p.numel() for p in generator.parameters())
+        state[name] = (generator, optimizer, params, [])
+
+    def step(generator: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        amplitude = predicted_amplitude(generator(batch), probe, train.groups)
+        physics_loss("mae", amplitude, batch).backward()
+        optimizer.step()
+
+    for generator, optimizer, _, _ in state.values():
+        for _ in range(3):  # warm-up: allocator, FFT plans
+            step(generator, optimizer)
+    for _ in range(rounds):
+        for generator, optimizer, _, times in state.values():
+            started = time.process_time()
+            for _ in range(steps):
+                step(generator, optimizer)
+            times.append(1000 * (time.process_time() - started) / steps)
+    base = statistics.median(next(iter(state.values()))[3])
+    print("| generator (hybrid, width 16, 2 levels) | parameters | CPU ms / step (median) | rounds | vs modes 8 |")
+    print("|---|---:|---:|---|---:|")
+    for name, (_, _, params, times) in state.items():
+        median = statistics.median(times)
+        print(f"| {name} | {params:,} | {median:.1f} | {', '.join(f'{t:.1f}' for t in times)} | {median / base:.2f}× |")
+
+
 def spread(values: list[float], digits: int = 3) -> str:
     return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
 
@@ -77,7 +125,12 @@ def main() -> None:
     parser.add_argument("--gs2-epochs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-gridsize"))
     parser.add_argument("--fresh", action="store_true", help="Remove earlier runs instead of resuming.")
+    parser.add_argument("--step-cost", action="store_true", help="Only time a training step (modes 8 vs the preset).")
+    parser.add_argument("--rounds", type=int, default=7, help="Timed rounds of --step-cost.")
     args = parser.parse_args()
+    if args.step_cost:
+        step_cost(args.rounds)
+        return
     train_cfg = TrainConfig(**PRESETS["cpu"]["train"])
     rows = []
     for gridsize, epochs in ((1, train_cfg.epochs), (2, args.gs2_epochs)):

@@ -183,6 +183,8 @@ def test_stress_summary_lr_sensitivity_equals_the_definition_from_the_run_dirs(t
         "control:arch=hybrid,clip=none",
         "--arm",
         "arch:arch=stable_hybrid",
+        "--jobs",
+        "2",  # one thread per run: two threads per tiny run crawl on a busy machine
         "--out",
         out,
         "--quiet",

@@ -20,7 +20,7 @@ import torch
 from test_rundir import RESULT_KEYS, TRAINING_KEYS
 
 from conftest import run_cli, spawn_cli
-from fnostab.config import DataSource, ModelConfig, RunConfig, TrainConfig
+from fnostab.config import PRESETS, DataSource, ModelConfig, RunConfig, TrainConfig
 from fnostab.io import to_jsonable
 from fnostab.models import build_generator
 from fnostab.physics import physics_loss, predicted_amplitude
@@ -56,6 +56,15 @@ def test_warmup_cosine_gives_the_expected_learning_rate_at_chosen_epochs() -> No
     assert factor(4) == pytest.approx(1.0)
     assert factor(12) == pytest.approx(0.1 + 0.9 * 0.5)  # cosine midpoint: (1 + cos(π/2))/2 = 0.5
     assert factor(20) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_schedule_accepts_a_one_epoch_run(preset: str) -> None:
+    # A warm-up epoch in a preset would make `--epochs 1` (bench_ddp, quick checks) a usage error.
+    config = TrainConfig(**{**PRESETS[preset]["train"], "epochs": 1})
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], config)
+    build_scheduler(optimizer, config)
+    assert optimizer.param_groups[0]["lr"] == config.lr  # the first epoch runs at the peak rate
 
 
 def test_warmup_cosine_scheduler_is_stepped_per_epoch() -> None:
