@@ -9,7 +9,7 @@ from matplotlib.collections import PathCollection, PolyCollection
 from test_report import arm, run_entry, summary_document
 
 from fnostab.report.document import SummaryDocument
-from fnostab.report.plots import plot_grad_norm, plot_train_loss, spike_mask
+from fnostab.report.plots import plot_grad_norm, plot_train_loss, plot_val_loss, spike_mask
 
 STEPS = list(range(200))
 
@@ -85,3 +85,13 @@ def test_trace_plots_say_why_nothing_is_drawn() -> None:
     empty = SimpleNamespace(grad_norms={}, train_losses={})
     assert "grad_norm_preclip" in plot_grad_norm(_document(), empty)
     assert "training loss" in plot_train_loss(_document(), empty)
+
+
+def test_val_loss_plot_draws_the_finite_arms_and_says_so_when_none_is_finite() -> None:
+    nan = float("nan")
+    finite = SimpleNamespace(val_losses={"a": [[1.0, 0.5], [nan, nan]], "b": [[nan, nan]]})
+    axes = plot_val_loss(_document(), finite).axes[0]
+    assert [line.get_label() for line in axes.get_lines()] == ["a (n=2)"]
+    assert list(axes.get_lines()[0].get_ydata()) == [1.0, 0.5]  # the median of one finite curve is that curve
+    diverged = SimpleNamespace(val_losses={"a": [[nan, nan]], "b": [[nan]]})
+    assert plot_val_loss(_document(), diverged) == "no finite validation loss in any run"

@@ -80,7 +80,7 @@ def plot_val_loss(document: SummaryDocument, traces: Any) -> Figure | str:
     figure = _figure(left=0.15)
     axes = figure.add_subplot()
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    positive = True
+    positive, drawn = True, 0
     for index, (label, curves) in enumerate(series.items()):
         if not curves:
             continue
@@ -102,6 +102,9 @@ def plot_val_loss(document: SummaryDocument, traces: Any) -> Figure | str:
         colour = _colour(index)
         axes.fill_between(epochs, lo, hi, color=colour, alpha=0.2, linewidth=0)
         axes.plot(epochs, mid, color=colour, label=f"{label} (n={len(curves)})")
+        drawn += 1
+    if not drawn:  # every run diverged from its first epoch: an empty picture would only mislead
+        return "no finite validation loss in any run"
     if positive:
         axes.set_yscale("log")
     names = sorted({n for g in _groups(document) for n in g.val_loss_names}) or ["val loss"]
