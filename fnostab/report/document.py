@@ -619,15 +619,10 @@ class StageAChecks(_Sparse):
     loss_within_10pct: bool | None = None
 
 
-class StageACheck(_Sparse):
-    """Stage A for one fix. ``passes`` None: the data cannot say (e.g. the control never failed)."""
+class _ReasonedCheck(_Sparse):
+    """A stage check with its reasons as codes; summary.json also gets their text (``reasons``), which
+    is rendered on writing and dropped on reading, so the codes stay the one source."""
 
-    present: bool
-    passes: bool | None
-    checks: StageAChecks | None = None
-    loss_ratio: float | None = None
-    intervals_overlap: bool | None = None
-    numbers: ArmNumbers | None = None
     reason_codes: list[Reason] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -643,6 +638,17 @@ class StageACheck(_Sparse):
         data["reasons"] = [reason_text(code) for code in self.reason_codes]
         data["reason_codes"] = data.pop("reason_codes", [])
         return data
+
+
+class StageACheck(_ReasonedCheck):
+    """Stage A for one fix. ``passes`` None: the data cannot say (e.g. the control never failed)."""
+
+    present: bool
+    passes: bool | None
+    checks: StageAChecks | None = None
+    loss_ratio: float | None = None
+    intervals_overlap: bool | None = None
+    numbers: ArmNumbers | None = None
 
 
 class StageBGrid(_Model):
@@ -666,7 +672,7 @@ class StageBChecks(_Model):
     lower_deep_failure_rate: bool | None
 
 
-class StageBCheck(_Sparse):
+class StageBCheck(_ReasonedCheck):
     """Stage B for one fix on the grid it shares with the control; ``deep_depth``: the deepest depth
     both could build. ``seeds_to_separate`` is given when a lower LR sensitivity is within seed noise."""
 
@@ -680,21 +686,6 @@ class StageBCheck(_Sparse):
     checks: StageBChecks | None = None
     intervals_overlap: bool | None = None
     seeds_to_separate: int | None = None
-    reason_codes: list[Reason] = Field(default_factory=list)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _without_text(cls, data: Any) -> Any:
-        return _drop(data, ("reasons",))
-
-    @model_serializer(mode="wrap")
-    def _with_text(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        from fnostab.report.verdict_text import reason_text
-
-        data = {key: value for key, value in handler(self).items() if key in self.model_fields_set}
-        data["reasons"] = [reason_text(code) for code in self.reason_codes]
-        data["reason_codes"] = data.pop("reason_codes", [])
-        return data
 
 
 class StageA(_Sparse):
