@@ -14,7 +14,6 @@ empty cells.
 from __future__ import annotations
 
 import csv
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +35,6 @@ class RunRecord:
     depth: int | None  # grid cells only (stress runs, shootout runs of an LR grid)
     lr: float | None  # grid cells only
     seed: int | None
-
-    @functools.cached_property
-    def result(self) -> dict[str, Any]:
-        """The result as its JSON object, for readers that index it by key (prefer ``run_result``)."""
-        return self.run_result.to_document()
 
     @property
     def status(self) -> str:

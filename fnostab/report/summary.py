@@ -119,19 +119,19 @@ def _run_grad_norm(
         if columns and columns.get(name) and columns[name][1]:
             steps, values = columns[name]
             return {"source": "metrics.csv", **series_stats(steps, values, threshold)}, (steps, values)
-    stats = record.result.get("grad_norm")
-    if stats and stats.get("max") is not None:
+    stats = record.run_result.grad_norm
+    if stats is not None and stats.max is not None:
         # result.json counts every step at a fixed threshold of 1.0; keep its fraction only if it matches.
         return {
             "source": "result.json",
-            "logged_steps": stats.get("steps"),
+            "logged_steps": stats.steps,
             "nonfinite": None,
-            "max": stats.get("max"),
-            "median": stats.get("median"),
-            "p99": stats.get("p99"),
-            "frac_above": stats.get("frac_above_1") if threshold == 1.0 else None,
+            "max": stats.max,
+            "median": stats.median,
+            "p99": stats.p99,
+            "frac_above": stats.frac_above_1 if threshold == 1.0 else None,
             "above": None,
-            "max_step": stats.get("max_step"),
+            "max_step": stats.max_step,
         }, None
     return None, None
 
@@ -163,10 +163,12 @@ def _train_loss_trace(columns: dict[str, tuple[list[int], list[float]]] | None) 
 
 def _metric_values(record: RunRecord) -> dict[str, tuple[float | None, float | None]]:
     """(value, constant-baseline value) of each summarised metric for one run."""
-    training = record.result.get("training") or {}
-    metrics = record.result.get("metrics") or {}
+    training = record.run_result.training
+    metrics = record.run_result.metrics or {}  # metric name → value, and "baseline" → the constant's values
     baseline = metrics.get("baseline") or {}
-    out: dict[str, tuple[float | None, float | None]] = {name: (training.get(name), None) for name in TRAINING_METRICS}
+    out: dict[str, tuple[float | None, float | None]] = {
+        name: (getattr(training, name), None) for name in TRAINING_METRICS
+    }
     for name in EVAL_METRICS:
         out[name] = (metrics.get(name), baseline.get(name))
     amp, base = metrics.get("amp_ssim"), baseline.get("amp_ssim")
@@ -186,9 +188,9 @@ def _group_summary(
     by_status = {
         status: sum(1 for r in failed if r.status == status) for status in FAILURE_STATUSES if status != "infeasible"
     }
-    timed = [r for r in failed if r.result.get("failure")]
-    steps = [r.result["failure"].get("step") for r in timed]
-    epochs = [r.result["failure"].get("epoch") for r in timed]
+    timed = [r.run_result.failure for r in failed if r.run_result.failure is not None]
+    steps = [failure.step for failure in timed]
+    epochs = [failure.epoch for failure in timed]
 
     per_metric = {name: [] for name in METRIC_NAMES}
     per_baseline = {name: [] for name in METRIC_NAMES}
@@ -217,35 +219,31 @@ def _group_summary(
         loss_trace = _train_loss_trace(columns)
         if loss_trace is not None:
             traces.train_losses[label].append(loss_trace)
-        training = record.result.get("training") or {}
-        traces.val_losses[label].append(
-            [v if isinstance(v, (int, float)) else math.nan for v in training.get("val_losses") or []]
-        )
-        failure = record.result.get("failure")
+        result = record.run_result
+        training = result.training
+        traces.val_losses[label].append([v if isinstance(v, (int, float)) else math.nan for v in training.val_losses])
         runs.append(
             {
                 "dir": str(record.dir),
                 "seed": record.seed,
                 "status": record.status,
-                "failure": failure,
-                "initial_val_loss": training.get("initial_val_loss"),
-                "best_val_loss": training.get("best_val_loss"),
-                "final_val_loss": training.get("final_val_loss"),
-                "noise_floor": training.get("noise_floor"),
-                "metrics": {name: (record.result.get("metrics") or {}).get(name) for name in EVAL_METRICS}
-                if record.result.get("metrics")
-                else None,
+                "failure": result.failure.to_document() if result.failure is not None else None,
+                "initial_val_loss": training.initial_val_loss,
+                "best_val_loss": training.best_val_loss,
+                "final_val_loss": training.final_val_loss,
+                "noise_floor": training.noise_floor,
+                "metrics": {name: result.metrics.get(name) for name in EVAL_METRICS} if result.metrics else None,
                 "grad_norm": grad,
                 "first_block_to_blow_up": _first_block(columns) if record.status not in ("ok", "infeasible") else None,
-                "memory_plan": record.result.get("memory_plan"),
+                "memory_plan": result.memory_plan,
                 "explanation": run_explanation(record.dir) if record.status in ("diverged", "collapsed") else None,
             }
         )
     pooled = pooled_series_stats(series, threshold)
     pooled["threshold"] = threshold
     pooled["runs_without_series"] = n - pooled["runs_with_series"]
-    val_names = sorted({(r.result.get("training") or {}).get("val_loss_name") for r in records} - {None})
-    gridsizes = sorted({(r.result.get("data") or {}).get("gridsize") or 1 for r in records})
+    val_names = sorted({r.run_result.training.val_loss_name for r in records} - {None})
+    gridsizes = sorted({(r.run_result.data.gridsize if r.run_result.data else None) or 1 for r in records})
     return ArmSummary(
         label=label,
         arm=first.arm,
@@ -257,7 +255,7 @@ def _group_summary(
         clip=first.clip,
         val_loss_names=val_names,
         gridsizes=gridsizes,
-        noise_floor=quartiles((r.result.get("training") or {}).get("noise_floor") for r in records)["median"],
+        noise_floor=quartiles(r.run_result.training.noise_floor for r in records)["median"],
         seeds=[r.seed for r in records],
         n=n,
         n_infeasible=n_infeasible,
@@ -333,17 +331,17 @@ def _stress_section(groups: Sequence[ArmSummary], records: Sequence[RunRecord]) 
         if record.is_grid_cell and record.status == "infeasible":
             entry = infeasible.get(record.group_key)
             if entry is None:
-                plan = record.result.get("memory_plan") or {}
+                plan, failure = record.run_result.memory_plan or {}, record.run_result.failure
                 entry = infeasible[record.group_key] = {
                     "arm": record.arm,
                     "depth": record.depth,
                     "lr": record.lr,
                     "seeds": [],
                     "dirs": [],
-                    "params": plan.get("params", (record.result.get("model") or {}).get("params")),
+                    "params": plan.get("params", record.run_result.model.params),
                     "total_bytes": plan.get("total_bytes"),
                     "geometry_error": plan.get("geometry_error"),
-                    "reason": (record.result.get("failure") or {}).get("reason"),
+                    "reason": failure.reason if failure is not None else None,
                 }
             entry["seeds"].append(record.seed)
             entry["dirs"].append(str(record.dir))
