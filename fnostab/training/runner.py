@@ -163,28 +163,43 @@ def check_evaluable(test: PtychoSplit) -> None:
     The check scores a constant prediction through the evaluation's own code, so it rejects exactly
     what the evaluation would, at the cost of two image-sized scorings.
     """
+    if _missing_evaluation_fields(test):
+        return
+    window = test.groups.window  # N at gridsize 1
+    constant = np.broadcast_to(np.ones((1, window, window), dtype=np.complex64), (test.n, window, window))
+    try:
+        _score(constant, test)
+    except InputError as problem:
+        raise InputError(f"{test.path}: the test split cannot be evaluated: {problem}") from None
+
+
+def _missing_evaluation_fields(test: PtychoSplit) -> list[str]:
+    """What ``test`` lacks for stitched metrics (empty: it can be scored)."""
+    fields = (("coords_offsets", test.centres), ("norm_Y_I", test.norm_Y_I), ("scan stride", test.stride()))
+    missing = [name for name, value in fields if value is None]
+    if test.ground_truth is None and test.full_objects is None:
+        missing.append("YY_ground_truth or YY_full")
+    return missing
+
+
+def _score(windows: np.ndarray, test: PtychoSplit) -> tuple[dict, np.ndarray]:
+    """Stitched metrics of one predicted window per sample against the split's true object, and that
+    true region (the split's own, or cut from YY_full at the windows' size)."""
     from fnostab.evaluation import evaluate_reconstruction, ground_truth_region
 
     stride = test.stride()
-    if test.centres is None or test.norm_Y_I is None or stride is None:
-        return
-    if test.ground_truth is None and test.full_objects is None:
-        return
-    constant = np.broadcast_to(np.ones((1, test.N, test.N), dtype=np.complex64), (test.n, test.N, test.N))
-    try:
-        truth = test.ground_truth
-        if truth is None:
-            truth = ground_truth_region(test.full_objects, test.centres, test.N, stride)
-        evaluate_reconstruction(
-            constant,
-            centres=test.centres,
-            stride=stride,
-            ground_truth=truth,
-            norm_Y_I=test.norm_Y_I,
-            n_images=test.n_images,
-        )
-    except InputError as problem:
-        raise InputError(f"{test.path}: the test split cannot be evaluated: {problem}") from None
+    truth = test.ground_truth
+    if truth is None:
+        truth = ground_truth_region(test.full_objects, test.centres, windows.shape[-1], stride)
+    metrics = evaluate_reconstruction(
+        windows,
+        centres=test.centres,
+        stride=stride,
+        ground_truth=truth,
+        norm_Y_I=test.norm_Y_I,
+        n_images=test.n_images,
+    )
+    return metrics, truth
 
 
 @functools.cache
@@ -232,35 +247,17 @@ def evaluate_run(
     generator: torch.nn.Module, test: PtychoSplit, device: torch.device, run_dir: Path | None
 ) -> tuple[dict | None, str | None]:
     """Stitched test-set metrics (and reconstruction files in ``run_dir``), or None and why not."""
-    from fnostab.evaluation import evaluate_reconstruction, ground_truth_region, save_reconstruction_png, stitch_patches
+    from fnostab.evaluation import save_reconstruction_png, stitch_patches
 
-    stride = test.stride()
-    missing = [
-        name
-        for name, value in (("coords_offsets", test.centres), ("norm_Y_I", test.norm_Y_I), ("scan stride", stride))
-        if value is None
-    ]
-    if test.ground_truth is None and test.full_objects is None:
-        missing.append("YY_ground_truth or YY_full")
+    missing = _missing_evaluation_fields(test)
     if missing:
         return None, f"{test.path} lacks {', '.join(missing)}: no stitched metrics"
     if not all(torch.isfinite(p).all() for p in generator.parameters()):
         return None, "the weights are not finite: no stitched metrics"
-    window = test.groups.window  # N at gridsize 1
-    truth = test.ground_truth
-    if truth is None:
-        truth = ground_truth_region(test.full_objects, test.centres, window, stride)
     prediction = predicted_windows(generator, test, device)
-    metrics = evaluate_reconstruction(
-        prediction,
-        centres=test.centres,
-        stride=stride,
-        ground_truth=truth,
-        norm_Y_I=test.norm_Y_I,
-        n_images=test.n_images,
-    )
+    metrics, truth = _score(prediction, test)
     if run_dir is not None:
-        stitched = stitch_patches(prediction, test.centres, stride, test.n_images) * np.float32(test.norm_Y_I)
+        stitched = stitch_patches(prediction, test.centres, test.stride(), test.n_images) * np.float32(test.norm_Y_I)
         with atomic_path(run_dir / RECONSTRUCTION_NPZ_NAME) as tmp, tmp.open("wb") as handle:
             np.savez(handle, reconstruction=stitched.astype(np.complex64), ground_truth=truth.astype(np.complex64))
         save_reconstruction_png(run_dir / RECONSTRUCTION_PNG_NAME, stitched[0], truth[0], metrics)
