@@ -12,7 +12,7 @@ import typer
 
 from fnostab.cli.common import JSON_OPTION, PRESET_HELP, QUIET_OPTION, Output, command
 from fnostab.cli.options import ConfigOptions, config_options
-from fnostab.config import ModelConfig
+from fnostab.config import ModelConfig, TrainConfig
 
 MODEL_PANEL = "Model (a trained checkpoint, or options for a fresh generator)"
 RUN_PANEL = "Run"
@@ -31,7 +31,7 @@ PRESET_OPTION = typer.Option(
 SEED_OPTION = typer.Option(
     None,
     "--seed",
-    help="Seed of a fresh generator's weights (default 42, as fnostab train).",
+    help=f"Seed of a fresh generator's weights (default {TrainConfig.model_fields['seed'].default}, as fnostab train).",
     rich_help_panel=MODEL_PANEL,
 )
 DEVICE_OPTION = typer.Option(
