@@ -22,7 +22,8 @@ from fnostab.diagnostics import measure_grad_gain, probe_activations
 from fnostab.errors import InputError
 from fnostab.models import build_generator
 from fnostab.physics import physics_loss, predicted_amplitude
-from fnostab.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from fnostab.rundir import CHECKPOINT_NAME
+from fnostab.training.checkpoint import save_checkpoint
 
 FNO_TINY = ("--arch", "fno", "--width", "4", "--modes", "4", "--fno-blocks", "2")
 

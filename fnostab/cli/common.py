@@ -115,11 +115,6 @@ def report_failure(status: str, exit_code: int, message: str, *, json_mode: bool
     raise typer.Exit(exit_code)
 
 
-def fail_usage(message: str, *, json_mode: bool = False) -> NoReturn:
-    """Report bad input on one line and exit 2."""
-    report_failure("error", EXIT_USAGE, message, json_mode=json_mode)
-
-
 def describe_os_error(error: OSError) -> str:
     """An OSError in our words, one line: what could not be done to which file, and why."""
     reason = error.strerror or str(error) or type(error).__name__

@@ -96,7 +96,7 @@ def resolve_model_source(
     :class:`InputError` naming it. Without one, ``options`` (ModelConfig fields) go on top of the
     ``preset`` (default ``cpu``) and ``seed`` defaults to :data:`DEFAULT_SEED`.
     """
-    from fnostab.training.checkpoint import CHECKPOINT_NAME
+    from fnostab.rundir import CHECKPOINT_NAME
 
     if checkpoint is not None and run is not None:
         raise InputError("give --checkpoint FILE or --run RUN_DIR, not both")

@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from fnostab.config import ModelConfig, describe_validation_error
 from fnostab.errors import InputError
 from fnostab.io import atomic_path
-from fnostab.rundir import CHECKPOINT_NAME as CHECKPOINT_NAME  # where a run dir keeps it
 
 CHECKPOINT_SCHEMA = "fnostab.checkpoint/1"
 
